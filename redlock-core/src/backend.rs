@@ -1,0 +1,179 @@
+//! The per-instance primitives a backend implements. The algorithm lives in the manager.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// One independent lock instance (one Redis master, one simulated server, ...).
+///
+/// A [`LockManager`](crate::LockManager) holds N of these and runs the Redlock algorithm over
+/// them; a backend only knows its own instance.
+///
+/// # Contract
+///
+/// Every backend must meet all of the following; [`conformance`](crate::conformance) (feature
+/// `testing`) checks them.
+///
+/// 1. **Atomic and token-checked.** Each method is one atomic step on the instance. `extend` and
+///    `release` act only when the key holds exactly `token`; a key that holds anything else
+///    (another client's token, application data) is never modified or deleted.
+/// 2. **acquire** sets `key = token` with expiry `ttl` only if the key is absent, and returns
+///    `Ok(true)`. If the key already holds the same `token`, it resets the expiry to `ttl` and
+///    returns `Ok(true)` (idempotent, so a transport that re-sends after a dropped connection is
+///    harmless). Otherwise it returns `Ok(false)`.
+/// 3. **extend** sets the expiry to `ttl` only if the key holds `token` and returns `Ok(true)`;
+///    otherwise `Ok(false)`. It never re-creates an absent key: a lock that expired stays lost.
+/// 4. **release** deletes the key only if it holds `token` and returns `Ok(true)`; otherwise
+///    `Ok(false)`. Releasing twice is `Ok(false)` the second time.
+/// 5. **inspect** returns the key's value and remaining time to live, or `None` when absent.
+/// 6. **Expiry** is judged on the instance's own clock: after `ttl` has passed there, the key is
+///    absent for every method.
+/// 7. **Keys and tokens are bytes.** Non-UTF-8 bytes and NUL are ordinary; two keys are the same
+///    key only when their bytes are equal.
+/// 8. **"No" is not an error.** `Ok(false)` / `Ok(None)` are ordinary answers. `Err` means the
+///    instance could not give an answer (unreachable, timed out, refused the command, the key
+///    holds a value of another type, ...).
+/// 9. **One attempt per call, no hidden retries** beyond what rule 2 makes harmless, and no
+///    unbounded waiting: the manager bounds every call with its per-instance timeout, but a
+///    backend should also give up on its own (a request abandoned by the manager must not be
+///    written to the server later, or it leaves a ghost key).
+/// 10. `ttl` is at least one millisecond and a whole number of milliseconds.
+/// 11. Futures are `Send` and the backend is `Send + Sync`, so one manager can drive instances of
+///     different kinds as `Arc<dyn LockBackend>`.
+#[async_trait]
+pub trait LockBackend: Send + Sync + fmt::Debug {
+    /// The failure domain this instance belongs to, e.g. `"127.0.0.1:6379"`.
+    ///
+    /// Two backends with the same id are the same server, and the manager refuses to count them
+    /// as two votes: a quorum of one server is a lie. Must not contain credentials; it appears in
+    /// error messages.
+    fn id(&self) -> &str;
+
+    /// Sets `key = token` with expiry `ttl` if the key is absent or already holds `token`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the instance gave no answer (see the contract, rule 8).
+    async fn acquire(&self, key: &[u8], token: &[u8], ttl: Duration)
+        -> Result<bool, BackendError>;
+
+    /// Resets the expiry of `key` to `ttl` if it holds `token`; never re-creates it.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the instance gave no answer.
+    async fn extend(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError>;
+
+    /// Deletes `key` if it holds `token`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the instance gave no answer.
+    async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool, BackendError>;
+
+    /// The value and remaining time to live of `key`, or `None` when it is absent.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the instance gave no answer, or the key holds a value of another
+    /// type.
+    async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError>;
+
+    /// Closes connections. Later calls may fail with [`BackendErrorKind::Closed`].
+    ///
+    /// # Errors
+    /// [`BackendError`] when closing failed; the manager reports it and carries on.
+    async fn close(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+/// What [`LockBackend::inspect`] found under a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyState {
+    /// The stored value (a lock token, or anything another writer put there).
+    pub value: Vec<u8>,
+    /// Remaining time to live on the instance's clock; `None` when the key has no expiry.
+    pub ttl: Option<Duration>,
+}
+
+/// Why an instance gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BackendErrorKind {
+    /// The connection failed, was reset, or could not be made.
+    Connection,
+    /// The backend's own timeout fired.
+    Timeout,
+    /// The key holds a value of another type (Redis `WRONGTYPE`).
+    WrongType,
+    /// The server refused the command (`READONLY`, `OOM`, `NOSCRIPT` after a failed reload,
+    /// authentication, ...).
+    Server,
+    /// The reply could not be understood.
+    Protocol,
+    /// The backend was closed.
+    Closed,
+    /// Anything else.
+    Other,
+}
+
+/// An instance's failure to answer. Cheap to clone (the cause is shared).
+#[derive(Clone)]
+pub struct BackendError {
+    kind: BackendErrorKind,
+    message: Arc<str>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BackendError {
+    /// An error of `kind` with a message that must not contain credentials.
+    pub fn new(kind: BackendErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into().into(),
+            source: None,
+        }
+    }
+
+    /// Attaches the underlying cause, reachable through [`std::error::Error::source`].
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// What went wrong, broadly.
+    #[must_use]
+    pub fn kind(&self) -> BackendErrorKind {
+        self.kind
+    }
+
+    /// The message, without the cause.
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Debug for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendError")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .field("source", &self.source.as_ref().map(|s| s.to_string()))
+            .finish()
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}

@@ -1,0 +1,248 @@
+//! Configuration of a [`LockManager`], validated once by its builder.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::backend::LockBackend;
+use crate::error::{Error, InvalidInput};
+use crate::manager::LockManager;
+use crate::runtime::{Clock, OsRandom, RandomSource, Spawner};
+use crate::validity::DriftPpm;
+
+/// The validated settings of a manager. Read them back with [`LockManager::config`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) retry_count: u32,
+    pub(crate) retry_delay_min: Duration,
+    pub(crate) retry_delay_max: Duration,
+    pub(crate) drift_factor: f64,
+    pub(crate) drift: DriftPpm,
+    pub(crate) instance_timeout: Duration,
+    pub(crate) internal_lock_timeout: Duration,
+    pub(crate) key_prefix: Vec<u8>,
+}
+
+impl Config {
+    /// Total number of acquire attempts (aioredlock's `retry_count`, which counts attempts).
+    #[must_use]
+    pub fn retry_count(&self) -> u32 {
+        self.retry_count
+    }
+
+    /// The range the random delay between attempts is drawn from.
+    #[must_use]
+    pub fn retry_delay(&self) -> (Duration, Duration) {
+        (self.retry_delay_min, self.retry_delay_max)
+    }
+
+    /// The clock drift factor.
+    #[must_use]
+    pub fn drift_factor(&self) -> f64 {
+        self.drift_factor
+    }
+
+    /// The drift allowance for a lease of `ttl`: `ttl × drift_factor + 2 ms`.
+    #[must_use]
+    pub fn drift(&self, ttl: Duration) -> Duration {
+        self.drift.drift(ttl)
+    }
+
+    /// How long one call to one instance may take before it counts as failed.
+    #[must_use]
+    pub fn instance_timeout(&self) -> Duration {
+        self.instance_timeout
+    }
+
+    /// The lease of locks taken without an explicit TTL (aioredlock's `internal_lock_timeout`).
+    #[must_use]
+    pub fn internal_lock_timeout(&self) -> Duration {
+        self.internal_lock_timeout
+    }
+
+    /// The bytes put in front of every resource name to form the key.
+    #[must_use]
+    pub fn key_prefix(&self) -> &[u8] {
+        &self.key_prefix
+    }
+}
+
+/// Builds a [`LockManager`]; every value is checked by [`build`](Self::build).
+///
+/// # Default
+///
+/// | setting | default | aioredlock |
+/// | --- | --- | --- |
+/// | `retry_count` | 3 attempts | `retry_count=3` |
+/// | `retry_delay` | 100 ms – 300 ms | `retry_delay_min=0.1`, `retry_delay_max=0.3` |
+/// | `drift_factor` | 0.01 | 0.01 |
+/// | `instance_timeout` | 100 ms | none (connection default) |
+/// | `internal_lock_timeout` | 10 s | 10 s |
+/// | `key_prefix` | none: the key is the resource name | none |
+/// | randomness | [`OsRandom`] | `uuid4` |
+/// | spawner | none | asyncio loop |
+#[derive(Debug)]
+#[must_use]
+pub struct LockManagerBuilder {
+    instances: Vec<Arc<dyn LockBackend>>,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn RandomSource>,
+    spawner: Option<Arc<dyn Spawner>>,
+    retry_count: u32,
+    retry_delay: (Duration, Duration),
+    drift_factor: f64,
+    instance_timeout: Duration,
+    internal_lock_timeout: Duration,
+    key_prefix: Vec<u8>,
+}
+
+/// Default total number of acquire attempts.
+pub const DEFAULT_RETRY_COUNT: u32 = 3;
+/// Default lower bound of the delay between attempts.
+pub const DEFAULT_RETRY_DELAY_MIN: Duration = Duration::from_millis(100);
+/// Default upper bound of the delay between attempts.
+pub const DEFAULT_RETRY_DELAY_MAX: Duration = Duration::from_millis(300);
+/// Default clock drift factor.
+pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
+/// Default per-instance timeout: small next to a 10 s lease, large next to a LAN round trip.
+pub const DEFAULT_INSTANCE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Default lease of locks taken without an explicit TTL.
+pub const DEFAULT_INTERNAL_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl LockManagerBuilder {
+    /// A builder whose deadlines and sleeps use `clock` (tokio's in `redlock-fred`, a virtual one
+    /// in `redlock-mock`).
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            instances: Vec::new(),
+            clock,
+            random: Arc::new(OsRandom),
+            spawner: None,
+            retry_count: DEFAULT_RETRY_COUNT,
+            retry_delay: (DEFAULT_RETRY_DELAY_MIN, DEFAULT_RETRY_DELAY_MAX),
+            drift_factor: DEFAULT_DRIFT_FACTOR,
+            instance_timeout: DEFAULT_INSTANCE_TIMEOUT,
+            internal_lock_timeout: DEFAULT_INTERNAL_LOCK_TIMEOUT,
+            key_prefix: Vec::new(),
+        }
+    }
+
+    /// Adds one instance.
+    pub fn instance(mut self, backend: Arc<dyn LockBackend>) -> Self {
+        self.instances.push(backend);
+        self
+    }
+
+    /// Adds several instances.
+    pub fn instances(mut self, backends: impl IntoIterator<Item = Arc<dyn LockBackend>>) -> Self {
+        self.instances.extend(backends);
+        self
+    }
+
+    /// The source of tokens and retry jitter. Keep the default outside simulations.
+    pub fn random(mut self, random: Arc<dyn RandomSource>) -> Self {
+        self.random = random;
+        self
+    }
+
+    /// A spawner for background work (releasing dropped locks, cleaning up after cancelled
+    /// acquires). Without one that work is left to the TTL.
+    pub fn spawner(mut self, spawner: Arc<dyn Spawner>) -> Self {
+        self.spawner = Some(spawner);
+        self
+    }
+
+    /// Total number of acquire attempts, at least 1.
+    pub fn retry_count(mut self, attempts: u32) -> Self {
+        self.retry_count = attempts;
+        self
+    }
+
+    /// The range a random delay between attempts is drawn from (uniformly, so that clients
+    /// contending for one resource fall out of step). `min == max` and zero are allowed.
+    pub fn retry_delay(mut self, min: Duration, max: Duration) -> Self {
+        self.retry_delay = (min, max);
+        self
+    }
+
+    /// The clock drift factor, in `[0, 1)`.
+    pub fn drift_factor(mut self, factor: f64) -> Self {
+        self.drift_factor = factor;
+        self
+    }
+
+    /// How long one call to one instance may take before it counts as failed.
+    pub fn instance_timeout(mut self, timeout: Duration) -> Self {
+        self.instance_timeout = timeout;
+        self
+    }
+
+    /// The lease of locks taken without an explicit TTL, and of rehydrated locks.
+    pub fn internal_lock_timeout(mut self, ttl: Duration) -> Self {
+        self.internal_lock_timeout = ttl;
+        self
+    }
+
+    /// Bytes put in front of every resource name to form the key. Leave empty to share locks
+    /// with other Redlock clients (aioredlock, redlock-py, node-redlock use the bare name).
+    pub fn key_prefix(mut self, prefix: impl Into<Vec<u8>>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Checks every setting and builds the manager. Touches no instance.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when there is no instance, two instances share an id,
+    /// `retry_count` is 0, the delay range has min > max, the drift factor is not in `[0, 1)`,
+    /// the instance timeout is zero, or `internal_lock_timeout` is not a usable TTL.
+    pub fn build(self) -> Result<LockManager, Error> {
+        let invalid = |what| Err(Error::invalid(what));
+        if self.instances.is_empty() {
+            return invalid(InvalidInput::NoInstances);
+        }
+        let mut seen = HashSet::new();
+        for backend in &self.instances {
+            if !seen.insert(backend.id()) {
+                return invalid(InvalidInput::DuplicateInstance(backend.id().to_owned()));
+            }
+        }
+        if self.retry_count == 0 {
+            return invalid(InvalidInput::ZeroRetryCount);
+        }
+        let (min, max) = self.retry_delay;
+        if min > max {
+            return invalid(InvalidInput::RetryDelayRange { min, max });
+        }
+        let Some(drift) = DriftPpm::from_factor(self.drift_factor) else {
+            return invalid(InvalidInput::DriftFactor(self.drift_factor.to_string()));
+        };
+        if self.instance_timeout.is_zero() {
+            return invalid(InvalidInput::ZeroInstanceTimeout);
+        }
+        let internal_lock_timeout = crate::validity::normalize_ttl(self.internal_lock_timeout, drift)
+            .map_err(|reason| {
+                Error::invalid(InvalidInput::Ttl {
+                    ttl: self.internal_lock_timeout,
+                    reason,
+                })
+            })?;
+        let config = Config {
+            retry_count: self.retry_count,
+            retry_delay_min: min,
+            retry_delay_max: max,
+            drift_factor: self.drift_factor,
+            drift,
+            instance_timeout: self.instance_timeout,
+            internal_lock_timeout,
+            key_prefix: self.key_prefix,
+        };
+        Ok(LockManager::from_parts(
+            self.instances,
+            config,
+            self.clock,
+            self.random,
+            self.spawner,
+        ))
+    }
+}

@@ -1,0 +1,172 @@
+//! The backend conformance suite: one `async fn` per rule of the
+//! [`LockBackend` contract](crate::LockBackend#contract). Every backend runs it.
+//!
+//! Each function panics (like `assert!`) when the backend breaks the rule. Keys are built from
+//! `namespace`, so runs against a shared server do not collide; pass something unique per run.
+//!
+//! ```no_run
+//! # async fn demo(backend: &dyn redlock_core::LockBackend, clock: &dyn redlock_core::Clock) {
+//! redlock_core::conformance::run_all(backend, clock, b"my-test-run-42:").await;
+//! # }
+//! ```
+
+use std::time::Duration;
+
+use crate::backend::LockBackend;
+use crate::runtime::Clock;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn key(namespace: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut k = namespace.to_vec();
+    k.extend_from_slice(name);
+    k
+}
+
+async fn must<T, E: std::fmt::Debug>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> T {
+    match fut.await {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: backend error {e:?}"),
+    }
+}
+
+/// Runs every check below, in order.
+pub async fn run_all(backend: &dyn LockBackend, clock: &dyn Clock, namespace: &[u8]) {
+    round_trip(backend, namespace).await;
+    acquire_is_exclusive(backend, namespace).await;
+    foreign_token_is_never_released_or_extended(backend, namespace).await;
+    same_token_acquire_is_idempotent(backend, namespace).await;
+    release_twice_is_false(backend, namespace).await;
+    binary_names_are_distinct_keys(backend, namespace).await;
+    ttl_expiry(backend, clock, namespace).await;
+    extend_does_not_resurrect(backend, clock, namespace).await;
+    extend_resets_ttl(backend, clock, namespace).await;
+}
+
+/// acquire → inspect shows the token with a TTL → release → absent.
+pub async fn round_trip(backend: &dyn LockBackend, namespace: &[u8]) {
+    let k = key(namespace, b"round-trip");
+    assert!(must("acquire", backend.acquire(&k, b"tok-a", LONG)).await);
+    let state = must("inspect", backend.inspect(&k))
+        .await
+        .expect("key present after acquire");
+    assert_eq!(state.value, b"tok-a");
+    let ttl = state.ttl.expect("an acquired key has an expiry");
+    assert!(ttl <= LONG && ttl > LONG / 2, "ttl {ttl:?} after acquiring for {LONG:?}");
+    assert!(must("release", backend.release(&k, b"tok-a")).await);
+    assert_eq!(must("inspect", backend.inspect(&k)).await, None);
+}
+
+/// A held key refuses another token.
+pub async fn acquire_is_exclusive(backend: &dyn LockBackend, namespace: &[u8]) {
+    let k = key(namespace, b"exclusive");
+    assert!(must("acquire", backend.acquire(&k, b"tok-a", LONG)).await);
+    assert!(!must("rival acquire", backend.acquire(&k, b"tok-b", LONG)).await);
+    let state = must("inspect", backend.inspect(&k)).await.expect("present");
+    assert_eq!(state.value, b"tok-a", "the rival must not overwrite the holder");
+    assert!(must("release", backend.release(&k, b"tok-a")).await);
+}
+
+/// Release and extend with a foreign token change nothing.
+pub async fn foreign_token_is_never_released_or_extended(
+    backend: &dyn LockBackend,
+    namespace: &[u8],
+) {
+    let k = key(namespace, b"foreign");
+    assert!(must("acquire", backend.acquire(&k, b"tok-a", LONG)).await);
+    assert!(!must("foreign release", backend.release(&k, b"tok-b")).await);
+    assert!(
+        !must(
+            "foreign extend",
+            backend.extend(&k, b"tok-b", Duration::from_secs(300))
+        )
+        .await
+    );
+    // A prefix of the token is a different token.
+    assert!(!must("prefix release", backend.release(&k, b"tok-")).await);
+    let state = must("inspect", backend.inspect(&k)).await.expect("present");
+    assert_eq!(state.value, b"tok-a");
+    assert!(
+        state.ttl.expect("expiry") <= LONG,
+        "a foreign extend must not lengthen the lease"
+    );
+    assert!(must("release", backend.release(&k, b"tok-a")).await);
+}
+
+/// Acquiring again with the same token succeeds and resets the TTL (safe re-sends).
+pub async fn same_token_acquire_is_idempotent(backend: &dyn LockBackend, namespace: &[u8]) {
+    let k = key(namespace, b"idempotent");
+    assert!(must("acquire", backend.acquire(&k, b"tok-a", Duration::from_secs(5))).await);
+    assert!(must("re-acquire", backend.acquire(&k, b"tok-a", LONG)).await);
+    let ttl = must("inspect", backend.inspect(&k))
+        .await
+        .expect("present")
+        .ttl
+        .expect("expiry");
+    assert!(ttl > Duration::from_secs(5), "re-acquire must reset the TTL, got {ttl:?}");
+    assert!(must("release", backend.release(&k, b"tok-a")).await);
+}
+
+/// The second release of the same token answers `false`.
+pub async fn release_twice_is_false(backend: &dyn LockBackend, namespace: &[u8]) {
+    let k = key(namespace, b"twice");
+    assert!(must("acquire", backend.acquire(&k, b"tok-a", LONG)).await);
+    assert!(must("release", backend.release(&k, b"tok-a")).await);
+    assert!(!must("second release", backend.release(&k, b"tok-a")).await);
+    assert!(!must("extend after release", backend.extend(&k, b"tok-a", LONG)).await);
+    assert_eq!(must("inspect", backend.inspect(&k)).await, None);
+}
+
+/// Keys with NUL and non-UTF-8 bytes work, and differ when their bytes differ.
+pub async fn binary_names_are_distinct_keys(backend: &dyn LockBackend, namespace: &[u8]) {
+    let a = key(namespace, b"bin\x00\xff\xfe");
+    let b = key(namespace, b"bin\x00\xff\xfd");
+    let token = b"\x00tok\xff";
+    assert!(must("acquire a", backend.acquire(&a, token, LONG)).await);
+    assert!(must("acquire b", backend.acquire(&b, b"other", LONG)).await);
+    let state = must("inspect a", backend.inspect(&a)).await.expect("present");
+    assert_eq!(state.value, token);
+    assert!(must("release a", backend.release(&a, token)).await);
+    assert_eq!(must("inspect a", backend.inspect(&a)).await, None);
+    assert!(must("inspect b", backend.inspect(&b)).await.is_some());
+    assert!(must("release b", backend.release(&b, b"other")).await);
+}
+
+/// After the TTL has passed the key is gone and another token can take it.
+pub async fn ttl_expiry(backend: &dyn LockBackend, clock: &dyn Clock, namespace: &[u8]) {
+    let k = key(namespace, b"expiry");
+    assert!(must("acquire", backend.acquire(&k, b"tok-a", Duration::from_millis(50))).await);
+    clock.sleep(Duration::from_millis(120)).await;
+    assert_eq!(must("inspect", backend.inspect(&k)).await, None);
+    assert!(must("rival acquire", backend.acquire(&k, b"tok-b", LONG)).await);
+    assert!(must("release", backend.release(&k, b"tok-b")).await);
+}
+
+/// Extending an expired key answers `false` and does not re-create it.
+pub async fn extend_does_not_resurrect(
+    backend: &dyn LockBackend,
+    clock: &dyn Clock,
+    namespace: &[u8],
+) {
+    let k = key(namespace, b"no-resurrect");
+    assert!(must("acquire", backend.acquire(&k, b"tok-a", Duration::from_millis(40))).await);
+    clock.sleep(Duration::from_millis(100)).await;
+    assert!(!must("extend after expiry", backend.extend(&k, b"tok-a", LONG)).await);
+    assert_eq!(must("inspect", backend.inspect(&k)).await, None);
+}
+
+/// Extending a held key sets its TTL to the new value.
+pub async fn extend_resets_ttl(backend: &dyn LockBackend, clock: &dyn Clock, namespace: &[u8]) {
+    let k = key(namespace, b"extend");
+    assert!(must("acquire", backend.acquire(&k, b"tok-a", Duration::from_millis(200))).await);
+    assert!(must("extend", backend.extend(&k, b"tok-a", LONG)).await);
+    clock.sleep(Duration::from_millis(300)).await;
+    let state = must("inspect", backend.inspect(&k))
+        .await
+        .expect("an extended key outlives its first TTL");
+    assert_eq!(state.value, b"tok-a");
+    assert!(must("release", backend.release(&k, b"tok-a")).await);
+}

@@ -1,0 +1,105 @@
+//! The Redlock algorithm over an abstract [`LockBackend`]: a lease held on a majority of N
+//! independent instances, with drift-corrected validity, jittered retries and honest errors.
+//!
+//! This crate has no async runtime and no Redis client. It needs:
+//! - N backends (`redlock-fred` for Redis and Sentinel, `redlock-mock` for an in-memory one);
+//! - a [`Clock`] (tokio's in `redlock-fred`, a virtual one in `redlock-mock`).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redlock_core::{Error, LockManager};
+//!
+//! async fn work(manager: &LockManager) -> Result<(), Error> {
+//!     let lock = manager.lock("invoice:42", Duration::from_secs(10)).await?;
+//!     assert!(lock.is_valid());
+//!     assert!(manager.is_locked("invoice:42").await?);
+//!     // ... do the work, checking lock.remaining() before each step ...
+//!     lock.extend().await?; // another 10 s, if a quorum agrees
+//!     lock.release().await?; // Err(Error::Lost(..)) if it ran out meanwhile
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # The algorithm
+//!
+//! One acquire attempt samples `T1` on the monotonic clock, sends the acquire to all N instances
+//! at once (each bounded by the per-instance timeout), and succeeds when at least `N/2 + 1`
+//! accepted and `validity = ttl − (now − T1) − (ttl × drift_factor + 2 ms)` is above zero. The
+//! lock then stands until `T1 + ttl − drift` on this client's clock. The attempt returns as
+//! soon as its outcome is decided. A failed attempt is released on *all* instances (a timed-out
+//! request may still have landed), then a random delay in `[retry_delay_min, retry_delay_max]`
+//! separates it from the next one. Extend follows the same rules with a fresh `T1`; release
+//! sends a compare-and-delete to every instance.
+//!
+//! # What this lock does not protect against
+//!
+//! A Redlock lock is a lease: it is safe while its assumptions hold, and this library tells you
+//! when it knows they broke, but it cannot stop everything.
+//!
+//! - **Pauses after acquisition.** A process that stops (GC, swap, `SIGSTOP`, a long blocking
+//!   call) after checking [`Lock::remaining`] can wake after its lease ran out and write to the
+//!   protected resource while another client holds the lock. No client-side check closes this
+//!   window; the next extend, release or check reports [`Error::Lost`], but the write is done.
+//! - **Clock jumps on a server.** Redis expires keys on its own wall clock. A server whose clock
+//!   jumps forward expires the key early, and a rival can then win a majority. The drift factor
+//!   covers rate differences (1 % by default), not jumps.
+//! - **Servers that lose keys.** An instance restarted without persistence, or a replica
+//!   promoted before it received the key, forgets the lock. Safety holds only if such a server
+//!   stays out of the quorum for longer than the largest TTL (delayed restart).
+//!
+//! **Fencing** closes the first gap: have the protected resource reject writes from a holder
+//! older than the newest one it has seen (a monotonically increasing token, checked by the
+//! resource itself). Redlock tokens are random, so keep a counter at the resource, or use the
+//! lock only where an occasional double holder is harmless (efficiency, not correctness).
+
+mod backend;
+mod config;
+#[cfg(feature = "testing")]
+pub mod conformance;
+mod error;
+mod lock;
+mod manager;
+mod round;
+mod runtime;
+mod validity;
+
+pub use backend::{BackendError, BackendErrorKind, KeyState, LockBackend};
+pub use config::{
+    Config, LockManagerBuilder, DEFAULT_DRIFT_FACTOR, DEFAULT_INSTANCE_TIMEOUT,
+    DEFAULT_INTERNAL_LOCK_TIMEOUT, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY_MAX,
+    DEFAULT_RETRY_DELAY_MIN,
+};
+pub use error::{Error, Failure, InstanceOutcome, InstanceReport, InvalidInput, Loss, LossReason};
+pub use lock::Lock;
+pub use manager::{ActiveLock, CloseReport, LockManager, MAX_KEY_LEN, MAX_TOKEN_LEN};
+pub use runtime::{Clock, OsRandom, RandomSource, SeededRandom, Spawner};
+pub use validity::{DRIFT_FLOOR, MAX_TTL};
+
+/// Re-exported so backends implement [`LockBackend`] with the same macro version.
+pub use async_trait::async_trait;
+
+#[cfg(test)]
+mod send_sync {
+    use super::*;
+
+    fn is_send_sync<T: Send + Sync>() {}
+    fn is_send<T: Send>(_: &T) {}
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        is_send_sync::<LockManager>();
+        is_send_sync::<Lock>();
+        is_send_sync::<Error>();
+    }
+
+    #[allow(dead_code)]
+    fn futures_are_send(m: &LockManager, l: &Lock) {
+        is_send(&m.lock("r", std::time::Duration::from_secs(1)));
+        is_send(&m.is_locked("r"));
+        is_send(&m.get_lock("r", "t"));
+        is_send(&m.close());
+        is_send(&l.extend());
+        is_send(&l.release());
+        is_send(&l.check());
+    }
+}

@@ -1,0 +1,221 @@
+//! The handle of an acquired lock.
+
+use std::fmt;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::error::{Error, LossReason};
+use crate::manager::LockManager;
+
+/// A lock held on a quorum of instances, until [`remaining`](Self::remaining) reaches zero.
+///
+/// Methods take `&self`, so a handle can be shared with a task that extends or checks it.
+/// Dropping the handle does not release the lock: it expires by its TTL. Call
+/// [`release`](Self::release) when done.
+pub struct Lock {
+    shared: std::sync::Arc<LockShared>,
+    manager: LockManager,
+}
+
+pub(crate) struct LockShared {
+    pub(crate) id: u64,
+    pub(crate) resource: Box<[u8]>,
+    pub(crate) key: Box<[u8]>,
+    pub(crate) token: Box<[u8]>,
+    state: Mutex<LockState>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Held,
+    Released,
+    Lost(LossReason),
+}
+
+#[derive(Debug)]
+pub(crate) struct LockState {
+    pub(crate) status: Status,
+    /// When the lock must be considered gone, on the manager's clock.
+    pub(crate) deadline: Duration,
+    /// The validity granted by the last successful acquire or extend.
+    pub(crate) validity: Duration,
+    /// The lease used by [`Lock::extend`].
+    pub(crate) ttl: Duration,
+}
+
+impl LockState {
+    pub(crate) fn remaining(&self, now: Duration) -> Duration {
+        match self.status {
+            Status::Held => self.deadline.saturating_sub(now),
+            Status::Released | Status::Lost(_) => Duration::ZERO,
+        }
+    }
+}
+
+impl LockShared {
+    pub(crate) fn new(
+        id: u64,
+        resource: &[u8],
+        key: Box<[u8]>,
+        token: Box<[u8]>,
+        ttl: Duration,
+        deadline: Duration,
+        validity: Duration,
+    ) -> Self {
+        Self {
+            id,
+            resource: resource.into(),
+            key,
+            token,
+            state: Mutex::new(LockState {
+                status: Status::Held,
+                deadline,
+                validity,
+                ttl,
+            }),
+        }
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, LockState> {
+        // Every update writes whole fields, so a panic elsewhere cannot leave it torn.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn mark_lost(&self, reason: LossReason) {
+        let mut state = self.state();
+        if state.status == Status::Held {
+            state.status = Status::Lost(reason);
+        }
+    }
+}
+
+impl Lock {
+    pub(crate) fn new(shared: std::sync::Arc<LockShared>, manager: LockManager) -> Self {
+        Self { shared, manager }
+    }
+
+    /// The resource name, without the key prefix.
+    #[must_use]
+    pub fn resource(&self) -> &[u8] {
+        &self.shared.resource
+    }
+
+    /// The random token stored under the key; with the resource name it identifies the lock
+    /// (see [`LockManager::get_lock`]).
+    #[must_use]
+    pub fn token(&self) -> &[u8] {
+        &self.shared.token
+    }
+
+    /// The lease used by [`extend`](Self::extend).
+    #[must_use]
+    pub fn ttl(&self) -> Duration {
+        self.shared.state().ttl
+    }
+
+    /// The validity granted by the last successful acquire or extend, at the moment it was
+    /// granted: `ttl − elapsed − drift`.
+    #[must_use]
+    pub fn validity(&self) -> Duration {
+        self.shared.state().validity
+    }
+
+    /// Validity left now, on the manager's clock; zero once released, lost or expired. Purely
+    /// local: a process paused past this deadline must not trust the lock, whatever the servers
+    /// say.
+    #[must_use]
+    pub fn remaining(&self) -> Duration {
+        let now = self.manager.inner.clock.now();
+        self.shared.state().remaining(now)
+    }
+
+    /// Whether [`remaining`](Self::remaining) is above zero (aioredlock's `lock.valid`).
+    #[must_use]
+    pub fn is_valid(&self) -> bool {
+        !self.remaining().is_zero()
+    }
+
+    /// The manager this lock belongs to.
+    #[must_use]
+    pub fn manager(&self) -> &LockManager {
+        &self.manager
+    }
+
+    /// Extends the lock by its own TTL (aioredlock's `lock.extend()`).
+    ///
+    /// # Errors
+    /// As [`extend_for`](Self::extend_for).
+    pub async fn extend(&self) -> Result<(), Error> {
+        let ttl = self.ttl();
+        self.extend_for(ttl).await
+    }
+
+    /// Resets the lease to `ttl` on a quorum, measured from the start of this call. On any
+    /// failure the deadline is unchanged.
+    ///
+    /// A lock whose validity already ran out is refused without a network call: a key that
+    /// expired may already belong to someone else, and extending never re-creates a key.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidInput`]: unusable TTL;
+    /// - [`Error::Lost`]: validity ran out, or a quorum no longer holds our token (the handle
+    ///   then stays lost);
+    /// - [`Error::Unavailable`]: too few instances answered (the lock keeps its old deadline);
+    /// - [`Error::ValidityExpired`]: a quorum extended it, but too slowly to leave validity;
+    /// - [`Error::Released`], [`Error::Closed`].
+    pub async fn extend_for(&self, ttl: Duration) -> Result<(), Error> {
+        let inner = &self.manager.inner;
+        inner.ensure_open()?;
+        let ttl = inner.ttl(ttl)?;
+        inner.extend(&self.shared, ttl).await
+    }
+
+    /// Releases the lock on every instance (aioredlock's `unlock`).
+    ///
+    /// Releasing is always attempted, even for a lock already expired or lost, to clean up
+    /// whatever keys are left; the result tells whether the lock was still ours until now.
+    /// After any result other than [`Error::Unavailable`] the handle is released for good.
+    ///
+    /// # Errors
+    /// - [`Error::Lost`]: the validity had run out, or a quorum did not hold our token: whatever
+    ///   the lock protected may have been used by someone else meanwhile;
+    /// - [`Error::Unavailable`]: too few instances answered; the lock may still be held, and
+    ///   the handle can be released again;
+    /// - [`Error::Released`]: already released; [`Error::Closed`].
+    pub async fn release(&self) -> Result<(), Error> {
+        let inner = &self.manager.inner;
+        inner.ensure_open()?;
+        inner.release(&self.shared).await
+    }
+
+    /// Asks the instances whether a quorum still holds this lock's token, and returns the
+    /// validity left.
+    ///
+    /// # Errors
+    /// - [`Error::Lost`]: validity ran out or a quorum does not hold the token (the handle then
+    ///   stays lost);
+    /// - [`Error::Unavailable`], [`Error::Released`], [`Error::Closed`].
+    pub async fn check(&self) -> Result<Duration, Error> {
+        let inner = &self.manager.inner;
+        inner.ensure_open()?;
+        inner.check(&self.shared).await
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.manager.inner.unregister(self.shared.id);
+    }
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.shared.state();
+        f.debug_struct("Lock")
+            .field("resource", &String::from_utf8_lossy(&self.shared.resource))
+            .field("token", &String::from_utf8_lossy(&self.shared.token))
+            .field("status", &state.status)
+            .field("validity", &state.validity)
+            .finish()
+    }
+}

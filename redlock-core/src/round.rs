@@ -1,0 +1,211 @@
+//! One round: the same call sent concurrently to every instance, bounded by one timer, and
+//! counted against the quorum.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{select, BoxFuture, Either};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::backend::{BackendError, LockBackend};
+use crate::error::{Failure, InstanceOutcome, InstanceReport};
+use crate::runtime::Clock;
+
+/// When a round may stop waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// As soon as the verdict can no longer change (acquire, extend, queries).
+    UntilDecided,
+    /// For every instance, up to the time limit (release: no reachable instance may keep the
+    /// token once the call returns).
+    ForAll,
+}
+
+/// The verdict of a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// At least a quorum said yes.
+    Quorum,
+    /// So many said no that a quorum of yes is impossible.
+    Refused,
+    /// Neither: failures and timeouts leave the question open.
+    Undecided,
+}
+
+/// The answers of one round.
+#[derive(Debug)]
+pub(crate) struct Round<T> {
+    /// Per instance, in configuration order: the answer, when one came.
+    pub(crate) answers: Vec<Option<Result<T, BackendError>>>,
+    outcomes: Vec<InstanceOutcome>,
+    pub(crate) yes: usize,
+    no: usize,
+    quorum: usize,
+    /// From the start of the round to the moment it stopped waiting.
+    pub(crate) elapsed: Duration,
+}
+
+impl<T> Round<T> {
+    pub(crate) fn verdict(&self) -> Verdict {
+        verdict(self.yes, self.no, self.outcomes.len(), self.quorum)
+    }
+
+    pub(crate) fn into_failure(self, attempts: u32, instances: &[Arc<dyn LockBackend>]) -> Failure {
+        Failure {
+            attempts,
+            quorum: self.quorum,
+            instances: instances
+                .iter()
+                .zip(self.outcomes)
+                .map(|(b, outcome)| InstanceReport {
+                    instance: b.id().to_owned(),
+                    outcome,
+                })
+                .collect(),
+            elapsed: self.elapsed,
+        }
+    }
+}
+
+/// The smallest majority of `n`.
+pub(crate) const fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
+fn verdict(yes: usize, no: usize, n: usize, quorum: usize) -> Verdict {
+    if yes >= quorum {
+        Verdict::Quorum
+    } else if no > n - quorum {
+        Verdict::Refused
+    } else {
+        Verdict::Undecided
+    }
+}
+
+/// Whether the answers still missing could change the verdict.
+fn decided(yes: usize, no: usize, failed: usize, n: usize, quorum: usize) -> bool {
+    let pending = n - yes - no - failed;
+    let can_reach_quorum = yes + pending >= quorum;
+    let can_be_refused = no + pending > n - quorum;
+    match verdict(yes, no, n, quorum) {
+        Verdict::Quorum | Verdict::Refused => true,
+        Verdict::Undecided => !can_reach_quorum && !can_be_refused,
+    }
+}
+
+/// Sends `call` to every instance at once and collects the answers for at most `limit`.
+///
+/// `is_yes` classifies an answer. Calls still running when the round stops are dropped: a
+/// backend must not write an abandoned request later (see the contract), and the manager's
+/// follow-up rounds (release after a failed acquire) reach every instance anyway.
+pub(crate) async fn run<'a, T, C, Y>(
+    instances: &'a [Arc<dyn LockBackend>],
+    clock: &dyn Clock,
+    limit: Duration,
+    wait: Wait,
+    call: C,
+    is_yes: Y,
+) -> Round<T>
+where
+    C: Fn(&'a dyn LockBackend) -> BoxFuture<'a, Result<T, BackendError>>,
+    Y: Fn(&T) -> bool,
+{
+    let n = instances.len();
+    let quorum = quorum(n);
+    let start = clock.now();
+    let mut answers: Vec<Option<Result<T, BackendError>>> = (0..n).map(|_| None).collect();
+    let mut outcomes = vec![InstanceOutcome::NotAwaited; n];
+    let (mut yes, mut no, mut failed) = (0, 0, 0);
+
+    let mut pending: FuturesUnordered<_> = instances
+        .iter()
+        .enumerate()
+        .map(|(i, backend)| {
+            let fut = call(backend.as_ref());
+            async move { (i, fut.await) }
+        })
+        .collect();
+    let mut timer = clock.sleep(limit);
+    let mut timed_out = false;
+
+    loop {
+        if wait == Wait::UntilDecided && decided(yes, no, failed, n, quorum) {
+            break;
+        }
+        match select(pending.next(), &mut timer).await {
+            Either::Left((Some((i, answer)), _)) => {
+                outcomes[i] = match &answer {
+                    Ok(v) if is_yes(v) => {
+                        yes += 1;
+                        InstanceOutcome::Succeeded
+                    }
+                    Ok(_) => {
+                        no += 1;
+                        InstanceOutcome::Refused
+                    }
+                    Err(e) => {
+                        failed += 1;
+                        InstanceOutcome::Failed(e.clone())
+                    }
+                };
+                answers[i] = Some(answer);
+            }
+            Either::Left((None, _)) => break,
+            Either::Right(((), _)) => {
+                timed_out = true;
+                break;
+            }
+        }
+    }
+    if timed_out {
+        for (outcome, answer) in outcomes.iter_mut().zip(&answers) {
+            if answer.is_none() {
+                *outcome = InstanceOutcome::TimedOut;
+            }
+        }
+    }
+    Round {
+        answers,
+        outcomes,
+        yes,
+        no,
+        quorum,
+        elapsed: clock.now().saturating_sub(start),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quorum_is_a_strict_majority() {
+        let expected = [1, 2, 2, 3, 3, 4, 4, 5, 5];
+        for (n, q) in (1..=9).zip(expected) {
+            assert_eq!(quorum(n), q, "N = {n}");
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        // N = 4, quorum 3: a 2-2 split is refused (no one can reach 3).
+        assert_eq!(verdict(2, 2, 4, 3), Verdict::Refused);
+        assert_eq!(verdict(3, 1, 4, 3), Verdict::Quorum);
+        assert_eq!(verdict(2, 1, 4, 3), Verdict::Undecided);
+        // N = 5: two yes, two no, one failure: the failure decided it.
+        assert_eq!(verdict(2, 2, 5, 3), Verdict::Undecided);
+    }
+
+    #[test]
+    fn decided_as_soon_as_the_missing_answers_cannot_matter() {
+        // N = 5, quorum 3.
+        assert!(!decided(2, 0, 0, 5, 3));
+        assert!(decided(3, 0, 0, 5, 3));
+        assert!(decided(0, 3, 0, 5, 3));
+        // Two failures and one no: the other two could still be two no (refused).
+        assert!(!decided(0, 1, 2, 5, 3));
+        // Three failures: neither quorum nor refusal possible any more.
+        assert!(decided(0, 0, 3, 5, 3));
+        assert!(decided(2, 2, 1, 5, 3));
+    }
+}

@@ -1,0 +1,177 @@
+//! A fault-injecting decorator for any backend.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redlock_core::{
+    async_trait, BackendError, BackendErrorKind, Clock, KeyState, LockBackend,
+};
+
+/// Wraps a backend and injects faults into every call, switched at run time through its
+/// [`Faults`] handle.
+///
+/// Latency is spent on the given clock before the call reaches the inner backend
+/// (request in flight) and after it applied (reply in flight), half each way, so a caller that
+/// gives up mid-way may leave the write applied, like a real network.
+#[derive(Debug, Clone)]
+pub struct FaultyBackend<B> {
+    inner: B,
+    clock: Arc<dyn Clock>,
+    faults: Faults,
+}
+
+/// The switches of a [`FaultyBackend`]. Clones share the switches.
+#[derive(Clone, Default)]
+pub struct Faults {
+    state: Arc<Mutex<FaultState>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FaultState {
+    down: bool,
+    hang: bool,
+    lose_replies: bool,
+    error: Option<(BackendErrorKind, String)>,
+    latency: Duration,
+    calls: u64,
+}
+
+impl fmt::Debug for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.lock(), f)
+    }
+}
+
+impl Faults {
+    fn lock(&self) -> MutexGuard<'_, FaultState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every call fails at once with a connection error (a crashed or unreachable server).
+    pub fn set_down(&self, down: bool) {
+        self.lock().down = down;
+    }
+
+    /// Calls never answer and never reach the instance (a `SIGSTOP`ped server).
+    pub fn set_hang(&self, hang: bool) {
+        self.lock().hang = hang;
+    }
+
+    /// Calls reach the instance and apply, but the reply never comes back (ambiguous write).
+    pub fn set_lose_replies(&self, lose: bool) {
+        self.lock().lose_replies = lose;
+    }
+
+    /// Every call is answered with this error without reaching the instance (`READONLY`,
+    /// `OOM`, ...); `None` clears it.
+    pub fn set_error(&self, error: Option<(BackendErrorKind, &str)>) {
+        self.lock().error = error.map(|(k, m)| (k, m.to_owned()));
+    }
+
+    /// Round-trip latency added to every call.
+    pub fn set_latency(&self, latency: Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// Clears every fault.
+    pub fn heal(&self) {
+        let calls = self.lock().calls;
+        *self.lock() = FaultState {
+            calls,
+            ..FaultState::default()
+        };
+    }
+
+    /// How many calls the decorator has seen.
+    #[must_use]
+    pub fn calls(&self) -> u64 {
+        self.lock().calls
+    }
+}
+
+impl<B: LockBackend> FaultyBackend<B> {
+    /// Wraps `inner`; latency is spent on `clock`.
+    pub fn new(inner: B, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner,
+            clock,
+            faults: Faults::default(),
+        }
+    }
+
+    /// The switches.
+    #[must_use]
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
+    }
+
+    /// The wrapped backend.
+    #[must_use]
+    pub fn inner(&self) -> &B {
+        &self.inner
+    }
+
+    async fn call<T, F>(&self, op: F) -> Result<T, BackendError>
+    where
+        F: std::future::Future<Output = Result<T, BackendError>> + Send,
+        T: Send,
+    {
+        let state = {
+            let mut s = self.faults.lock();
+            s.calls += 1;
+            s.clone()
+        };
+        if state.down {
+            return Err(BackendError::new(
+                BackendErrorKind::Connection,
+                "connection refused (injected)",
+            ));
+        }
+        if state.hang {
+            futures::future::pending::<()>().await;
+        }
+        if let Some((kind, message)) = state.error {
+            return Err(BackendError::new(kind, message));
+        }
+        let half = state.latency / 2;
+        if !half.is_zero() {
+            self.clock.sleep(half).await;
+        }
+        let result = op.await;
+        if state.lose_replies {
+            futures::future::pending::<()>().await;
+        }
+        if !half.is_zero() {
+            self.clock.sleep(state.latency - half).await;
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl<B: LockBackend> LockBackend for FaultyBackend<B> {
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    async fn acquire(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        self.call(self.inner.acquire(key, token, ttl)).await
+    }
+
+    async fn extend(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        self.call(self.inner.extend(key, token, ttl)).await
+    }
+
+    async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool, BackendError> {
+        self.call(self.inner.release(key, token)).await
+    }
+
+    async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
+        self.call(self.inner.inspect(key)).await
+    }
+
+    async fn close(&self) -> Result<(), BackendError> {
+        self.inner.close().await
+    }
+}

@@ -1,0 +1,288 @@
+//! An in-memory instance that behaves like one Redis server for the lock commands.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use redlock_core::{async_trait, BackendError, BackendErrorKind, Clock, KeyState, LockBackend};
+
+/// One in-memory lock instance.
+///
+/// Keys are bytes; expiry is judged on the instance's own clock (the one given to
+/// [`new`](Self::new)), like Redis judges it on the server's. A key can also hold a list
+/// ([`put_list`](Self::put_list)), which makes every lock command on it fail like Redis'
+/// `WRONGTYPE`. Calls complete immediately; latency and faults are the simulation's business.
+#[derive(Clone)]
+pub struct MemoryBackend {
+    id: Arc<str>,
+    clock: Arc<dyn Clock>,
+    store: Arc<Mutex<HashMap<Vec<u8>, Entry>>>,
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    Str(Vec<u8>),
+    List,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    value: Value,
+    expires_at: Option<Duration>,
+}
+
+impl fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("id", &self.id)
+            .field("keys", &self.store().len())
+            .finish()
+    }
+}
+
+fn wrong_type() -> BackendError {
+    BackendError::new(
+        BackendErrorKind::WrongType,
+        "WRONGTYPE Operation against a key holding the wrong kind of value",
+    )
+}
+
+impl MemoryBackend {
+    /// An empty instance named `id`, expiring keys on `clock`.
+    #[must_use]
+    pub fn new(id: impl Into<String>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            id: id.into().into(),
+            clock,
+            store: Arc::default(),
+        }
+    }
+
+    /// `n` instances named `mem-0` .. `mem-{n-1}` sharing `clock`, ready for a manager builder.
+    #[must_use]
+    pub fn cluster(n: usize, clock: &Arc<dyn Clock>) -> Vec<Arc<dyn LockBackend>> {
+        (0..n)
+            .map(|i| Arc::new(Self::new(format!("mem-{i}"), Arc::clone(clock))) as _)
+            .collect()
+    }
+
+    fn store(&self) -> MutexGuard<'_, HashMap<Vec<u8>, Entry>> {
+        // Every operation leaves the map consistent before it can panic.
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live entry under `key`, dropping it first if it has expired.
+    fn live<'a>(
+        store: &'a mut HashMap<Vec<u8>, Entry>,
+        key: &[u8],
+        now: Duration,
+    ) -> Option<&'a mut Entry> {
+        if store
+            .get(key)
+            .is_some_and(|e| e.expires_at.is_some_and(|at| at <= now))
+        {
+            store.remove(key);
+        }
+        store.get_mut(key)
+    }
+
+    /// The string value under `key` (no expiry applied), for tests that look at the instance
+    /// directly.
+    #[must_use]
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let now = self.clock.now();
+        match Self::live(&mut self.store(), key, now) {
+            Some(Entry {
+                value: Value::Str(v),
+                ..
+            }) => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    /// Stores a list under `key`, as application data of another type would be.
+    pub fn put_list(&self, key: &[u8]) {
+        self.store().insert(
+            key.to_vec(),
+            Entry {
+                value: Value::List,
+                expires_at: None,
+            },
+        );
+    }
+
+    /// Stores a plain string without expiry, as another writer might.
+    pub fn put(&self, key: &[u8], value: &[u8]) {
+        self.store().insert(
+            key.to_vec(),
+            Entry {
+                value: Value::Str(value.to_vec()),
+                expires_at: None,
+            },
+        );
+    }
+
+    /// Forgets every key, as a restart without persistence does.
+    pub fn flush(&self) {
+        self.store().clear();
+    }
+
+    /// Number of live keys.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        let now = self.clock.now();
+        let mut store = self.store();
+        store.retain(|_, e| e.expires_at.is_none_or(|at| at > now));
+        store.len()
+    }
+
+    /// Whether no key is live.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The keys whose value is `token`.
+    #[must_use]
+    pub fn keys_holding(&self, token: &[u8]) -> Vec<Vec<u8>> {
+        let now = self.clock.now();
+        let mut keys: Vec<Vec<u8>> = self
+            .store()
+            .iter()
+            .filter(|(_, e)| {
+                e.expires_at.is_none_or(|at| at > now)
+                    && matches!(&e.value, Value::Str(v) if v == token)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// `acquire` without the async wrapper; the simulation's network layer calls these.
+    ///
+    /// # Errors
+    /// `WrongType` when the key holds a list.
+    pub fn acquire_now(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        let now = self.clock.now();
+        let mut store = self.store();
+        match Self::live(&mut store, key, now) {
+            Some(Entry {
+                value: Value::Str(v),
+                expires_at,
+            }) => {
+                if v == token {
+                    *expires_at = Some(now.saturating_add(ttl));
+                    Ok(true)
+                } else {
+                    Ok(false)
+                }
+            }
+            Some(Entry {
+                value: Value::List,
+                ..
+            }) => Err(wrong_type()),
+            None => {
+                store.insert(
+                    key.to_vec(),
+                    Entry {
+                        value: Value::Str(token.to_vec()),
+                        expires_at: Some(now.saturating_add(ttl)),
+                    },
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    /// `extend` without the async wrapper.
+    ///
+    /// # Errors
+    /// `WrongType` when the key holds a list.
+    pub fn extend_now(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        let now = self.clock.now();
+        match Self::live(&mut self.store(), key, now) {
+            Some(Entry {
+                value: Value::Str(v),
+                expires_at,
+            }) if v == token => {
+                *expires_at = Some(now.saturating_add(ttl));
+                Ok(true)
+            }
+            Some(Entry {
+                value: Value::List,
+                ..
+            }) => Err(wrong_type()),
+            _ => Ok(false),
+        }
+    }
+
+    /// `release` without the async wrapper.
+    ///
+    /// # Errors
+    /// `WrongType` when the key holds a list.
+    pub fn release_now(&self, key: &[u8], token: &[u8]) -> Result<bool, BackendError> {
+        let now = self.clock.now();
+        let mut store = self.store();
+        match Self::live(&mut store, key, now) {
+            Some(Entry {
+                value: Value::Str(v),
+                ..
+            }) if v == token => {
+                store.remove(key);
+                Ok(true)
+            }
+            Some(Entry {
+                value: Value::List,
+                ..
+            }) => Err(wrong_type()),
+            _ => Ok(false),
+        }
+    }
+
+    /// `inspect` without the async wrapper.
+    ///
+    /// # Errors
+    /// `WrongType` when the key holds a list.
+    pub fn inspect_now(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
+        let now = self.clock.now();
+        match Self::live(&mut self.store(), key, now) {
+            Some(Entry {
+                value: Value::Str(v),
+                expires_at,
+            }) => Ok(Some(KeyState {
+                value: v.clone(),
+                ttl: expires_at.map(|at| at.saturating_sub(now)),
+            })),
+            Some(Entry {
+                value: Value::List,
+                ..
+            }) => Err(wrong_type()),
+            None => Ok(None),
+        }
+    }
+}
+
+#[async_trait]
+impl LockBackend for MemoryBackend {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn acquire(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        self.acquire_now(key, token, ttl)
+    }
+
+    async fn extend(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        self.extend_now(key, token, ttl)
+    }
+
+    async fn release(&self, key: &[u8], token: &[u8]) -> Result<bool, BackendError> {
+        self.release_now(key, token)
+    }
+
+    async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
+        self.inspect_now(key)
+    }
+}
