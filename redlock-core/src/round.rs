@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::{select, BoxFuture, Either};
+use futures::future::{select, BoxFuture, Either, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::backend::{BackendError, LockBackend};
@@ -117,7 +117,7 @@ where
     let mut outcomes = vec![InstanceOutcome::NotAwaited; n];
     let (mut yes, mut no, mut failed) = (0, 0, 0);
 
-    let mut pending: FuturesUnordered<_> = instances
+    let mut calls: FuturesUnordered<_> = instances
         .iter()
         .enumerate()
         .map(|(i, backend)| {
@@ -125,6 +125,14 @@ where
             async move { (i, fut.await) }
         })
         .collect();
+    // Start every call before counting any answer. `FuturesUnordered` returns as soon as one
+    // call completes, so with instances that answer at once the round would otherwise be
+    // decided before the later calls were even sent, leaving the lock on a bare quorum.
+    let mut answered_at_once = Vec::new();
+    while let Some(Some(answer)) = calls.next().now_or_never() {
+        answered_at_once.push(answer);
+    }
+    let mut pending = futures::stream::iter(answered_at_once).chain(calls);
     let mut timer = clock.sleep(limit);
     let mut timed_out = false;
 
