@@ -18,6 +18,12 @@ fn total_calls(c: &Cluster) -> u64 {
     c.faults.iter().map(|f| f.calls()).sum()
 }
 
+/// Lets spawned tasks run: one millisecond of virtual time, so every ready task is polled first.
+fn settle(c: &Cluster) {
+    let clock = Arc::clone(&c.clock);
+    c.sim.run(async move { clock.sleep(ms(1)).await });
+}
+
 fn keys_left(c: &Cluster, token: &[u8]) -> usize {
     c.memories.iter().map(|m| m.keys_holding(token).len()).sum()
 }
@@ -180,8 +186,7 @@ fn lock_auto_keeps_a_rival_out_for_several_leases_then_stops_on_release() {
         }
     });
     c.sim.run(lock.release()).unwrap();
-    // Let the watchdog observe the release.
-    c.sim.run(async {});
+    settle(&c);
     assert_eq!(c.sim.clock().next_deadline(), None, "watchdog stopped");
 }
 
@@ -236,7 +241,7 @@ fn dropped_guard_releases_in_the_background_with_a_spawner() {
     let token = lock.token().to_vec();
     drop(lock);
     assert_eq!(keys_left(&c, &token), 3, "drop itself does no I/O");
-    c.sim.run(async {});
+    settle(&c);
     assert_eq!(keys_left(&c, &token), 0);
     assert!(manager.active_locks().is_empty());
 }
@@ -248,7 +253,7 @@ fn dropped_guard_without_a_spawner_expires_by_its_ttl() {
     let lock = c.sim.run(manager.lock("job", LEASE)).unwrap();
     let token = lock.token().to_vec();
     drop(lock);
-    c.sim.run(async {});
+    settle(&c);
     assert_eq!(keys_left(&c, &token), 3);
     c.sim.clock().advance(LEASE);
     assert_eq!(keys_left(&c, &token), 0);
@@ -325,7 +330,7 @@ fn close_releases_held_locks_stops_watchdogs_and_reports_failures() {
         Err(Error::Closed)
     ));
     assert!(matches!(c.sim.run(manager.close()), Err(Error::Closed)));
-    c.sim.run(async {});
+    settle(&c);
     assert_eq!(c.sim.clock().next_deadline(), None, "no watchdog left");
 }
 

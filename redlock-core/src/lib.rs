@@ -57,6 +57,7 @@ mod config;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod error;
+mod lifecycle;
 mod lock;
 mod manager;
 mod round;
@@ -70,6 +71,7 @@ pub use config::{
     DEFAULT_RETRY_DELAY_MIN,
 };
 pub use error::{Error, Failure, InstanceOutcome, InstanceReport, InvalidInput, Loss, LossReason};
+pub use lifecycle::{AutoExtend, LockWatch, OnLoss, RENEW_AFTER_PERCENT};
 pub use lock::Lock;
 pub use manager::{ActiveLock, CloseReport, LockManager, MAX_KEY_LEN, MAX_TOKEN_LEN};
 pub use runtime::{Clock, OsRandom, RandomSource, SeededRandom, Spawner};

@@ -1,7 +1,8 @@
 //! The handle of an acquired lock.
 
 use std::fmt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::Duration;
 
 use crate::error::{Error, LossReason};
@@ -10,11 +11,17 @@ use crate::manager::LockManager;
 /// A lock held on a quorum of instances, until [`remaining`](Self::remaining) reaches zero.
 ///
 /// Methods take `&self`, so a handle can be shared with a task that extends or checks it.
-/// Dropping the handle does not release the lock: it expires by its TTL. Call
-/// [`release`](Self::release) when done.
+///
+/// # Dropping
+///
+/// Dropping a held lock never blocks and never panics. When the manager has a
+/// [`Spawner`](crate::Spawner) (the tokio one in `redlock-fred`, the simulation's in
+/// `redlock-mock`), the release is sent in the background; without one the lock expires by its
+/// TTL. Either way its renewals stop. Prefer [`release`](Self::release) (it reports a lost lock)
+/// or the scoped form [`LockManager::with_lock`].
 pub struct Lock {
-    shared: std::sync::Arc<LockShared>,
-    manager: LockManager,
+    pub(crate) shared: Arc<LockShared>,
+    pub(crate) manager: LockManager,
 }
 
 pub(crate) struct LockShared {
@@ -41,6 +48,10 @@ pub(crate) struct LockState {
     pub(crate) validity: Duration,
     /// The lease used by [`Lock::extend`].
     pub(crate) ttl: Duration,
+    /// When the current lease was granted (start of the acquire or extend that granted it).
+    pub(crate) granted_at: Duration,
+    /// Tasks waiting for the status to leave `Held`.
+    pub(crate) wakers: Vec<Waker>,
 }
 
 impl LockState {
@@ -52,15 +63,25 @@ impl LockState {
     }
 }
 
+/// A lease granted by a successful acquire or extend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grant {
+    /// The lease asked for.
+    pub(crate) ttl: Duration,
+    /// The start (T1) of the round that granted it.
+    pub(crate) granted_at: Duration,
+    /// `ttl − elapsed − drift`.
+    pub(crate) validity: Duration,
+}
+
 impl LockShared {
     pub(crate) fn new(
         id: u64,
         resource: &[u8],
         key: Box<[u8]>,
         token: Box<[u8]>,
-        ttl: Duration,
+        grant: Grant,
         deadline: Duration,
-        validity: Duration,
     ) -> Self {
         Self {
             id,
@@ -70,8 +91,10 @@ impl LockShared {
             state: Mutex::new(LockState {
                 status: Status::Held,
                 deadline,
-                validity,
-                ttl,
+                validity: grant.validity,
+                ttl: grant.ttl,
+                granted_at: grant.granted_at,
+                wakers: Vec::new(),
             }),
         }
     }
@@ -82,15 +105,29 @@ impl LockShared {
     }
 
     pub(crate) fn mark_lost(&self, reason: LossReason) {
-        let mut state = self.state();
-        if state.status == Status::Held {
-            state.status = Status::Lost(reason);
-        }
+        self.leave_held(Status::Lost(reason));
+    }
+
+    pub(crate) fn mark_released(&self) {
+        self.leave_held(Status::Released);
+    }
+
+    /// Ends the `Held` status (a lost lock may still become released) and wakes its watchers.
+    fn leave_held(&self, to: Status) {
+        let wakers = {
+            let mut state = self.state();
+            match (state.status, to) {
+                (Status::Released, _) | (Status::Lost(_), Status::Lost(_)) => return,
+                _ => state.status = to,
+            }
+            std::mem::take(&mut state.wakers)
+        };
+        wakers.into_iter().for_each(Waker::wake);
     }
 }
 
 impl Lock {
-    pub(crate) fn new(shared: std::sync::Arc<LockShared>, manager: LockManager) -> Self {
+    pub(crate) fn new(shared: Arc<LockShared>, manager: LockManager) -> Self {
         Self { shared, manager }
     }
 
@@ -204,7 +241,23 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        self.manager.inner.unregister(self.shared.id);
+        let inner = &self.manager.inner;
+        inner.unregister(self.shared.id);
+        if self.shared.state().status != Status::Held {
+            return;
+        }
+        match (&inner.spawner, inner.ensure_open()) {
+            (Some(spawner), Ok(())) => {
+                let shared = Arc::clone(&self.shared);
+                let manager = self.manager.clone();
+                spawner.spawn(Box::pin(async move {
+                    // Nobody is left to hear the outcome; the TTL covers a failure.
+                    drop(manager.inner.release(&shared).await);
+                }));
+            }
+            // Stop renewals; the keys expire by their TTL.
+            _ => self.shared.mark_released(),
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use futures::FutureExt;
 use crate::backend::{BackendError, KeyState, LockBackend};
 use crate::config::{Config, LockManagerBuilder};
 use crate::error::{Error, InvalidInput, LossReason};
-use crate::lock::{Lock, LockShared, Status};
+use crate::lock::{Grant, Lock, LockShared, Status};
 use crate::round::{self, Round, Verdict, Wait};
 use crate::runtime::{Clock, RandomSource, Spawner};
 
@@ -239,13 +239,17 @@ impl LockManager {
         if validity.is_zero() {
             return Err(Error::lost(LossReason::Expired, None));
         }
+        let grant = Grant {
+            ttl: fallback,
+            granted_at: t1,
+            validity,
+        };
         let shared = self.inner.register(
             resource,
             key,
             token.into(),
-            fallback,
+            grant,
             t1 + round.elapsed + validity,
-            validity,
         );
         Ok(Lock::new(shared, self.clone()))
     }
@@ -303,9 +307,11 @@ impl LockManager {
                 Err(e) => report.failed.push((shared.resource.to_vec(), e)),
             }
         }
-        let closes = self.inner.instances.iter().map(|b| async move {
-            (b.id().to_owned(), b.close().await)
-        });
+        let closes = self
+            .inner
+            .instances
+            .iter()
+            .map(|b| async move { (b.id().to_owned(), b.close().await) });
         for (id, result) in futures::future::join_all(closes).await {
             if let Err(e) = result {
                 report.backend_errors.push((id, e));
@@ -362,7 +368,7 @@ impl Inner {
         token.into_boxed_slice()
     }
 
-    fn retry_delay(&self) -> Duration {
+    pub(crate) fn retry_delay(&self) -> Duration {
         let (min, max) = (self.config.retry_delay_min, self.config.retry_delay_max);
         let span = (max - min).as_nanos();
         if span == 0 {
@@ -414,7 +420,12 @@ impl Inner {
                 let deadline = t1 + round.elapsed + validity;
                 cleanup_on_drop.armed = false;
                 drop(cleanup_on_drop);
-                let shared = self.register(resource, key, token, ttl, deadline, validity);
+                let grant = Grant {
+                    ttl,
+                    granted_at: t1,
+                    validity,
+                };
+                let shared = self.register(resource, key, token, grant, deadline);
                 return Ok(Lock::new(
                     shared,
                     LockManager {
@@ -439,11 +450,7 @@ impl Inner {
         }
     }
 
-    fn release_round<'a>(
-        &'a self,
-        key: &'a [u8],
-        token: &'a [u8],
-    ) -> BoxFuture<'a, Round<bool>> {
+    fn release_round<'a>(&'a self, key: &'a [u8], token: &'a [u8]) -> BoxFuture<'a, Round<bool>> {
         round::run(
             &self.instances,
             self.clock.as_ref(),
@@ -475,14 +482,11 @@ impl Inner {
         resource: &[u8],
         key: Box<[u8]>,
         token: Box<[u8]>,
-        ttl: Duration,
+        grant: Grant,
         deadline: Duration,
-        validity: Duration,
     ) -> Arc<LockShared> {
         let id = self.next_lock_id.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(LockShared::new(
-            id, resource, key, token, ttl, deadline, validity,
-        ));
+        let shared = Arc::new(LockShared::new(id, resource, key, token, grant, deadline));
         self.active().insert(id, Arc::clone(&shared));
         shared
     }
@@ -526,6 +530,7 @@ impl Inner {
                     state.deadline = t1 + round.elapsed + validity;
                     state.validity = validity;
                     state.ttl = ttl;
+                    state.granted_at = t1;
                     Ok(())
                 } else {
                     Err(Error::Released)
@@ -572,7 +577,7 @@ impl Inner {
                 Some(round.into_failure(1, &self.instances)),
             )),
         };
-        shared.state().status = Status::Released;
+        shared.mark_released();
         self.unregister(shared.id);
         result
     }

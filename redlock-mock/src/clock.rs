@@ -95,7 +95,6 @@ impl VirtualClock {
     }
 
     /// A sleep until `deadline` on this clock.
-    #[must_use]
     pub fn sleep_until(&self, deadline: Duration) -> Sleep {
         Sleep {
             clock: self.clone(),

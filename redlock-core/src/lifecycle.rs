@@ -1,0 +1,387 @@
+//! Keeping a lock alive, noticing its loss, and scoping it to a piece of work.
+//!
+//! Everything here is a plain future: the renewal loop ([`Lock::keep_alive`]) runs wherever it
+//! is polled, so the scoped form ([`LockManager::with_lock`]) needs no spawned task and works on
+//! any executor. Only [`LockManager::lock_auto`] spawns, through the manager's [`Spawner`].
+//!
+//! [`Spawner`]: crate::Spawner
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::{select, Either};
+use futures::FutureExt;
+
+use crate::error::{Error, InvalidInput, LossReason};
+use crate::lock::{Lock, LockShared, Status};
+use crate::manager::{Inner, LockManager};
+
+/// Renewals happen once this share of the lease has passed since it was granted (aioredlock
+/// renews at 60 %), leaving 40 % of the lease for the renewal and its retries.
+pub const RENEW_AFTER_PERCENT: u32 = 60;
+
+/// What the scoped form does when the lock is lost while the work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnLoss {
+    /// Stop the work (drop its future) and return [`Error::Lost`].
+    #[default]
+    Cancel,
+    /// Let the work finish; it can observe the loss through [`LockWatch::lost`] or
+    /// [`LockWatch::is_valid`].
+    KeepRunning,
+}
+
+/// Options of the scoped form and of auto-extended locks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
+pub struct AutoExtend {
+    /// The lease renewed each time; `None` uses the manager's `internal_lock_timeout` (10 s).
+    pub lease: Option<Duration>,
+    /// At most this many renewals, then the lock runs out (the Redlock spec suggests a cap);
+    /// `None` renews for as long as the work runs.
+    pub max_renewals: Option<u32>,
+    /// What the scoped form does on loss.
+    pub on_loss: OnLoss,
+}
+
+impl AutoExtend {
+    /// Renew `lease` each time instead of `internal_lock_timeout`.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// Stop renewing after `n` renewals.
+    pub fn with_max_renewals(mut self, n: u32) -> Self {
+        self.max_renewals = Some(n);
+        self
+    }
+
+    /// What to do with the work when the lock is lost.
+    pub fn with_on_loss(mut self, on_loss: OnLoss) -> Self {
+        self.on_loss = on_loss;
+        self
+    }
+}
+
+/// A read-only view of a lock, for the work it protects: validity, loss notification, and an
+/// ownership check. Cheap to clone; does not release anything when dropped.
+#[derive(Clone)]
+pub struct LockWatch {
+    shared: Arc<LockShared>,
+    manager: LockManager,
+}
+
+impl std::fmt::Debug for LockWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockWatch")
+            .field("resource", &String::from_utf8_lossy(&self.shared.resource))
+            .field("status", &self.shared.state().status)
+            .finish()
+    }
+}
+
+impl LockWatch {
+    /// The resource name, without the key prefix.
+    #[must_use]
+    pub fn resource(&self) -> &[u8] {
+        &self.shared.resource
+    }
+
+    /// The lock's token.
+    #[must_use]
+    pub fn token(&self) -> &[u8] {
+        &self.shared.token
+    }
+
+    /// Validity left now; zero once lost, released or expired.
+    #[must_use]
+    pub fn remaining(&self) -> Duration {
+        self.shared
+            .state()
+            .remaining(self.manager.inner.clock.now())
+    }
+
+    /// Whether validity is left.
+    #[must_use]
+    pub fn is_valid(&self) -> bool {
+        !self.remaining().is_zero()
+    }
+
+    /// Completes when the lock is lost (see [`Lock::lost`]).
+    pub async fn lost(&self) -> LossReason {
+        wait_lost(&self.shared, &self.manager.inner).await
+    }
+
+    /// Asks the instances whether a quorum still holds the token (see [`Lock::check`]).
+    ///
+    /// # Errors
+    /// As [`Lock::check`].
+    pub async fn check(&self) -> Result<Duration, Error> {
+        self.manager.inner.ensure_open()?;
+        self.manager.inner.check(&self.shared).await
+    }
+}
+
+/// Completes when the lock's status leaves `Held`.
+struct StatusChange<'a> {
+    shared: &'a LockShared,
+}
+
+impl Future for StatusChange<'_> {
+    type Output = Status;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Status> {
+        let mut state = self.shared.state();
+        if state.status != Status::Held {
+            return Poll::Ready(state.status);
+        }
+        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// Sleeps until `until` on the manager's clock, or until the lock's status changes.
+async fn sleep_or_change(shared: &LockShared, inner: &Inner, until: Duration) {
+    let now = inner.clock.now();
+    if until <= now {
+        return;
+    }
+    let change = pin!(StatusChange { shared });
+    drop(select(change, inner.clock.sleep(until - now)).await);
+}
+
+/// Completes with the reason once the lock is lost: marked lost by an extend or check, or its
+/// deadline passed. Never completes once the lock is released.
+pub(crate) async fn wait_lost(shared: &LockShared, inner: &Inner) -> LossReason {
+    loop {
+        let (status, deadline) = {
+            let state = shared.state();
+            (state.status, state.deadline)
+        };
+        match status {
+            Status::Lost(reason) => return reason,
+            Status::Released => futures::future::pending::<()>().await,
+            Status::Held => {}
+        }
+        if inner.clock.now() >= deadline {
+            shared.mark_lost(LossReason::Expired);
+            inner.unregister(shared.id);
+            continue;
+        }
+        sleep_or_change(shared, inner, deadline).await;
+    }
+}
+
+/// Renews the lock until it is released (`Ok`) or lost (`Err`).
+pub(crate) async fn keep_alive(
+    shared: &LockShared,
+    inner: &Inner,
+    max_renewals: Option<u32>,
+) -> Result<(), Error> {
+    let mut renewals: u32 = 0;
+    loop {
+        inner.ensure_open()?;
+        let (status, granted_at, ttl, deadline) = {
+            let s = shared.state();
+            (s.status, s.granted_at, s.ttl, s.deadline)
+        };
+        match status {
+            Status::Released => return Ok(()),
+            Status::Lost(reason) => return Err(Error::lost(reason, None)),
+            Status::Held => {}
+        }
+        let now = inner.clock.now();
+        if now >= deadline {
+            shared.mark_lost(LossReason::Expired);
+            inner.unregister(shared.id);
+            return Err(Error::lost(LossReason::Expired, None));
+        }
+        let may_renew = max_renewals.is_none_or(|max| renewals < max);
+        let renew_at = if may_renew {
+            granted_at + ttl * RENEW_AFTER_PERCENT / 100
+        } else {
+            deadline
+        };
+        if now < renew_at {
+            sleep_or_change(shared, inner, renew_at).await;
+            continue;
+        }
+        match inner.extend(shared, ttl).await {
+            Ok(()) => renewals = renewals.saturating_add(1),
+            Err(Error::Released) => return Ok(()),
+            Err(e @ (Error::Lost(_) | Error::Closed | Error::InvalidInput(_))) => return Err(e),
+            Err(_) => {
+                // Unavailable or too slow: try again soon, but well before the deadline.
+                let left = deadline.saturating_sub(inner.clock.now());
+                let pause = inner
+                    .retry_delay()
+                    .min(left / 3)
+                    .max(Duration::from_millis(1));
+                let until = inner.clock.now() + pause;
+                sleep_or_change(shared, inner, until).await;
+            }
+        }
+    }
+}
+
+impl Lock {
+    /// A view of this lock for the work it protects.
+    #[must_use]
+    pub fn watch(&self) -> LockWatch {
+        LockWatch {
+            shared: Arc::clone(&self.shared),
+            manager: self.manager.clone(),
+        }
+    }
+
+    /// Completes with the reason when this lock is lost: its validity ran out without renewal,
+    /// or an extend or check found that a quorum no longer holds it. Never completes after a
+    /// release. Meant for `select!` next to the work the lock protects.
+    pub async fn lost(&self) -> LossReason {
+        wait_lost(&self.shared, &self.manager.inner).await
+    }
+
+    /// Renews the lock at 60 % of its lease until it is released (`Ok(())`) or lost. A failed
+    /// renewal is retried until the deadline. Poll it next to the work (or spawn it); dropping
+    /// it stops the renewals.
+    ///
+    /// # Errors
+    /// [`Error::Lost`] when the lock is lost; [`Error::Closed`] when the manager closes.
+    pub async fn keep_alive(&self) -> Result<(), Error> {
+        keep_alive(&self.shared, &self.manager.inner, None).await
+    }
+
+    /// Like [`keep_alive`](Self::keep_alive), with at most `max_renewals` renewals.
+    ///
+    /// # Errors
+    /// As [`keep_alive`](Self::keep_alive); after the last renewal the lock runs out and this
+    /// returns [`Error::Lost`] with [`LossReason::Expired`].
+    pub async fn keep_alive_capped(&self, max_renewals: u32) -> Result<(), Error> {
+        keep_alive(&self.shared, &self.manager.inner, Some(max_renewals)).await
+    }
+}
+
+impl LockManager {
+    /// Acquires `resource` with the `internal_lock_timeout` lease and keeps it alive in the
+    /// background until it is released, dropped or lost (aioredlock's `lock()` without
+    /// `lock_timeout`). Needs a spawner; without one, use [`with_lock`](Self::with_lock) or poll
+    /// [`Lock::keep_alive`] yourself.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the manager has no spawner (nothing is sent); otherwise as
+    /// [`lock`](Self::lock).
+    pub async fn lock_auto(&self, resource: impl AsRef<[u8]>) -> Result<Lock, Error> {
+        self.lock_auto_with(resource, AutoExtend::default()).await
+    }
+
+    /// [`lock_auto`](Self::lock_auto) with options (lease, renewal cap).
+    ///
+    /// # Errors
+    /// As [`lock_auto`](Self::lock_auto).
+    pub async fn lock_auto_with(
+        &self,
+        resource: impl AsRef<[u8]>,
+        options: AutoExtend,
+    ) -> Result<Lock, Error> {
+        let Some(spawner) = self.inner.spawner.clone() else {
+            return Err(Error::invalid(InvalidInput::Config(
+                "auto-extension in the background needs a spawner: use with_lock() or poll \
+                 Lock::keep_alive()"
+                    .into(),
+            )));
+        };
+        let lease = options
+            .lease
+            .unwrap_or(self.inner.config.internal_lock_timeout);
+        let lock = self.lock(resource, lease).await?;
+        let shared = Arc::clone(&lock.shared);
+        let manager = self.clone();
+        spawner.spawn(Box::pin(async move {
+            // The outcome is visible through the handle (lost(), remaining()).
+            drop(keep_alive(&shared, &manager.inner, options.max_renewals).await);
+        }));
+        Ok(lock)
+    }
+
+    /// Runs `work` while holding `resource`, the Rust counterpart of aioredlock's
+    /// `async with await lock_manager.lock(...)`: acquires with the `internal_lock_timeout` lease,
+    /// keeps the lock alive alongside the work (in the same task: no spawn), releases it when the
+    /// work ends (also on panic, which is then resumed), and returns the work's output.
+    ///
+    /// If the lock is lost meanwhile, the work is stopped (its future dropped) and this returns
+    /// [`Error::Lost`]; see [`with_lock_opts`](Self::with_lock_opts) to let it run instead.
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock) when acquiring fails; [`Error::Lost`] when the lock was lost
+    /// during the work, or found lost when releasing; [`Error::Closed`].
+    pub async fn with_lock<F, Fut, T>(
+        &self,
+        resource: impl AsRef<[u8]>,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(LockWatch) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        self.with_lock_opts(resource, AutoExtend::default(), work)
+            .await
+    }
+
+    /// [`with_lock`](Self::with_lock) with options: lease, renewal cap, and what to do on loss.
+    ///
+    /// With [`OnLoss::KeepRunning`] the work always runs to completion and its output is
+    /// returned; it learns of a loss through its [`LockWatch`].
+    ///
+    /// # Errors
+    /// As [`with_lock`](Self::with_lock).
+    pub async fn with_lock_opts<F, Fut, T>(
+        &self,
+        resource: impl AsRef<[u8]>,
+        options: AutoExtend,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        F: FnOnce(LockWatch) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let lease = options
+            .lease
+            .unwrap_or(self.inner.config.internal_lock_timeout);
+        let lock = self.lock(resource, lease).await?;
+        let work = AssertUnwindSafe(work(lock.watch())).catch_unwind();
+        let renew = keep_alive(&lock.shared, &self.inner, options.max_renewals);
+        let (outcome, lost) = match options.on_loss {
+            OnLoss::Cancel => match select(pin!(work), pin!(renew)).await {
+                Either::Left((outcome, _)) => (Some(outcome), None),
+                Either::Right((renewed, _)) => (None, renewed.err()),
+            },
+            OnLoss::KeepRunning => {
+                let mut work = pin!(work);
+                match select(work.as_mut(), pin!(renew)).await {
+                    Either::Left((outcome, _)) => (Some(outcome), None),
+                    // Lost (or closed): the work goes on without renewals.
+                    Either::Right((renewed, _)) => (Some(work.await), renewed.err()),
+                }
+            }
+        };
+        let released = lock.release().await;
+        match outcome {
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => Err(lost.unwrap_or(Error::Released)),
+            Some(Ok(out)) => match (options.on_loss, released) {
+                (OnLoss::Cancel, Err(e @ Error::Lost(_))) => Err(e),
+                // The work ran under the lock; an instance that did not answer the release keeps
+                // the key until its TTL, which harms no one.
+                _ => Ok(out),
+            },
+        }
+    }
+}
