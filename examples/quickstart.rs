@@ -61,6 +61,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn redis_instances(urls: &[String]) -> Result<Vec<Arc<dyn LockBackend>>, Box<dyn std::error::Error>> {
+fn redis_instances(
+    urls: &[String],
+) -> Result<Vec<Arc<dyn LockBackend>>, Box<dyn std::error::Error>> {
     Err(format!("Redis support is not wired into this example yet: {urls:?}").into())
 }

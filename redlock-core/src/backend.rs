@@ -55,8 +55,7 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// [`BackendError`] when the instance gave no answer (see the contract, rule 8).
-    async fn acquire(&self, key: &[u8], token: &[u8], ttl: Duration)
-        -> Result<bool, BackendError>;
+    async fn acquire(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError>;
 
     /// Resets the expiry of `key` to `ttl` if it holds `token`; never re-creates it.
     ///

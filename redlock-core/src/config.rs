@@ -220,13 +220,15 @@ impl LockManagerBuilder {
         if self.instance_timeout.is_zero() {
             return invalid(InvalidInput::ZeroInstanceTimeout);
         }
-        let internal_lock_timeout = crate::validity::normalize_ttl(self.internal_lock_timeout, drift)
-            .map_err(|reason| {
-                Error::invalid(InvalidInput::Ttl {
-                    ttl: self.internal_lock_timeout,
-                    reason,
-                })
-            })?;
+        let internal_lock_timeout =
+            crate::validity::normalize_ttl(self.internal_lock_timeout, drift).map_err(
+                |reason| {
+                    Error::invalid(InvalidInput::Ttl {
+                        ttl: self.internal_lock_timeout,
+                        reason,
+                    })
+                },
+            )?;
         let config = Config {
             retry_count: self.retry_count,
             retry_delay_min: min,

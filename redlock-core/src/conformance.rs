@@ -55,7 +55,10 @@ pub async fn round_trip(backend: &dyn LockBackend, namespace: &[u8]) {
         .expect("key present after acquire");
     assert_eq!(state.value, b"tok-a");
     let ttl = state.ttl.expect("an acquired key has an expiry");
-    assert!(ttl <= LONG && ttl > LONG / 2, "ttl {ttl:?} after acquiring for {LONG:?}");
+    assert!(
+        ttl <= LONG && ttl > LONG / 2,
+        "ttl {ttl:?} after acquiring for {LONG:?}"
+    );
     assert!(must("release", backend.release(&k, b"tok-a")).await);
     assert_eq!(must("inspect", backend.inspect(&k)).await, None);
 }
@@ -66,7 +69,10 @@ pub async fn acquire_is_exclusive(backend: &dyn LockBackend, namespace: &[u8]) {
     assert!(must("acquire", backend.acquire(&k, b"tok-a", LONG)).await);
     assert!(!must("rival acquire", backend.acquire(&k, b"tok-b", LONG)).await);
     let state = must("inspect", backend.inspect(&k)).await.expect("present");
-    assert_eq!(state.value, b"tok-a", "the rival must not overwrite the holder");
+    assert_eq!(
+        state.value, b"tok-a",
+        "the rival must not overwrite the holder"
+    );
     assert!(must("release", backend.release(&k, b"tok-a")).await);
 }
 
@@ -99,14 +105,23 @@ pub async fn foreign_token_is_never_released_or_extended(
 /// Acquiring again with the same token succeeds and resets the TTL (safe re-sends).
 pub async fn same_token_acquire_is_idempotent(backend: &dyn LockBackend, namespace: &[u8]) {
     let k = key(namespace, b"idempotent");
-    assert!(must("acquire", backend.acquire(&k, b"tok-a", Duration::from_secs(5))).await);
+    assert!(
+        must(
+            "acquire",
+            backend.acquire(&k, b"tok-a", Duration::from_secs(5))
+        )
+        .await
+    );
     assert!(must("re-acquire", backend.acquire(&k, b"tok-a", LONG)).await);
     let ttl = must("inspect", backend.inspect(&k))
         .await
         .expect("present")
         .ttl
         .expect("expiry");
-    assert!(ttl > Duration::from_secs(5), "re-acquire must reset the TTL, got {ttl:?}");
+    assert!(
+        ttl > Duration::from_secs(5),
+        "re-acquire must reset the TTL, got {ttl:?}"
+    );
     assert!(must("release", backend.release(&k, b"tok-a")).await);
 }
 
@@ -127,7 +142,9 @@ pub async fn binary_names_are_distinct_keys(backend: &dyn LockBackend, namespace
     let token = b"\x00tok\xff";
     assert!(must("acquire a", backend.acquire(&a, token, LONG)).await);
     assert!(must("acquire b", backend.acquire(&b, b"other", LONG)).await);
-    let state = must("inspect a", backend.inspect(&a)).await.expect("present");
+    let state = must("inspect a", backend.inspect(&a))
+        .await
+        .expect("present");
     assert_eq!(state.value, token);
     assert!(must("release a", backend.release(&a, token)).await);
     assert_eq!(must("inspect a", backend.inspect(&a)).await, None);
@@ -138,7 +155,13 @@ pub async fn binary_names_are_distinct_keys(backend: &dyn LockBackend, namespace
 /// After the TTL has passed the key is gone and another token can take it.
 pub async fn ttl_expiry(backend: &dyn LockBackend, clock: &dyn Clock, namespace: &[u8]) {
     let k = key(namespace, b"expiry");
-    assert!(must("acquire", backend.acquire(&k, b"tok-a", Duration::from_millis(50))).await);
+    assert!(
+        must(
+            "acquire",
+            backend.acquire(&k, b"tok-a", Duration::from_millis(50))
+        )
+        .await
+    );
     clock.sleep(Duration::from_millis(120)).await;
     assert_eq!(must("inspect", backend.inspect(&k)).await, None);
     assert!(must("rival acquire", backend.acquire(&k, b"tok-b", LONG)).await);
@@ -152,7 +175,13 @@ pub async fn extend_does_not_resurrect(
     namespace: &[u8],
 ) {
     let k = key(namespace, b"no-resurrect");
-    assert!(must("acquire", backend.acquire(&k, b"tok-a", Duration::from_millis(40))).await);
+    assert!(
+        must(
+            "acquire",
+            backend.acquire(&k, b"tok-a", Duration::from_millis(40))
+        )
+        .await
+    );
     clock.sleep(Duration::from_millis(100)).await;
     assert!(!must("extend after expiry", backend.extend(&k, b"tok-a", LONG)).await);
     assert_eq!(must("inspect", backend.inspect(&k)).await, None);
@@ -161,7 +190,13 @@ pub async fn extend_does_not_resurrect(
 /// Extending a held key sets its TTL to the new value.
 pub async fn extend_resets_ttl(backend: &dyn LockBackend, clock: &dyn Clock, namespace: &[u8]) {
     let k = key(namespace, b"extend");
-    assert!(must("acquire", backend.acquire(&k, b"tok-a", Duration::from_millis(200))).await);
+    assert!(
+        must(
+            "acquire",
+            backend.acquire(&k, b"tok-a", Duration::from_millis(200))
+        )
+        .await
+    );
     assert!(must("extend", backend.extend(&k, b"tok-a", LONG)).await);
     clock.sleep(Duration::from_millis(300)).await;
     let state = must("inspect", backend.inspect(&k))

@@ -127,14 +127,21 @@ impl fmt::Display for InvalidInput {
         match self {
             Self::NoInstances => f.write_str("at least one instance is required"),
             Self::DuplicateInstance(id) => {
-                write!(f, "instance {id} is configured twice (a quorum needs distinct servers)")
+                write!(
+                    f,
+                    "instance {id} is configured twice (a quorum needs distinct servers)"
+                )
             }
-            Self::ZeroRetryCount => f.write_str("retry_count is the number of attempts; it must be at least 1"),
+            Self::ZeroRetryCount => {
+                f.write_str("retry_count is the number of attempts; it must be at least 1")
+            }
             Self::RetryDelayRange { min, max } => {
                 write!(f, "retry delay min {min:?} is greater than max {max:?}")
             }
             Self::DriftFactor(v) => write!(f, "drift factor {v} must be finite and in [0, 1)"),
-            Self::ZeroInstanceTimeout => f.write_str("the per-instance timeout must be greater than zero"),
+            Self::ZeroInstanceTimeout => {
+                f.write_str("the per-instance timeout must be greater than zero")
+            }
             Self::Ttl { ttl, reason } => write!(f, "TTL {ttl:?} {reason}"),
             Self::EmptyResource => f.write_str("the resource name is empty"),
             Self::ResourceTooLong(len) => write!(
