@@ -1,4 +1,6 @@
-//! Redlock for Rust: a lease held on a majority of N independent Redis masters.
+#![doc = include_str!("../README.md")]
+//!
+//! # Crates
 //!
 //! This facade re-exports [`redlock_core`] (the algorithm), [`mock`] (the in-memory backend and
 //! simulation) and, with the default `fred` feature, [`fred`] (Redis and Sentinel on tokio).

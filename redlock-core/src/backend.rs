@@ -13,7 +13,7 @@ use async_trait::async_trait;
 ///
 /// # Contract
 ///
-/// Every backend must meet all of the following; [`conformance`](crate::conformance) (feature
+/// Every backend must meet all of the following; the `conformance` module (feature
 /// `testing`) checks them.
 ///
 /// 1. **Atomic and token-checked.** Each method is one atomic step on the instance. `extend` and

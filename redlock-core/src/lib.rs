@@ -5,15 +5,27 @@
 //! - N backends (`redlock-fred` for Redis and Sentinel, `redlock-mock` for an in-memory one);
 //! - a [`Clock`] (tokio's in `redlock-fred`, a virtual one in `redlock-mock`).
 //!
+//! The main way to use a lock is the scoped form: renewed while the work runs, released when it
+//! ends (also on error or panic), and the work is stopped with [`Error::Lost`] if the lock is lost.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use redlock_core::{Error, LockManager};
 //!
-//! async fn work(manager: &LockManager) -> Result<(), Error> {
+//! async fn work(manager: &LockManager) -> Result<u32, Error> {
+//!     manager
+//!         .with_lock("invoice:42", |lock| async move {
+//!             // `lock.remaining()`, `lock.lost()` and `lock.check()` are at hand here.
+//!             7
+//!         })
+//!         .await
+//! }
+//!
+//! // The explicit calls, as in aioredlock:
+//! async fn explicit(manager: &LockManager) -> Result<(), Error> {
 //!     let lock = manager.lock("invoice:42", Duration::from_secs(10)).await?;
 //!     assert!(lock.is_valid());
 //!     assert!(manager.is_locked("invoice:42").await?);
-//!     // ... do the work, checking lock.remaining() before each step ...
 //!     lock.extend().await?; // another 10 s, if a quorum agrees
 //!     lock.release().await?; // Err(Error::Lost(..)) if it ran out meanwhile
 //!     Ok(())
