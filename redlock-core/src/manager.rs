@@ -560,7 +560,9 @@ impl Inner {
             return Err(Error::Released);
         }
         let round = self.release_round(&shared.key, &shared.token).await;
-        let expired = shared.state().remaining(self.clock.now()).is_zero();
+        // Judged on the deadline, not the status: a concurrent extend or check that ran into
+        // this very release's deletes marks the lock lost, but it was ours until now.
+        let expired = shared.state().deadline <= self.clock.now();
         let verdict = round.verdict();
         if verdict == Verdict::Undecided && prior == Status::Held && !expired {
             // Unknown whether the keys are gone: keep the handle so the caller can retry.

@@ -64,6 +64,11 @@ impl Cluster {
         self.clock.now()
     }
 
+    /// Moves virtual time forward outside any run (a client that does nothing meanwhile).
+    pub fn advance(&self, by: Duration) {
+        self.sim.clock().advance(by);
+    }
+
     /// A builder over the default client's view of the instances, with seeded randomness.
     pub fn builder(&self, seed: u64) -> LockManagerBuilder {
         LockManager::builder(Arc::clone(&self.clock))
