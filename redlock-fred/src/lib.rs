@@ -1,6 +1,80 @@
-//! Redis and Sentinel backend for `redlock-core` on the `fred` client, and the core's runtime
+//! Redis and Sentinel backend for `redlock-core` on the [`fred`] client, and the core's runtime
 //! traits on tokio.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redlock_fred::{Instance, RedisConfig, Sentinel};
+//!
+//! # async fn demo() -> Result<(), redlock_core::Error> {
+//! // aioredlock: Aioredlock([('localhost', 7001), {...}, 'redis://...', Sentinel(...)])
+//! let manager = redlock_fred::manager([
+//!     Instance::from(("localhost", 7001)),
+//!     RedisConfig::new("localhost", 7002).with_db(1).into(),
+//!     "redis://localhost:7003/2".into(),
+//!     Sentinel::from_url("redis://localhost:26379/4?master=leader&encoding=utf-8")?.into(),
+//!     "rediss://:password@localhost:7004/0?ssl_cert_reqs=CERT_NONE".into(),
+//! ])
+//! .build()?;
+//!
+//! assert!(!manager.is_locked("resource_name").await?);
+//! let lock = manager.lock("resource_name", Duration::from_secs(10)).await?;
+//! assert!(lock.is_valid());
+//! lock.extend().await?;
+//! lock.release().await?;
+//! manager.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Connection forms
+//!
+//! Every form of aioredlock's instance list has a Rust counterpart in [`Instance`]: a
+//! `(host, port)` pair, a [`RedisConfig`], a URL string (`redis://`, `rediss://`, unix
+//! sockets, aioredlock's and fred's Sentinel URLs: see [`Instance::parse`]), a [`UnixSocket`]
+//! and a [`Sentinel`]. A bad URL is an
+//! [`InvalidInput::Config`](redlock_core::InvalidInput::Config) error at build time.
+//!
+//! # Instance identity
+//!
+//! The manager refuses two instances that are the same server. Identity is decided without
+//! the network: `host:port` with `localhost` read as `127.0.0.1`, the socket path, or the
+//! Sentinel master name with its sentinel addresses. Two different host names for one server,
+//! or a Sentinel master also listed directly, are not detected: list each server once.
+//!
+//! # Timeouts and ghost locks
+//!
+//! fred's own command timeout is set just below the manager's per-instance timeout. A command
+//! that times out in fred is never written; a command the manager merely stops waiting for would
+//! be written after the next reconnect and leave a lock key nobody releases until its TTL.
+//!
+//! # Security
+//!
+//! Passwords never appear in `Debug`, `Display` or error messages of this crate. TLS (the
+//! default `tls` feature, rustls) verifies certificates unless told otherwise
+//! ([`Tls::danger_accept_invalid_certs`], `ssl_cert_reqs=CERT_NONE`). Without the feature,
+//! a TLS configuration is an error, never a silent plaintext connection.
+//!
+//! # Features
+//!
+//! - `tls` (default): TLS through rustls.
+//! - `harness`: [`harness`], real `redis-server` processes for tests and benchmarks.
 
+mod backend;
+mod builder;
+mod config;
 mod runtime;
+mod scripts;
+mod sentinel;
+mod tls;
 
+#[cfg(feature = "harness")]
+pub mod harness;
+
+pub use backend::{ConnectionOptions, RedisBackend};
+pub use builder::{manager, RedisManagerBuilder};
+pub use config::{Instance, RedisConfig, UnixSocket, DEFAULT_PORT, DEFAULT_SENTINEL_PORT};
 pub use runtime::{TokioClock, TokioSpawner};
+pub use sentinel::Sentinel;
+pub use tls::Tls;
+
+/// The fred client this backend is built on, for commands of your own.
+pub use fred;

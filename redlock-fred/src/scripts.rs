@@ -1,0 +1,77 @@
+//! The per-instance Lua scripts.
+//!
+//! Each returns an integer code rather than raising: a script error reaches the client as an
+//! opaque string (`ERR ... script: ...`), while a code can be matched. `GET` goes through
+//! `redis.pcall` so a key holding another type (a list, a hash) is reported as [`WRONG_TYPE`]
+//! instead of a script error. Every script is idempotent for the same token, because fred may
+//! re-send a command whose connection dropped before the reply arrived.
+
+use std::sync::LazyLock;
+
+/// The key holds a value of another type.
+pub(crate) const WRONG_TYPE: i64 = -1;
+
+/// One script with its SHA1, for `EVALSHA`.
+pub(crate) struct Script {
+    pub(crate) name: &'static str,
+    pub(crate) body: &'static str,
+    pub(crate) sha: LazyLock<String>,
+}
+
+macro_rules! script {
+    ($name:ident, $body:expr) => {
+        pub(crate) static $name: Script = Script {
+            name: stringify!($name),
+            body: $body,
+            sha: LazyLock::new(|| fred::util::sha1_hash($body)),
+        };
+    };
+}
+
+// ARGV[1] = token, ARGV[2] = ttl in ms. 1 = acquired (fresh, or already ours: expiry reset).
+script!(
+    ACQUIRE,
+    r"local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0"
+);
+
+// Never SET: an absent key stays absent (a lost lock is not resurrected).
+script!(
+    EXTEND,
+    r"local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0"
+);
+
+script!(
+    RELEASE,
+    r"local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0"
+);
+
+// 0 = absent; otherwise {value, pttl}. One script so the value and the TTL belong together.
+script!(
+    INSPECT,
+    r"local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v == false then return 0 end
+return {v, redis.call('PTTL', KEYS[1])}"
+);
