@@ -4,9 +4,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Clock, KeyState, LockBackend,
-};
+use redlock_core::{async_trait, BackendError, BackendErrorKind, Clock, KeyState, LockBackend};
 
 /// Wraps a backend and injects faults into every call, switched at run time through its
 /// [`Faults`] handle.

@@ -23,12 +23,25 @@
 //! # Ok::<(), redlock_core::Error>(())
 //! ```
 
+pub mod check;
 mod clock;
 mod executor;
 mod faulty;
+pub mod history;
 mod memory;
+mod net;
+mod skew;
+pub mod sweep;
+mod trace;
+mod world;
 
+pub use check::{CheckReport, Overlap, Violation, ViolationKind, Window};
 pub use clock::{Sleep, VirtualClock};
 pub use executor::{JoinHandle, Simulation, Stalled};
 pub use faulty::{Faults, FaultyBackend};
+pub use history::{History, OpKind, OpRecord, Outcome};
 pub use memory::MemoryBackend;
+pub use net::{Latency, LinkBackend, ServerStatus};
+pub use skew::SkewedClock;
+pub use trace::{TracedClient, TracedLock};
+pub use world::{World, WorldBuilder};

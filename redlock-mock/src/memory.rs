@@ -164,7 +164,12 @@ impl MemoryBackend {
     ///
     /// # Errors
     /// `WrongType` when the key holds a list.
-    pub fn acquire_now(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+    pub fn acquire_now(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
         let now = self.clock.now();
         let mut store = self.store();
         match Self::live(&mut store, key, now) {
@@ -180,8 +185,7 @@ impl MemoryBackend {
                 }
             }
             Some(Entry {
-                value: Value::List,
-                ..
+                value: Value::List, ..
             }) => Err(wrong_type()),
             None => {
                 store.insert(
@@ -200,7 +204,12 @@ impl MemoryBackend {
     ///
     /// # Errors
     /// `WrongType` when the key holds a list.
-    pub fn extend_now(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+    pub fn extend_now(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, BackendError> {
         let now = self.clock.now();
         match Self::live(&mut self.store(), key, now) {
             Some(Entry {
@@ -211,8 +220,7 @@ impl MemoryBackend {
                 Ok(true)
             }
             Some(Entry {
-                value: Value::List,
-                ..
+                value: Value::List, ..
             }) => Err(wrong_type()),
             _ => Ok(false),
         }
@@ -234,8 +242,7 @@ impl MemoryBackend {
                 Ok(true)
             }
             Some(Entry {
-                value: Value::List,
-                ..
+                value: Value::List, ..
             }) => Err(wrong_type()),
             _ => Ok(false),
         }
@@ -256,8 +263,7 @@ impl MemoryBackend {
                 ttl: expires_at.map(|at| at.saturating_sub(now)),
             })),
             Some(Entry {
-                value: Value::List,
-                ..
+                value: Value::List, ..
             }) => Err(wrong_type()),
             None => Ok(None),
         }
