@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ms, times_of, Call, Cluster, Recorder, TTL};
+use common::{ms, times_of, CallLog, Cluster, Recorder, TTL};
 use redlock::{Error, LockManager, SeededRandom};
 
 const RIVAL: &[u8] = b"rival-token";
@@ -18,7 +18,7 @@ fn recorded_manager(
     seed: u64,
     attempts: u32,
     delay: (Duration, Duration),
-) -> (LockManager, Arc<Mutex<Vec<Call>>>) {
+) -> (LockManager, CallLog) {
     let (backends, log) = Recorder::wrap(&c.backends, &c.clock);
     let manager = LockManager::builder(Arc::clone(&c.clock))
         .instances(backends)

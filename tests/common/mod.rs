@@ -173,20 +173,23 @@ pub struct Call {
     pub token: Vec<u8>,
 }
 
+/// The shared log of a set of [`Recorder`]s.
+pub type CallLog = Arc<Mutex<Vec<Call>>>;
+
 /// Wraps a backend and logs every call with its virtual start time, to observe when attempts
 /// happened.
 #[derive(Debug)]
 pub struct Recorder {
     inner: Arc<dyn LockBackend>,
     clock: Arc<dyn Clock>,
-    log: Arc<Mutex<Vec<Call>>>,
+    log: CallLog,
 }
 
 impl Recorder {
     pub fn wrap(
         backends: &[Arc<dyn LockBackend>],
         clock: &Arc<dyn Clock>,
-    ) -> (Vec<Arc<dyn LockBackend>>, Arc<Mutex<Vec<Call>>>) {
+    ) -> (Vec<Arc<dyn LockBackend>>, CallLog) {
         let log = Arc::new(Mutex::new(Vec::new()));
         let wrapped = backends
             .iter()
