@@ -62,7 +62,9 @@ fn attempt_with_latency(latency: Duration) -> (Cluster, Result<redlock::Lock, Er
 
 #[test]
 fn validity_exactly_zero_fails_with_validity_expired() {
-    // 10 000 − 9 898 − 102 = 0.
+    // 10 000 − 9 898 − 102 = 0. The round's time limit is capped at that same 9 898 ms (later
+    // answers could not leave validity), so the replies and the timer fall due together; the
+    // replies count, and the quorum they form is too late.
     let (c, result) = attempt_with_latency(ms(9_898));
     let err = result.expect_err("zero validity is not a lock");
     assert!(matches!(err, Error::ValidityExpired(_)), "{err:?}");
