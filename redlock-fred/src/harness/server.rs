@@ -199,7 +199,9 @@ impl RedisServer {
                         .get(1)
                         .and_then(Reply::as_text)
                         .is_some_and(|d| Path::new(&d) == self.dir.path());
-                    if ours {
+                    // Redis 7 writes its first AOF base in the background; a kill before that
+                    // ends loses the writes made meanwhile (the manifest does not list them yet).
+                    if ours && (!self.options.persistence || self.aof_settled(&mut conn)) {
                         return Ok(());
                     }
                 }
@@ -213,6 +215,17 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    fn aof_settled(&self, conn: &mut Conn) -> bool {
+        conn.cmd(&["INFO", "persistence"])
+            .ok()
+            .and_then(|r| r.as_text())
+            .is_some_and(|info| {
+                info.contains("aof_enabled:1")
+                    && info.contains("aof_rewrite_in_progress:0")
+                    && info.contains("aof_rewrite_scheduled:0")
+            })
     }
 
     fn log_tail(&self) -> String {
