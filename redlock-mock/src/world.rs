@@ -512,6 +512,19 @@ impl World {
         self.fault(format!("latency c{c} i{i} {latency:?}"));
     }
 
+    /// The one-way latency of every link.
+    pub fn set_latency_all(&self, latency: Latency) {
+        {
+            let mut net = self.inner.net.lock();
+            for c in 0..self.client_count() {
+                for i in 0..self.instance_count() {
+                    net.touch_link(c, i).latency = latency;
+                }
+            }
+        }
+        self.fault(format!("latency all {latency:?}"));
+    }
+
     /// Stops polling client `c`'s process (its tasks spawned through
     /// [`spawn_client`](Self::spawn_client) and its manager's background work) for `d` of true
     /// time, like a GC pause or `SIGSTOP`. Replies keep arriving and wait to be read; time keeps
