@@ -94,12 +94,18 @@ fn main() {
         let floor = measure(|| {
             block_on(async {
                 for b in &backends {
-                    black_box(b.acquire(b"bench", b"0123456789abcdef0123456789abcdef", TTL).await)
-                        .expect("in-memory acquire");
+                    black_box(
+                        b.acquire(b"bench", b"0123456789abcdef0123456789abcdef", TTL)
+                            .await,
+                    )
+                    .expect("in-memory acquire");
                 }
                 for b in &backends {
-                    black_box(b.release(b"bench", b"0123456789abcdef0123456789abcdef").await)
-                        .expect("in-memory release");
+                    black_box(
+                        b.release(b"bench", b"0123456789abcdef0123456789abcdef")
+                            .await,
+                    )
+                    .expect("in-memory release");
                 }
             })
         });

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 
 /// One independent lock instance (one Redis master, one simulated server, ...).
 ///
@@ -76,6 +77,13 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
     /// type.
     async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError>;
 
+    /// Release notifications, when this backend supports them (see [`ReleaseNotify`]). The
+    /// manager then wakes waiting acquirers as soon as a lock is released instead of letting
+    /// them sleep out their retry delay.
+    fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
+        None
+    }
+
     /// Closes connections. Later calls may fail with [`BackendErrorKind::Closed`].
     ///
     /// # Errors
@@ -83,6 +91,39 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
     async fn close(&self) -> Result<(), BackendError> {
         Ok(())
     }
+}
+
+/// Optional capability of a backend: telling waiters that a key was released.
+///
+/// # Contract
+///
+/// 1. [`release_and_notify`](Self::release_and_notify) is [`LockBackend::release`] (same
+///    atomicity and token check) that also, when it deleted the key, notifies every active
+///    subscription to that key on this instance, and reports whether any subscriber was told.
+/// 2. [`subscribe`](Self::subscribe) returns only once the subscription is active: a release
+///    that happens after it returns is delivered. The stream yields one item per release of the
+///    key; it may also yield spuriously, and may end when the connection is lost (the manager then
+///    falls back to polling). Dropping the stream unsubscribes.
+/// 3. Notifications are a hint for speed only: the manager never trusts one for safety, it
+///    always runs a full acquire attempt afterwards.
+#[async_trait]
+pub trait ReleaseNotify: Send + Sync {
+    /// Releases `key` if it holds `token` and tells subscribers. Returns `(released, heard)`:
+    /// whether the key was deleted, and whether at least one subscriber was notified.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the instance gave no answer.
+    async fn release_and_notify(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> Result<(bool, bool), BackendError>;
+
+    /// Subscribes to releases of `key` on this instance.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the subscription could not be made.
+    async fn subscribe(&self, key: &[u8]) -> Result<BoxStream<'static, ()>, BackendError>;
 }
 
 /// What [`LockBackend::inspect`] found under a key.

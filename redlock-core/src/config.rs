@@ -21,6 +21,9 @@ pub struct Config {
     pub(crate) instance_timeout: Duration,
     pub(crate) internal_lock_timeout: Duration,
     pub(crate) key_prefix: Vec<u8>,
+    pub(crate) wake_on_release: bool,
+    pub(crate) fair: bool,
+    pub(crate) fair_grace: Duration,
 }
 
 impl Config {
@@ -65,6 +68,18 @@ impl Config {
     pub fn key_prefix(&self) -> &[u8] {
         &self.key_prefix
     }
+
+    /// Whether waiters are woken by release announcements (where the backend supports them).
+    #[must_use]
+    pub fn wake_on_release(&self) -> bool {
+        self.wake_on_release
+    }
+
+    /// Whether fair mode is on, and its grace period.
+    #[must_use]
+    pub fn fair(&self) -> Option<Duration> {
+        self.fair.then_some(self.fair_grace)
+    }
 }
 
 /// Builds a [`LockManager`]; every value is checked by [`build`](Self::build).
@@ -81,6 +96,8 @@ impl Config {
 /// | `key_prefix` | none: the key is the resource name | none |
 /// | randomness | [`OsRandom`] | `uuid4` |
 /// | spawner | none | asyncio loop |
+/// | `wake_on_release` | on (where the backend supports it) | no: waiters sleep out the delay |
+/// | `fair` | off | no |
 #[derive(Debug)]
 #[must_use]
 pub struct LockManagerBuilder {
@@ -94,6 +111,8 @@ pub struct LockManagerBuilder {
     instance_timeout: Duration,
     internal_lock_timeout: Duration,
     key_prefix: Vec<u8>,
+    wake_on_release: bool,
+    fair: Option<Duration>,
 }
 
 /// Default total number of acquire attempts.
@@ -124,6 +143,8 @@ impl LockManagerBuilder {
             instance_timeout: DEFAULT_INSTANCE_TIMEOUT,
             internal_lock_timeout: DEFAULT_INTERNAL_LOCK_TIMEOUT,
             key_prefix: Vec::new(),
+            wake_on_release: true,
+            fair: None,
         }
     }
 
@@ -190,6 +211,25 @@ impl LockManagerBuilder {
         self
     }
 
+    /// Whether a waiting acquirer wakes as soon as the holder releases (through the backends'
+    /// [`ReleaseNotify`](crate::ReleaseNotify)), instead of sleeping out its retry delay. The
+    /// jittered delay stays as the fallback, and every wake-up still runs a full attempt with the
+    /// usual quorum and validity rules. On by default; backends without the capability poll.
+    pub fn wake_on_release(mut self, on: bool) -> Self {
+        self.wake_on_release = on;
+        self
+    }
+
+    /// Fair mode: after releasing a lock that someone was waiting for, this manager's next
+    /// acquire of the same resource waits `grace` first, so the waiter gets its turn instead of
+    /// the releaser winning again at once. A waiter that vanished delays the releaser by at most
+    /// `grace` ([`DEFAULT_FAIR_GRACE`](crate::DEFAULT_FAIR_GRACE) is 20 ms). Needs
+    /// `wake_on_release` and a backend that reports listeners; otherwise it has no effect.
+    pub fn fair(mut self, grace: Duration) -> Self {
+        self.fair = Some(grace);
+        self
+    }
+
     /// Checks every setting and builds the manager. Touches no instance.
     ///
     /// # Errors
@@ -238,6 +278,9 @@ impl LockManagerBuilder {
             instance_timeout: self.instance_timeout,
             internal_lock_timeout,
             key_prefix: self.key_prefix,
+            wake_on_release: self.wake_on_release,
+            fair: self.fair.is_some(),
+            fair_grace: self.fair.unwrap_or(crate::wait::DEFAULT_FAIR_GRACE),
         };
         Ok(LockManager::from_parts(
             self.instances,

@@ -75,8 +75,9 @@ mod manager;
 mod round;
 mod runtime;
 mod validity;
+mod wait;
 
-pub use backend::{BackendError, BackendErrorKind, KeyState, LockBackend};
+pub use backend::{BackendError, BackendErrorKind, KeyState, LockBackend, ReleaseNotify};
 pub use config::{
     Config, LockManagerBuilder, DEFAULT_DRIFT_FACTOR, DEFAULT_INSTANCE_TIMEOUT,
     DEFAULT_INTERNAL_LOCK_TIMEOUT, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY_MAX,
@@ -88,6 +89,7 @@ pub use lock::Lock;
 pub use manager::{ActiveLock, CloseReport, LockManager, MAX_KEY_LEN, MAX_TOKEN_LEN};
 pub use runtime::{Clock, OsRandom, RandomSource, SeededRandom, Spawner};
 pub use validity::{DRIFT_FLOOR, MAX_TTL};
+pub use wait::DEFAULT_FAIR_GRACE;
 
 /// Re-exported so backends implement [`LockBackend`] with the same macro version.
 pub use async_trait::async_trait;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, TryFutureExt};
 
 use crate::backend::{BackendError, KeyState, LockBackend};
 use crate::config::{Config, LockManagerBuilder};
@@ -15,6 +15,7 @@ use crate::error::{Error, InvalidInput, LossReason};
 use crate::lock::{Grant, Lock, LockShared, Status};
 use crate::round::{self, Round, Verdict, Wait};
 use crate::runtime::{Clock, RandomSource, Spawner};
+use crate::wait::Waiter;
 
 /// The longest key (prefix + resource name) accepted, in bytes.
 pub const MAX_KEY_LEN: usize = 64 * 1024;
@@ -44,6 +45,9 @@ pub(crate) struct Inner {
     next_lock_id: AtomicU64,
     /// Locks handed out and not yet released, lost or dropped.
     active: Mutex<HashMap<u64, Arc<LockShared>>>,
+    /// Fair mode: keys this manager released while someone waited, and until when it lets
+    /// them go first.
+    yields: Mutex<HashMap<Arc<[u8]>, Duration>>,
 }
 
 /// A snapshot of a lock this manager holds (see [`LockManager::active_locks`]).
@@ -101,6 +105,7 @@ impl LockManager {
                 closed: AtomicBool::new(false),
                 next_lock_id: AtomicU64::new(0),
                 active: Mutex::new(HashMap::new()),
+                yields: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -336,6 +341,11 @@ impl Inner {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    pub(crate) fn yields(&self) -> MutexGuard<'_, HashMap<Arc<[u8]>, Duration>> {
+        // Entries are inserted or removed whole.
+        self.yields.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn key(&self, resource: &[u8]) -> Result<Box<[u8]>, Error> {
         if resource.is_empty() {
             return Err(Error::invalid(InvalidInput::EmptyResource));
@@ -402,6 +412,8 @@ impl Inner {
             token: &token,
             armed: true,
         };
+        let mut waiter = Waiter::default();
+        self.yield_to_waiters(&key).await;
         loop {
             attempt += 1;
             let t1 = self.clock.now();
@@ -439,30 +451,45 @@ impl Inner {
                 Verdict::Refused => Error::Contended(failure),
                 Verdict::Undecided => Error::Unavailable(failure),
             };
-            // A timed-out or ambiguous acquire may still have landed: clean up everywhere.
-            let cleanup = self.release_round(&key, &token);
+            // A timed-out or ambiguous acquire may still have landed: clean up everywhere. Not
+            // announced: our own subscription would hear it and wake us for nothing.
+            let cleanup = self.release_round(&key, &token, false);
             if attempt >= attempts {
                 cleanup.await;
                 cleanup_on_drop.armed = false;
                 return Err(error);
             }
-            futures::future::join(cleanup, self.clock.sleep(self.retry_delay())).await;
+            let contended = verdict == Verdict::Refused;
+            futures::future::join(cleanup, self.wait_for_retry(&key, &mut waiter, contended)).await;
         }
     }
 
-    fn release_round<'a>(&'a self, key: &'a [u8], token: &'a [u8]) -> BoxFuture<'a, Round<bool>> {
+    /// Releases on every instance; with `announce`, through [`ReleaseNotify`] where supported,
+    /// so waiters wake at once. Each answer is `(released, a waiter heard it)`.
+    ///
+    /// [`ReleaseNotify`]: crate::ReleaseNotify
+    fn release_round<'a>(
+        &'a self,
+        key: &'a [u8],
+        token: &'a [u8],
+        announce: bool,
+    ) -> BoxFuture<'a, Round<(bool, bool)>> {
+        let announce = announce && self.config.wake_on_release;
         round::run(
             &self.instances,
             self.clock.as_ref(),
             self.config.instance_timeout,
             Wait::ForAll,
-            move |b| b.release(key, token),
-            |released| *released,
+            move |b| match b.release_notify().filter(|_| announce) {
+                Some(n) => n.release_and_notify(key, token),
+                None => b.release(key, token).map_ok(|r| (r, false)).boxed(),
+            },
+            |(released, _)| *released,
         )
         .boxed()
     }
 
-    async fn inspect<Y>(&self, key: &[u8], is_yes: Y) -> Round<Option<KeyState>>
+    pub(crate) async fn inspect<Y>(&self, key: &[u8], is_yes: Y) -> Round<Option<KeyState>>
     where
         Y: Fn(&Option<KeyState>) -> bool,
     {
@@ -559,7 +586,12 @@ impl Inner {
         if prior == Status::Released {
             return Err(Error::Released);
         }
-        let round = self.release_round(&shared.key, &shared.token).await;
+        let round = self.release_round(&shared.key, &shared.token, true).await;
+        let heard = round
+            .answers
+            .iter()
+            .any(|a| matches!(a, Some(Ok((_, true)))));
+        self.note_release(&shared.key, heard);
         // Judged on the deadline, not the status: a concurrent extend or check that ran into
         // this very release's deletes marks the lock lost, but it was ours until now.
         let expired = shared.state().deadline <= self.clock.now();
@@ -637,7 +669,7 @@ impl Drop for CancelCleanup<'_> {
             let key = self.key.to_vec();
             let token = self.token.to_vec();
             spawner.spawn(Box::pin(async move {
-                inner.release_round(&key, &token).await;
+                inner.release_round(&key, &token, false).await;
             }));
         }
     }

@@ -5,7 +5,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redlock_core::{async_trait, BackendError, BackendErrorKind, Clock, KeyState, LockBackend};
+use futures::channel::mpsc::UnboundedSender;
+use futures::stream::BoxStream;
+use redlock_core::{
+    async_trait, BackendError, BackendErrorKind, Clock, KeyState, LockBackend, ReleaseNotify,
+};
 
 /// One in-memory lock instance.
 ///
@@ -18,7 +22,12 @@ pub struct MemoryBackend {
     id: Arc<str>,
     clock: Arc<dyn Clock>,
     store: Arc<Mutex<HashMap<Vec<u8>, Entry>>>,
+    /// Release subscriptions, per key (see [`ReleaseNotify`]).
+    listeners: Arc<Mutex<Listeners>>,
 }
+
+/// Per key, the senders of its live release subscriptions.
+type Listeners = HashMap<Vec<u8>, Vec<UnboundedSender<()>>>;
 
 #[derive(Debug, Clone)]
 enum Value {
@@ -56,7 +65,23 @@ impl MemoryBackend {
             id: id.into().into(),
             clock,
             store: Arc::default(),
+            listeners: Arc::default(),
         }
+    }
+
+    /// Tells the live subscriptions to `key` that it was released; whether anyone heard.
+    fn announce(&self, key: &[u8]) -> bool {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(senders) = listeners.get_mut(key) else {
+            return false;
+        };
+        // A dropped subscription's sender fails to send: forget it.
+        senders.retain(|tx| tx.unbounded_send(()).is_ok());
+        let heard = !senders.is_empty();
+        if !heard {
+            listeners.remove(key);
+        }
+        heard
     }
 
     /// `n` instances named `mem-0` .. `mem-{n-1}` sharing `clock`, ready for a manager builder.
@@ -290,5 +315,32 @@ impl LockBackend for MemoryBackend {
 
     async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
         self.inspect_now(key)
+    }
+
+    fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ReleaseNotify for MemoryBackend {
+    async fn release_and_notify(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        let released = self.release_now(key, token)?;
+        Ok((released, released && self.announce(key)))
+    }
+
+    async fn subscribe(&self, key: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.to_vec())
+            .or_default()
+            .push(tx);
+        Ok(Box::pin(rx))
     }
 }
