@@ -5,6 +5,12 @@
 //! `redis.pcall` so a key holding another type (a list, a hash) is reported as [`WRONG_TYPE`]
 //! instead of a script error. Every script is idempotent for the same token, because fred may
 //! re-send a command whose connection dropped before the reply arrived.
+//!
+//! Every script starts with a `#!lua` shebang without flags (Redis 7+), which declares it may
+//! write. A replica then refuses it up front with `READONLY`, instead of running it: without the
+//! shebang, a demoted master (after a failover, or resyncing with an empty dataset) would run the
+//! `GET`, find nothing, and answer "not held", and the manager would report a lock as lost when
+//! it was merely asked in the wrong place. `READONLY` instead triggers Sentinel rediscovery.
 
 use std::sync::LazyLock;
 
@@ -31,7 +37,8 @@ macro_rules! script {
 // ARGV[1] = token, ARGV[2] = ttl in ms. 1 = acquired (fresh, or already ours: expiry reset).
 script!(
     ACQUIRE,
-    r"local v = redis.pcall('GET', KEYS[1])
+    r"#!lua
+local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
 if v == false then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -47,7 +54,8 @@ return 0"
 // Never SET: an absent key stays absent (a lost lock is not resurrected).
 script!(
     EXTEND,
-    r"local v = redis.pcall('GET', KEYS[1])
+    r"#!lua
+local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
 if v == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -58,7 +66,8 @@ return 0"
 
 script!(
     RELEASE,
-    r"local v = redis.pcall('GET', KEYS[1])
+    r"#!lua
+local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
 if v == ARGV[1] then
   redis.call('DEL', KEYS[1])
@@ -70,7 +79,8 @@ return 0"
 // 0 = absent; otherwise {value, pttl}. One script so the value and the TTL belong together.
 script!(
     INSPECT,
-    r"local v = redis.pcall('GET', KEYS[1])
+    r"#!lua
+local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
 if v == false then return 0 end
 return {v, redis.call('PTTL', KEYS[1])}"

@@ -128,17 +128,19 @@ impl SentinelGroup {
             servers: vec![master, replica],
             sentinels: Vec::new(),
         };
-        for _ in 0..3 {
-            let s = group.spawn_sentinel();
-            group.sentinels.push(s);
-        }
-        let replica_port = group.servers[1].port();
+        // Sentinels learn replicas from the master's INFO, polled every 10 s; a replica already
+        // in sync shows up in the very first poll.
         wait_until(Duration::from_secs(20), "the replica to sync", || {
             group.servers[1]
                 .cmd(&["INFO", "replication"])
                 .as_text()
                 .is_some_and(|i| i.contains("master_link_status:up"))
         });
+        for _ in 0..3 {
+            let s = group.spawn_sentinel();
+            group.sentinels.push(s);
+        }
+        let replica_port = group.servers[1].port();
         wait_until(
             Duration::from_secs(20),
             "the sentinels to see the master and the replica",
@@ -321,6 +323,10 @@ impl SentinelGroup {
     /// `SENTINEL FAILOVER` on sentinel 0, then waits until every live sentinel names the former
     /// replica as master and it reports the master role. Returns the new master's port.
     ///
+    /// The old master is then demoted right away with `REPLICAOF` (Sentinel would do the same,
+    /// but only after its next `INFO` poll, up to tens of seconds later). Its client connections
+    /// stay open, so a client still talking to it gets `READONLY`.
+    ///
     /// # Panics
     /// When the failover does not complete within 30 s.
     pub fn failover(&self) -> u16 {
@@ -342,6 +348,18 @@ impl SentinelGroup {
             promoted && all_agree
         });
         assert_ne!(old, new);
+        let demoted = self
+            .servers
+            .iter()
+            .find(|s| s.port() == old)
+            .expect("old master");
+        let port = new.to_string();
+        demoted.cmd(&["REPLICAOF", "127.0.0.1", port.as_str()]);
+        wait_until(
+            Duration::from_secs(10),
+            "the old master to be demoted",
+            || demoted.role() == "slave",
+        );
         new
     }
 

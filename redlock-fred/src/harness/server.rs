@@ -132,7 +132,7 @@ impl RedisServer {
             "unixsocket {}\nunixsocketperm 700",
             self.unix_socket().display()
         );
-        let _ = writeln!(c, "enable-debug-command yes");
+        let _ = writeln!(c, "enable-debug-command yes\nrepl-diskless-sync-delay 0");
         if self.options.persistence {
             let _ = writeln!(c, "appendonly yes\nappendfsync always");
         } else {
@@ -255,6 +255,12 @@ impl RedisServer {
         self.admin()
             .and_then(|mut c| c.cmd(args))
             .unwrap_or_else(|e| panic!("redis-server on port {}: {e}", self.port))
+    }
+
+    /// The server's log so far (for failure messages).
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default()
     }
 
     /// The plaintext port.
