@@ -5,6 +5,7 @@
 //! warning.
 
 use std::fmt;
+#[cfg(feature = "tls")]
 use std::sync::Arc;
 
 use redlock_core::Error;
@@ -184,5 +185,47 @@ mod danger {
         fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
             self.0.signature_verification_algorithms.supported_schemes()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redlock_core::{Error, InvalidInput};
+
+    use crate::RedisBackend;
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_without_the_feature_is_an_error_not_plaintext() {
+        for url in [
+            "rediss://:secret@127.0.0.1:6390/0",
+            "rediss://127.0.0.1:26390/0?master=m&ssl_cert_reqs=CERT_NONE",
+        ] {
+            match RedisBackend::new(url) {
+                Err(Error::InvalidInput(InvalidInput::Config(m))) => {
+                    assert!(m.contains("`tls` feature"), "{m}");
+                    assert!(!m.contains("secret"), "{m}");
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_configs_build_without_network() {
+        for url in [
+            "rediss://:secret@127.0.0.1:6390/0",
+            "rediss://127.0.0.1:26390/0?master=m&ssl_cert_reqs=CERT_NONE",
+        ] {
+            RedisBackend::new(url).expect(url);
+        }
+        let bad_pem = crate::Tls::new().with_ca_pem(b"not a certificate".to_vec());
+        let error = RedisBackend::new(crate::RedisConfig::new("h", 1).with_tls(bad_pem))
+            .expect_err("no CA in that PEM");
+        assert!(matches!(
+            error,
+            Error::InvalidInput(InvalidInput::Config(_))
+        ));
     }
 }

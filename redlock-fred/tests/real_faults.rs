@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redlock_core::{BackendErrorKind, Error, InstanceOutcome, LockBackend, LockManager};
+use redlock_core::{BackendErrorKind, Error, InstanceOutcome, Lock, LockBackend, LockManager};
 use redlock_fred::harness::{require_redis, RedisServer, ServerOptions};
 use redlock_fred::{ConnectionOptions, RedisBackend, TokioClock};
 
@@ -36,6 +36,36 @@ where
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
+}
+
+/// Locks `key` so that every server holds it. `lock` returns once a quorum granted it, and on a
+/// loaded machine the last grant is sometimes never sent (the round was decided first); these
+/// tests need all three, so retry until a grant lands everywhere.
+async fn lock_everywhere(manager: &LockManager, servers: &[RedisServer], key: &str) -> Lock {
+    for _ in 0..20 {
+        let lock = manager
+            .lock(key, Duration::from_secs(30))
+            .await
+            .expect("lock");
+        let token = lock.token().to_vec();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if servers
+                .iter()
+                .all(|s| s.get(key).as_deref() == Some(token.as_slice()))
+            {
+                return lock;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        lock.release().await.expect("release");
+    }
+    panic!("no grant of {key} reached every server in 20 tries");
+}
+
+async fn warm_up(manager: &LockManager) {
+    let lock = manager.lock("warm-up", TTL).await.expect("all up");
+    lock.release().await.expect("release");
 }
 
 fn failed_kinds(error: &Error) -> Vec<Option<BackendErrorKind>> {
@@ -172,10 +202,10 @@ async fn script_flush_between_acquire_and_extend_or_release() {
 async fn client_kill_resets_connections_and_the_lock_recovers() {
     let servers = servers(3);
     let manager = manager(&servers);
-    let lock = manager
-        .lock("reset", Duration::from_secs(30))
-        .await
-        .expect("lock");
+    // Connect every instance first (a release waits for all of them): on a cold start the
+    // lock may return on a bare quorum before the last connection is even up.
+    warm_up(&manager).await;
+    let lock = lock_everywhere(&manager, &servers, "reset").await;
     for s in &servers {
         assert!(
             s.client_kill() >= 1,
@@ -203,10 +233,10 @@ async fn restart_with_and_without_persistence() {
         .map(|_| RedisServer::start_with(ServerOptions::new().persistence()))
         .collect();
     let manager = manager(&servers);
-    let lock = manager
-        .lock("restarted", Duration::from_secs(30))
-        .await
-        .expect("lock");
+    // Connect every instance first (a release waits for all of them): on a cold start the
+    // lock may return on a bare quorum before the last connection is even up.
+    warm_up(&manager).await;
+    let lock = lock_everywhere(&manager, &servers, "restarted").await;
 
     servers[0].restart(true);
     assert_eq!(
