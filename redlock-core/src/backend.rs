@@ -36,12 +36,16 @@ use futures::stream::BoxStream;
 /// 8. **"No" is not an error.** `Ok(false)` / `Ok(None)` are ordinary answers. `Err` means the
 ///    instance could not give an answer (unreachable, timed out, refused the command, the key
 ///    holds a value of another type, ...).
-/// 9. **One attempt per call, no hidden retries** beyond what rule 2 makes harmless, and no
+/// 9. **On its way after the first poll.** Once a returned future has been polled once, the
+///    request must reach the instance even if the future is then dropped (the manager polls every
+///    call once, then may stop waiting as soon as a quorum has answered). A backend that needs
+///    more polls before sending (a lazy connection, say) must queue the request on the first.
+/// 10. **One attempt per call, no hidden retries** beyond what rule 2 makes harmless, and no
 ///    unbounded waiting: the manager bounds every call with its per-instance timeout, but a
 ///    backend should also give up on its own (a request abandoned by the manager must not be
 ///    written to the server later, or it leaves a ghost key).
-/// 10. `ttl` is at least one millisecond and a whole number of milliseconds.
-/// 11. Futures are `Send` and the backend is `Send + Sync`, so one manager can drive instances of
+/// 11. `ttl` is at least one millisecond and a whole number of milliseconds.
+/// 12. Futures are `Send` and the backend is `Send + Sync`, so one manager can drive instances of
 ///     different kinds as `Arc<dyn LockBackend>`.
 #[async_trait]
 pub trait LockBackend: Send + Sync + fmt::Debug {

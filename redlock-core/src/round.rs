@@ -2,6 +2,7 @@
 //! counted against the quorum.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::{select, BoxFuture, Either, FutureExt};
@@ -117,22 +118,33 @@ where
     let mut outcomes = vec![InstanceOutcome::NotAwaited; n];
     let (mut yes, mut no, mut failed) = (0, 0, 0);
 
-    let mut calls: FuturesUnordered<_> = instances
+    // Poll every call once, in the caller's context, before counting any answer: a call is on
+    // its way after its first poll (see the backend contract), and a round decided early must
+    // not leave a later instance unasked. `FuturesUnordered` alone does not promise that: it
+    // returns at the first completion, and yields after futures that wake themselves.
+    let mut calls: Vec<_> = instances
         .iter()
-        .enumerate()
-        .map(|(i, backend)| {
-            let fut = call(backend.as_ref());
-            async move { (i, fut.await) }
-        })
+        .map(|backend| Some(call(backend.as_ref())))
         .collect();
-    // Start every call before counting any answer. `FuturesUnordered` returns as soon as one
-    // call completes, so with instances that answer at once the round would otherwise be
-    // decided before the later calls were even sent, leaving the lock on a bare quorum.
     let mut answered_at_once = Vec::new();
-    while let Some(Some(answer)) = calls.next().now_or_never() {
-        answered_at_once.push(answer);
-    }
-    let mut pending = futures::stream::iter(answered_at_once).chain(calls);
+    futures::future::poll_fn(|cx| {
+        for (i, slot) in calls.iter_mut().enumerate() {
+            if let Some(fut) = slot {
+                if let Poll::Ready(answer) = fut.as_mut().poll(cx) {
+                    answered_at_once.push((i, answer));
+                    *slot = None;
+                }
+            }
+        }
+        Poll::Ready(())
+    })
+    .await;
+    let still_running: FuturesUnordered<_> = calls
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, slot)| slot.map(|fut| fut.map(move |answer| (i, answer))))
+        .collect();
+    let mut pending = futures::stream::iter(answered_at_once).chain(still_running);
     let mut timer = clock.sleep(limit);
     let mut timed_out = false;
 
