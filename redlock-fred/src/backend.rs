@@ -1,22 +1,26 @@
 //! [`LockBackend`] on one fred client per instance.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::bytes::Bytes;
-use fred::clients::Client;
+use fred::clients::{Client, SubscriberClient};
 use fred::error::ErrorKind;
-use fred::interfaces::ClientLike;
+use fred::interfaces::{ClientLike, EventInterface};
 use fred::types::config::{
     Config as FredConfig, ConnectionConfig, PerformanceConfig, ReconnectPolicy, Server,
     ServerConfig, TcpConfig,
 };
 use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Value};
-use redlock_core::{async_trait, BackendError, BackendErrorKind, Error, KeyState, LockBackend};
+use futures::stream::BoxStream;
+use redlock_core::{
+    async_trait, BackendError, BackendErrorKind, Error, KeyState, LockBackend, ReleaseNotify,
+};
 
 use crate::config::Instance;
+use crate::notify::Notifier;
 use crate::scripts::{self, Script};
 
 /// How the backend talks to its server.
@@ -111,6 +115,10 @@ pub struct RedisBackend {
     id: String,
     sentinel: bool,
     client: Client,
+    /// A second connection, made on first use, for release announcements.
+    notifier: Notifier,
+    /// Bits of the scripts known to be in the server's script cache (see `run`).
+    cached: Arc<AtomicU8>,
     connection: Mutex<Connection>,
     rediscovering: Arc<AtomicBool>,
     /// Secrets scrubbed from every error message, in case a server or fred echoes one.
@@ -224,11 +232,19 @@ impl RedisBackend {
         let max_delay = u32::try_from(options.reconnect_max_delay.as_millis()).unwrap_or(u32::MAX);
         let mut policy = ReconnectPolicy::new_exponential(0, 10, max_delay, 2);
         policy.set_jitter(20);
+        let subscriber = SubscriberClient::new(
+            config.clone(),
+            Some(perf.clone()),
+            Some(connection.clone()),
+            Some(policy.clone()),
+        );
         let client = Client::new(config, Some(perf), Some(connection), Some(policy));
         Ok(Self {
             id,
             sentinel,
             client,
+            notifier: Notifier::new(subscriber),
+            cached: Arc::new(AtomicU8::new(0)),
             connection: Mutex::new(Connection::NotStarted),
             rediscovering: Arc::new(AtomicBool::new(false)),
             secrets,
@@ -284,6 +300,13 @@ impl RedisBackend {
                         format!("{}: the fred backend needs a tokio runtime", self.id),
                     ));
                 }
+                // A new connection may reach a server with an empty script cache (restart,
+                // failover): go back to EVAL until each script is cached again.
+                let cached = Arc::clone(&self.cached);
+                drop(self.client.on_reconnect(move |_| {
+                    cached.store(0, Ordering::Release);
+                    async { Ok(()) }
+                }));
                 *connection = Connection::Running(self.client.connect());
                 Ok(())
             }
@@ -370,6 +393,19 @@ impl RedisBackend {
         command.extend_from_slice(args);
         // Custom commands are pipelined; fred's own EVALSHA is not (it waits for each reply),
         // which would serialize every lock call on the connection.
+        let eval = CustomCommand::new("EVAL", ClusterHash::FirstKey, false);
+        if self.cached.load(Ordering::Acquire) & script.bit == 0 {
+            // Not known to be cached on this connection's server: EVAL, in one write. An
+            // EVALSHA whose NOSCRIPT reply nobody awaits any more (the manager stops waiting
+            // once a quorum answered) would never be followed by the EVAL, and the instance
+            // would silently miss the call.
+            command[0] = Value::from(script.body);
+            let reply = self.client.custom::<Value, Value>(eval, command).await;
+            if reply.is_ok() {
+                self.cached.fetch_or(script.bit, Ordering::AcqRel);
+            }
+            return reply.map_err(|e| self.map_error(e, script.name));
+        }
         let evalsha = CustomCommand::new("EVALSHA", ClusterHash::FirstKey, false);
         match self
             .client
@@ -378,14 +414,15 @@ impl RedisBackend {
         {
             Ok(v) => Ok(v),
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                // The script cache was emptied (restart, failover, SCRIPT FLUSH); EVAL runs the
-                // script and caches it again for the next EVALSHA.
+                // The script cache was emptied (restart, failover, SCRIPT FLUSH): every script
+                // is suspect until EVAL caches it again.
+                self.cached.store(0, Ordering::Release);
                 command[0] = Value::from(script.body);
-                let eval = CustomCommand::new("EVAL", ClusterHash::FirstKey, false);
-                self.client
-                    .custom::<Value, Value>(eval, command)
-                    .await
-                    .map_err(|e| self.map_error(e, script.name))
+                let reply = self.client.custom::<Value, Value>(eval, command).await;
+                if reply.is_ok() {
+                    self.cached.fetch_or(script.bit, Ordering::AcqRel);
+                }
+                reply.map_err(|e| self.map_error(e, script.name))
             }
             Err(e) => Err(self.map_error(e, script.name)),
         }
@@ -483,7 +520,12 @@ impl LockBackend for RedisBackend {
         }
     }
 
+    fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
+        Some(self)
+    }
+
     async fn close(&self) -> Result<(), BackendError> {
+        self.notifier.close().await;
         let previous = std::mem::replace(&mut *self.lock_connection(), Connection::Closed);
         if let Connection::Running(handle) = previous {
             // QUIT waits for a writable connection; a dead server must not hold up close.
@@ -491,6 +533,39 @@ impl LockBackend for RedisBackend {
             handle.abort();
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl ReleaseNotify for RedisBackend {
+    async fn release_and_notify(
+        &self,
+        key: &[u8],
+        tok: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        let channel = Value::from(crate::notify::channel(key));
+        match self
+            .run(&scripts::RELEASE_NOTIFY, key, &[token(tok), channel])
+            .await?
+        {
+            Value::Integer(2) => Ok((true, true)),
+            Value::Integer(1) => Ok((true, false)),
+            Value::Integer(0) => Ok((false, false)),
+            Value::Integer(scripts::WRONG_TYPE) => Err(self.wrong_type("release")),
+            other => Err(self.unexpected("release", &other)),
+        }
+    }
+
+    async fn subscribe(&self, key: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        if self.is_closed() {
+            return Err(BackendError::new(
+                BackendErrorKind::Closed,
+                format!("{}: backend closed", self.id),
+            ));
+        }
+        self.notifier
+            .subscribe(key, |e| self.map_error(e, "subscribe"))
+            .await
     }
 }
 

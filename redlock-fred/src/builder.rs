@@ -129,6 +129,20 @@ impl RedisManagerBuilder {
         self
     }
 
+    /// Wake waiting acquirers through Redis pub/sub when a lock is released (on by default; see
+    /// [`LockManagerBuilder::wake_on_release`]).
+    pub fn wake_on_release(mut self, on: bool) -> Self {
+        self.core = self.core.wake_on_release(on);
+        self
+    }
+
+    /// Fair mode: after a release someone was waiting for, wait `grace` before taking the same
+    /// resource again (see [`LockManagerBuilder::fair`]).
+    pub fn fair(mut self, grace: Duration) -> Self {
+        self.core = self.core.fair(grace);
+        self
+    }
+
     /// The source of tokens and jitter (see [`LockManagerBuilder::random`]).
     pub fn random(mut self, random: Arc<dyn RandomSource>) -> Self {
         self.core = self.core.random(random);

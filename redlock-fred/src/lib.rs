@@ -61,6 +61,7 @@
 mod backend;
 mod builder;
 mod config;
+mod notify;
 mod runtime;
 mod scripts;
 mod sentinel;

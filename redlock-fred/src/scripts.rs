@@ -20,14 +20,17 @@ pub(crate) const WRONG_TYPE: i64 = -1;
 /// One script with its SHA1, for `EVALSHA`.
 pub(crate) struct Script {
     pub(crate) name: &'static str,
+    /// This script's bit in a backend's set of scripts known to be cached on the server.
+    pub(crate) bit: u8,
     pub(crate) body: &'static str,
     pub(crate) sha: LazyLock<String>,
 }
 
 macro_rules! script {
-    ($name:ident, $body:expr) => {
+    ($name:ident, $bit:expr, $body:expr) => {
         pub(crate) static $name: Script = Script {
             name: stringify!($name),
+            bit: 1 << $bit,
             body: $body,
             sha: LazyLock::new(|| fred::util::sha1_hash($body)),
         };
@@ -37,6 +40,7 @@ macro_rules! script {
 // ARGV[1] = token, ARGV[2] = ttl in ms. 1 = acquired (fresh, or already ours: expiry reset).
 script!(
     ACQUIRE,
+    0,
     r"#!lua
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
@@ -54,6 +58,7 @@ return 0"
 // Never SET: an absent key stays absent (a lost lock is not resurrected).
 script!(
     EXTEND,
+    1,
     r"#!lua
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
@@ -66,6 +71,7 @@ return 0"
 
 script!(
     RELEASE,
+    2,
     r"#!lua
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
@@ -76,9 +82,26 @@ end
 return 0"
 );
 
+// RELEASE that also announces the release on ARGV[2]: 2 = released and a subscriber heard it,
+// 1 = released and nobody listened, 0 = not ours.
+script!(
+    RELEASE_NOTIFY,
+    3,
+    r"#!lua
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if redis.call('PUBLISH', ARGV[2], '') > 0 then return 2 end
+  return 1
+end
+return 0"
+);
+
 // 0 = absent; otherwise {value, pttl}. One script so the value and the TTL belong together.
 script!(
     INSPECT,
+    4,
     r"#!lua
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end

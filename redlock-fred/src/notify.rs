@@ -1,0 +1,226 @@
+//! Release announcements over Redis pub/sub (the core's `ReleaseNotify`).
+//!
+//! A release made through the manager runs a script that deletes the key and `PUBLISH`es on a
+//! channel derived from the key; a contended acquirer subscribes to that channel on every
+//! instance and wakes as soon as one announces the release. One dedicated subscriber connection
+//! per instance, made on first use, carries every subscription of the process; fred re-subscribes
+//! it after a reconnect. Announcements are only a hint: the manager always runs a full acquire
+//! attempt after one, and polls on its jittered delay when none comes.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use fred::clients::SubscriberClient;
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use futures::stream::{BoxStream, Stream};
+use redlock_core::{BackendError, BackendErrorKind};
+
+/// Prefix of the announcement channels; the rest is the key in hex (channels are text in fred,
+/// keys are bytes).
+const CHANNEL_PREFIX: &str = "redlock:released:";
+
+/// The channel on which releases of `key` are announced.
+pub(crate) fn channel(key: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut channel = String::with_capacity(CHANNEL_PREFIX.len() + key.len() * 2);
+    channel.push_str(CHANNEL_PREFIX);
+    for b in key {
+        channel.push(char::from(HEX[usize::from(b >> 4)]));
+        channel.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    channel
+}
+
+type Listeners = HashMap<String, Vec<UnboundedSender<()>>>;
+
+/// The subscriber connection of one instance and the local listeners of each channel.
+pub(crate) struct Notifier {
+    subscriber: SubscriberClient,
+    listeners: Arc<Mutex<Listeners>>,
+    started: Mutex<Option<Tasks>>,
+}
+
+/// The background tasks of a started notifier; aborted on close or drop (a dropped tokio
+/// handle would leave them running, and fred's connection task reconnects forever).
+struct Tasks {
+    connection: fred::types::ConnectHandle,
+    helpers: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Tasks {
+    fn abort(&self) {
+        self.connection.abort();
+        self.helpers.iter().for_each(tokio::task::JoinHandle::abort);
+    }
+}
+
+impl Notifier {
+    pub(crate) fn new(subscriber: SubscriberClient) -> Self {
+        Self {
+            subscriber,
+            listeners: Arc::default(),
+            started: Mutex::new(None),
+        }
+    }
+
+    fn listeners(listeners: &Mutex<Listeners>) -> MutexGuard<'_, Listeners> {
+        // Entries are inserted or removed whole.
+        listeners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Connects the subscriber and starts dispatching its messages, once.
+    fn ensure_started(&self) -> Result<(), BackendError> {
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        if started.is_some() {
+            return Ok(());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(BackendError::new(
+                BackendErrorKind::Other,
+                "release notifications need a tokio runtime",
+            ));
+        }
+        let connection = self.subscriber.connect();
+        let resubscribe = self.subscriber.manage_subscriptions();
+        let mut messages = self.subscriber.message_rx();
+        let listeners = Arc::clone(&self.listeners);
+        let dispatch = tokio::spawn(async move {
+            loop {
+                match messages.recv().await {
+                    Ok(message) => {
+                        let mut map = Self::listeners(&listeners);
+                        if let Some(senders) = map.get_mut(&*message.channel) {
+                            senders.retain(|tx| tx.unbounded_send(()).is_ok());
+                        }
+                    }
+                    // Missed messages only cost a poll; keep listening.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        *started = Some(Tasks {
+            connection,
+            helpers: [resubscribe, dispatch],
+        });
+        Ok(())
+    }
+
+    /// Subscribes to releases of `key`; returns once the server acknowledged the subscription.
+    pub(crate) async fn subscribe(
+        &self,
+        key: &[u8],
+        map_error: impl Fn(fred::error::Error) -> BackendError,
+    ) -> Result<BoxStream<'static, ()>, BackendError> {
+        self.ensure_started()?;
+        let channel = channel(key);
+        let (tx, rx) = unbounded();
+        Self::listeners(&self.listeners)
+            .entry(channel.clone())
+            .or_default()
+            .push(tx);
+        let stream = Subscription {
+            rx,
+            channel: channel.clone(),
+            listeners: Arc::clone(&self.listeners),
+            subscriber: self.subscriber.clone(),
+        };
+        // SUBSCRIBE is idempotent: sending it for every subscription (not only the first of a
+        // channel) guarantees this one is active when we return.
+        self.subscriber
+            .subscribe(channel)
+            .await
+            .map_err(map_error)?;
+        Ok(Box::pin(stream))
+    }
+
+    pub(crate) async fn close(&self) {
+        let tasks = self
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(tasks) = tasks {
+            let quit = tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                self.subscriber.quit(),
+            );
+            drop(quit.await);
+            tasks.abort();
+        }
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        if let Some(tasks) = self
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            tasks.abort();
+        }
+    }
+}
+
+/// One local subscription; unsubscribes the channel when the last one is dropped.
+struct Subscription {
+    rx: UnboundedReceiver<()>,
+    channel: String,
+    listeners: Arc<Mutex<Listeners>>,
+    subscriber: SubscriberClient,
+}
+
+impl Stream for Subscription {
+    type Item = ();
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        Pin::new(&mut self.rx).poll_next(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.rx.close();
+        let last = {
+            let mut map = Notifier::listeners(&self.listeners);
+            let Some(senders) = map.get_mut(&self.channel) else {
+                return;
+            };
+            senders.retain(|tx| !tx.is_closed());
+            let last = senders.is_empty();
+            if last {
+                map.remove(&self.channel);
+            }
+            last
+        };
+        if last {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let subscriber = self.subscriber.clone();
+                let channel = std::mem::take(&mut self.channel);
+                let listeners = Arc::clone(&self.listeners);
+                runtime.spawn(async move {
+                    // Someone may have subscribed again meanwhile: keep the channel for them.
+                    if !Notifier::listeners(&listeners).contains_key(&channel) {
+                        drop(subscriber.unsubscribe(channel).await);
+                    }
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::channel;
+
+    #[test]
+    fn channels_are_the_key_in_hex() {
+        assert_eq!(channel(b"ab\x00\xff"), "redlock:released:616200ff");
+        assert_ne!(channel(b"a"), channel(b"b"));
+    }
+}
