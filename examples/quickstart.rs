@@ -10,22 +10,24 @@ use std::time::Duration;
 
 use redlock::fred::{TokioClock, TokioSpawner};
 use redlock::mock::MemoryBackend;
-use redlock::{Clock, Error, LockBackend, LockManager};
+use redlock::{Clock, Error, LockManager};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let urls: Vec<String> = std::env::args().skip(1).collect();
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock);
-    let instances: Vec<Arc<dyn LockBackend>> = if urls.is_empty() {
+    let manager = if urls.is_empty() {
         println!("using 3 in-memory instances (pass redis:// URLs to use Redis)");
-        MemoryBackend::cluster(3, &clock)
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock);
+        LockManager::builder(Arc::clone(&clock))
+            .spawner(Arc::new(TokioSpawner))
+            .instances(MemoryBackend::cluster(3, &clock))
+            .build()?
     } else {
-        redis_instances(&urls)?
+        println!("using {} Redis instance(s)", urls.len());
+        // Every aioredlock connection form works here: redis://, rediss://, unix sockets,
+        // aioredlock's Sentinel URLs (redis://host:26379/4?master=leader), redis-sentinel://.
+        redlock::fred::manager(urls).build()?
     };
-    let manager = LockManager::builder(clock)
-        .spawner(Arc::new(TokioSpawner))
-        .instances(instances)
-        .build()?;
 
     assert!(!manager.is_locked("resource_name").await?);
 
@@ -56,13 +58,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A second release reports that the handle is already released.
     assert!(matches!(lock.release().await, Err(Error::Released)));
 
+    // The scoped form (aioredlock's `async with`): renewed while the work runs, released after.
+    let rows = manager
+        .with_lock("resource_name", |lock| async move {
+            println!("in the scoped form: {:?} left", lock.remaining());
+            42
+        })
+        .await?;
+    println!(
+        "scoped work returned {rows}; is_locked = {}",
+        manager.is_locked("resource_name").await?
+    );
+
     let report = manager.close().await?;
     println!("closed ({} locks released on close)", report.released);
     Ok(())
-}
-
-fn redis_instances(
-    urls: &[String],
-) -> Result<Vec<Arc<dyn LockBackend>>, Box<dyn std::error::Error>> {
-    Err(format!("Redis support is not wired into this example yet: {urls:?}").into())
 }
