@@ -81,6 +81,18 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
     /// type.
     async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError>;
 
+    /// Checks that this backend can serve a manager with `config`, when the manager is built
+    /// (no network). A backend with its own timeouts, say, can refuse a per-instance timeout
+    /// shorter than them. The default accepts everything.
+    ///
+    /// # Errors
+    /// A message saying what does not fit; the build fails with
+    /// [`InvalidInput::Config`](crate::InvalidInput::Config).
+    fn check_config(&self, config: &crate::Config) -> Result<(), String> {
+        let _ = config;
+        Ok(())
+    }
+
     /// Release notifications, when this backend supports them (see [`ReleaseNotify`]). The
     /// manager then wakes waiting acquirers as soon as a lock is released instead of letting
     /// them sleep out their retry delay.

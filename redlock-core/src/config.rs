@@ -282,6 +282,11 @@ impl LockManagerBuilder {
             fair: self.fair.is_some(),
             fair_grace: self.fair.unwrap_or(crate::wait::DEFAULT_FAIR_GRACE),
         };
+        for backend in &self.instances {
+            backend
+                .check_config(&config)
+                .map_err(|msg| Error::invalid(InvalidInput::Config(msg)))?;
+        }
         Ok(LockManager::from_parts(
             self.instances,
             config,

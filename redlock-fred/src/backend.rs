@@ -119,6 +119,8 @@ pub struct RedisBackend {
     notifier: Notifier,
     /// Bits of the scripts known to be in the server's script cache (see `run`).
     cached: Arc<AtomicU8>,
+    /// fred's command timeout; must stay below the manager's instance timeout.
+    command_timeout: Duration,
     connection: Mutex<Connection>,
     rediscovering: Arc<AtomicBool>,
     /// Secrets scrubbed from every error message, in case a server or fred echoes one.
@@ -245,6 +247,7 @@ impl RedisBackend {
             client,
             notifier: Notifier::new(subscriber),
             cached: Arc::new(AtomicU8::new(0)),
+            command_timeout: options.command_timeout,
             connection: Mutex::new(Connection::NotStarted),
             rediscovering: Arc::new(AtomicBool::new(false)),
             secrets,
@@ -518,6 +521,20 @@ impl LockBackend for RedisBackend {
             }
             other => Err(self.unexpected("inspect", &other)),
         }
+    }
+
+    fn check_config(&self, config: &redlock_core::Config) -> Result<(), String> {
+        // fred's timeout must fire first: a command the manager merely stopped waiting for is
+        // still written after a reconnect and leaves a ghost lock.
+        if self.command_timeout >= config.instance_timeout() {
+            return Err(format!(
+                "{}: fred's command timeout {:?} must be shorter than the manager's instance                  timeout {:?} (build through redlock_fred::manager, or set                  ConnectionOptions::for_instance_timeout)",
+                self.id,
+                self.command_timeout,
+                config.instance_timeout()
+            ));
+        }
+        Ok(())
     }
 
     fn release_notify(&self) -> Option<&dyn ReleaseNotify> {

@@ -140,3 +140,19 @@ fn duplicate_servers_are_refused_without_network() {
         "{error:?}"
     );
 }
+
+#[test]
+fn a_fred_timeout_not_below_the_instance_timeout_is_refused_at_build() {
+    // No server needed: the check happens before any connection.
+    let backend = redlock_fred::RedisBackend::new("redis://127.0.0.1:1").expect("valid URL");
+    let built = redlock_core::LockManager::builder(std::sync::Arc::new(redlock_fred::TokioClock))
+        .instance(std::sync::Arc::new(backend))
+        .instance_timeout(std::time::Duration::from_millis(50))
+        .build();
+    match built {
+        Err(redlock_core::Error::InvalidInput(redlock_core::InvalidInput::Config(msg))) => {
+            assert!(msg.contains("command timeout"), "{msg}");
+        }
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
