@@ -38,29 +38,27 @@ where
     }
 }
 
-/// Locks `key` so that every server holds it. `lock` returns once a quorum granted it, and on a
-/// loaded machine the last grant is sometimes never sent (the round was decided first); these
-/// tests need all three, so retry until a grant lands everywhere.
+/// Locks `key` and waits until every server holds it: `lock` returns once a quorum granted it,
+/// and the last grant is still on its way (it must arrive: every call is sent before the round
+/// can be decided, and a script is sent with EVAL until the server is known to cache it).
 async fn lock_everywhere(manager: &LockManager, servers: &[RedisServer], key: &str) -> Lock {
-    for _ in 0..20 {
-        let lock = manager
-            .lock(key, Duration::from_secs(30))
-            .await
-            .expect("lock");
-        let token = lock.token().to_vec();
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < deadline {
-            if servers
-                .iter()
-                .all(|s| s.get(key).as_deref() == Some(token.as_slice()))
-            {
-                return lock;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        lock.release().await.expect("release");
+    let lock = manager
+        .lock(key, Duration::from_secs(30))
+        .await
+        .expect("lock");
+    let token = lock.token().to_vec();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !servers
+        .iter()
+        .all(|s| s.get(key).as_deref() == Some(token.as_slice()))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the grant of {key} never reached every server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("no grant of {key} reached every server in 20 tries");
+    lock
 }
 
 async fn warm_up(manager: &LockManager) {
