@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{ms, Cluster};
 use futures::future::{select, Either};
 use futures::FutureExt;
-use redlock::{AutoExtend, Error, LossReason, OnLoss};
+use redlock::{AutoExtend, Clock, Error, LossReason, OnLoss};
 
 const LEASE: Duration = Duration::from_secs(10);
 
@@ -370,4 +370,84 @@ fn renewal_count_is_exact_across_many_leases() {
         .unwrap();
     // A 1 s lease renewed every 600 ms over 10 s: at 0.6, 1.2, ... 9.6 s.
     assert_eq!(renewals.load(Ordering::SeqCst), 16);
+}
+
+#[test]
+fn a_client_paused_past_its_lease_loses_the_scoped_lock_and_its_work_stops() {
+    use redlock::mock::World;
+    let world = World::builder()
+        .seed(7)
+        .instances(5)
+        .clients(2)
+        .build()
+        .unwrap();
+    let wrote_after_pause = Arc::new(AtomicBool::new(false));
+    let w = world.clone();
+    let flag = Arc::clone(&wrote_after_pause);
+    let holder = world.spawn_client(0, async move {
+        let clock = w.clock();
+        let manager = w.client(0).clone();
+        manager
+            .with_lock("job", |_| async move {
+                clock.sleep(Duration::from_secs(1)).await;
+                // A GC pause or SIGSTOP of the whole process, 2.5 leases long.
+                w.pause(0, Duration::from_secs(25));
+                clock.sleep(Duration::from_secs(29)).await;
+                flag.store(true, Ordering::SeqCst);
+            })
+            .await
+    });
+    // The rival asks while the holder is frozen, after its lease ran out.
+    let w = world.clone();
+    let rival = world.spawn_client(1, async move {
+        w.sleep(Duration::from_secs(12)).await;
+        let lock = w.client(1).lock("job", LEASE).await.expect("lease ran out");
+        lock.release().await.expect("release")
+    });
+    world.run(rival);
+    let result = world.run(holder);
+    assert!(
+        matches!(&result, Err(Error::Lost(l)) if l.reason == LossReason::Expired),
+        "{result:?}"
+    );
+    assert!(
+        !wrote_after_pause.load(Ordering::SeqCst),
+        "the work must be stopped when the loss is noticed"
+    );
+    let report = world.check();
+    assert!(report.is_clean(), "{:?}", report.violations);
+}
+
+#[test]
+fn release_dropped_at_every_point_leaves_a_releasable_handle() {
+    for cut in 0..=12u64 {
+        let c = Cluster::new(5);
+        let manager = c.manager(30);
+        let lock = c.sim.run(manager.lock("job", LEASE)).unwrap();
+        for (i, f) in c.faults.iter().enumerate() {
+            f.set_latency(ms(2 + 2 * i as u64));
+        }
+        let clock = Arc::clone(&c.clock);
+        let finished = c.sim.run(async {
+            match select(lock.release().boxed(), clock.sleep(ms(cut))).await {
+                Either::Left((result, _)) => Some(result),
+                Either::Right(_) => None,
+            }
+        });
+        match finished {
+            Some(result) => result.unwrap(),
+            // Interrupted: whatever landed, a second release finishes the job (or reports
+            // that the deletes already happened).
+            None => match c.sim.run(lock.release()) {
+                Ok(()) | Err(Error::Lost(_)) => {}
+                Err(e) => panic!("cut at {cut} ms: {e}"),
+            },
+        }
+        settle(&c);
+        assert!(
+            c.memories.iter().all(|m| m.is_empty()),
+            "cut at {cut} ms left keys"
+        );
+        assert!(matches!(c.sim.run(lock.release()), Err(Error::Released)));
+    }
 }
