@@ -172,8 +172,7 @@ pub(crate) async fn wait_lost(shared: &LockShared, inner: &Inner) -> LossReason 
             Status::Held => {}
         }
         if inner.clock.now() >= deadline {
-            shared.mark_lost(LossReason::Expired);
-            inner.unregister(shared.id);
+            drop(inner.lose(shared, LossReason::Expired, None));
             continue;
         }
         sleep_or_change(shared, inner, deadline).await;
@@ -200,9 +199,7 @@ pub(crate) async fn keep_alive(
         }
         let now = inner.clock.now();
         if now >= deadline {
-            shared.mark_lost(LossReason::Expired);
-            inner.unregister(shared.id);
-            return Err(Error::lost(LossReason::Expired, None));
+            return Err(inner.lose(shared, LossReason::Expired, None));
         }
         let may_renew = max_renewals.is_none_or(|max| renewals < max);
         let renew_at = if may_renew {

@@ -522,6 +522,18 @@ impl Inner {
         self.active().remove(&id);
     }
 
+    /// Marks `shared` lost (waking its watchers), forgets it, and returns the error to report.
+    pub(crate) fn lose(
+        &self,
+        shared: &LockShared,
+        reason: LossReason,
+        failure: Option<crate::error::Failure>,
+    ) -> Error {
+        shared.mark_lost(reason);
+        self.unregister(shared.id);
+        Error::lost(reason, failure)
+    }
+
     /// One extend round: a fresh lease of `ttl` on a quorum, within validity.
     pub(crate) async fn extend(&self, shared: &LockShared, ttl: Duration) -> Result<(), Error> {
         let t1 = self.clock.now();
@@ -534,9 +546,7 @@ impl Inner {
             }
             if state.remaining(t1).is_zero() {
                 drop(state);
-                shared.mark_lost(LossReason::Expired);
-                self.unregister(shared.id);
-                return Err(Error::lost(LossReason::Expired, None));
+                return Err(self.lose(shared, LossReason::Expired, None));
             }
         }
         let round = round::run(
@@ -566,14 +576,11 @@ impl Inner {
             Verdict::Quorum => Err(Error::ValidityExpired(Box::new(
                 round.into_failure(1, &self.instances),
             ))),
-            Verdict::Refused => {
-                shared.mark_lost(LossReason::NotHeld);
-                self.unregister(shared.id);
-                Err(Error::lost(
-                    LossReason::NotHeld,
-                    Some(round.into_failure(1, &self.instances)),
-                ))
-            }
+            Verdict::Refused => Err(self.lose(
+                shared,
+                LossReason::NotHeld,
+                Some(round.into_failure(1, &self.instances)),
+            )),
             Verdict::Undecided => Err(Error::Unavailable(Box::new(
                 round.into_failure(1, &self.instances),
             ))),
@@ -630,20 +637,15 @@ impl Inner {
             .await;
         let remaining = shared.state().remaining(self.clock.now());
         if remaining.is_zero() {
-            shared.mark_lost(LossReason::Expired);
-            self.unregister(shared.id);
-            return Err(Error::lost(LossReason::Expired, None));
+            return Err(self.lose(shared, LossReason::Expired, None));
         }
         match round.verdict() {
             Verdict::Quorum => Ok(remaining),
-            Verdict::Refused => {
-                shared.mark_lost(LossReason::NotHeld);
-                self.unregister(shared.id);
-                Err(Error::lost(
-                    LossReason::NotHeld,
-                    Some(round.into_failure(1, &self.instances)),
-                ))
-            }
+            Verdict::Refused => Err(self.lose(
+                shared,
+                LossReason::NotHeld,
+                Some(round.into_failure(1, &self.instances)),
+            )),
             Verdict::Undecided => Err(Error::Unavailable(Box::new(
                 round.into_failure(1, &self.instances),
             ))),
