@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use futures::future::{select, BoxFuture, Either, FutureExt};
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::future::BoxFuture;
 
 use crate::backend::{BackendError, LockBackend};
 use crate::error::{Failure, InstanceOutcome, InstanceReport};
@@ -118,65 +117,57 @@ where
     let mut outcomes = vec![InstanceOutcome::NotAwaited; n];
     let (mut yes, mut no, mut failed) = (0, 0, 0);
 
-    // Poll every call once, in the caller's context, before counting any answer: a call is on
-    // its way after its first poll (see the backend contract), and a round decided early must
-    // not leave a later instance unasked. `FuturesUnordered` alone does not promise that: it
-    // returns at the first completion, and yields after futures that wake themselves.
+    // Every pending call is polled on every wake-up, in the caller's task: the first sweep
+    // polls each call once before any verdict (a call is on its way after its first poll, see
+    // the backend contract), so a round decided early never leaves an instance unasked. N is
+    // small, so sweeping beats a `FuturesUnordered` (no allocation per call, and that one
+    // returns at the first completion, before it polled the rest).
     let mut calls: Vec<_> = instances
         .iter()
         .map(|backend| Some(call(backend.as_ref())))
         .collect();
-    let mut answered_at_once = Vec::new();
+    let mut pending = n;
+    // Made at the first sweep that leaves calls waiting: rounds that complete at once (an
+    // in-memory backend) need no timer.
+    let mut timer: Option<BoxFuture<'static, ()>> = None;
+    let mut timed_out = false;
     futures::future::poll_fn(|cx| {
         for (i, slot) in calls.iter_mut().enumerate() {
-            if let Some(fut) = slot {
-                if let Poll::Ready(answer) = fut.as_mut().poll(cx) {
-                    answered_at_once.push((i, answer));
-                    *slot = None;
+            let Some(fut) = slot else { continue };
+            let Poll::Ready(answer) = fut.as_mut().poll(cx) else {
+                continue;
+            };
+            *slot = None;
+            pending -= 1;
+            outcomes[i] = match &answer {
+                Ok(v) if is_yes(v) => {
+                    yes += 1;
+                    InstanceOutcome::Succeeded
                 }
-            }
+                Ok(_) => {
+                    no += 1;
+                    InstanceOutcome::Refused
+                }
+                Err(e) => {
+                    failed += 1;
+                    InstanceOutcome::Failed(e.clone())
+                }
+            };
+            answers[i] = Some(answer);
         }
-        Poll::Ready(())
+        if pending == 0 || (wait == Wait::UntilDecided && decided(yes, no, failed, n, quorum)) {
+            return Poll::Ready(());
+        }
+        let timer = timer.get_or_insert_with(|| {
+            clock.sleep(limit.saturating_sub(clock.now().saturating_sub(start)))
+        });
+        if timer.as_mut().poll(cx).is_ready() {
+            timed_out = true;
+            return Poll::Ready(());
+        }
+        Poll::Pending
     })
     .await;
-    let still_running: FuturesUnordered<_> = calls
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, slot)| slot.map(|fut| fut.map(move |answer| (i, answer))))
-        .collect();
-    let mut pending = futures::stream::iter(answered_at_once).chain(still_running);
-    let mut timer = clock.sleep(limit);
-    let mut timed_out = false;
-
-    loop {
-        if wait == Wait::UntilDecided && decided(yes, no, failed, n, quorum) {
-            break;
-        }
-        match select(pending.next(), &mut timer).await {
-            Either::Left((Some((i, answer)), _)) => {
-                outcomes[i] = match &answer {
-                    Ok(v) if is_yes(v) => {
-                        yes += 1;
-                        InstanceOutcome::Succeeded
-                    }
-                    Ok(_) => {
-                        no += 1;
-                        InstanceOutcome::Refused
-                    }
-                    Err(e) => {
-                        failed += 1;
-                        InstanceOutcome::Failed(e.clone())
-                    }
-                };
-                answers[i] = Some(answer);
-            }
-            Either::Left((None, _)) => break,
-            Either::Right(((), _)) => {
-                timed_out = true;
-                break;
-            }
-        }
-    }
     if timed_out {
         for (outcome, answer) in outcomes.iter_mut().zip(&answers) {
             if answer.is_none() {
