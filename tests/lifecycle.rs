@@ -451,3 +451,51 @@ fn release_dropped_at_every_point_leaves_a_releasable_handle() {
         assert!(matches!(c.sim.run(lock.release()), Err(Error::Released)));
     }
 }
+
+#[test]
+fn a_restart_that_hands_the_lock_to_a_rival_is_reported_at_the_next_renewal() {
+    use redlock::mock::World;
+    // Redlock's assumption broken on purpose: a majority restarts empty at once, so a rival can
+    // win while the holder's lease still runs. The scoped form cannot prevent the overlap; it
+    // must notice it at the next renewal and stop the work.
+    let world = World::builder()
+        .seed(11)
+        .instances(5)
+        .clients(2)
+        .build()
+        .unwrap();
+    let w = world.clone();
+    let holder = world.spawn_client(0, async move {
+        let manager = w.client(0).clone();
+        let clock = w.clock();
+        manager
+            .with_lock("job", |watch| async move {
+                clock.sleep(Duration::from_secs(60)).await;
+                watch.is_valid()
+            })
+            .await
+    });
+    let w = world.clone();
+    let rival = world.spawn_client(1, async move {
+        w.sleep(Duration::from_secs(1)).await;
+        for i in 0..3 {
+            w.restart(i);
+        }
+        let lock = w
+            .client(1)
+            .lock("job", LEASE)
+            .await
+            .expect("won the empty majority");
+        (w.now(), lock)
+    });
+    let (won_at, rival_lock) = world.run(rival);
+    assert_eq!(won_at, ms(1_000), "the rival won at once: an overlap");
+    let result = world.run(holder);
+    assert!(
+        matches!(&result, Err(Error::Lost(l)) if l.reason == LossReason::NotHeld),
+        "{result:?}"
+    );
+    // Noticed at the first renewal (60 % of the 10 s lease), not at the deadline.
+    assert_eq!(world.now(), ms(6_000));
+    world.run(rival_lock.release()).unwrap();
+}
