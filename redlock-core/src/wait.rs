@@ -6,7 +6,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::select;
+use futures::future::{select, Either};
 use futures::stream::{BoxStream, SelectAll, StreamExt};
 use futures::FutureExt;
 
@@ -16,20 +16,25 @@ use crate::round::{self, Verdict, Wait};
 /// Most yield entries kept for fair mode before expired ones are swept.
 const YIELD_SWEEP_AT: usize = 1024;
 
-/// Release subscriptions held for the duration of one `lock` call.
+/// Release subscriptions held for the duration of one `lock` call; each yields the index of
+/// its instance.
 #[derive(Default)]
 pub(crate) struct Waiter {
-    subscriptions: Option<SelectAll<BoxStream<'static, ()>>>,
+    subscriptions: Option<SelectAll<BoxStream<'static, usize>>>,
 }
 
 impl Inner {
-    /// Subscribes to releases of `key` on every instance that supports it, each bounded by the
-    /// per-instance timeout. Instances that fail or time out are simply not heard from.
-    async fn subscribe_all(&self, key: &[u8]) -> SelectAll<BoxStream<'static, ()>> {
+    /// Subscribes to releases of `key` on every instance that supports it, for at most `limit`.
+    /// Instances that fail or have not answered by then are simply not heard from.
+    async fn subscribe_all(
+        &self,
+        key: &[u8],
+        limit: Duration,
+    ) -> SelectAll<BoxStream<'static, usize>> {
         let round = round::run(
             &self.instances,
             self.clock.as_ref(),
-            self.config.instance_timeout,
+            limit,
             Wait::ForAll,
             |b| match b.release_notify() {
                 Some(n) => n.subscribe(key).map(|r| r.map(Some)).boxed(),
@@ -41,48 +46,75 @@ impl Inner {
         round
             .answers
             .into_iter()
-            .filter_map(|a| match a {
-                Some(Ok(Some(stream))) => Some(stream),
+            .enumerate()
+            .filter_map(|(i, a)| match a {
+                Some(Ok(Some(stream))) => Some(stream.map(move |()| i).boxed()),
                 _ => None,
             })
             .collect()
     }
 
-    /// Waits before the next attempt. `contended`: the last attempt was refused by holders,
-    /// the only case a release announcement can shorten.
+    /// Waits before the next attempt, never longer than the drawn retry delay: subscribing and
+    /// the check after it are spent out of it, so `lock` keeps its documented bound even when an
+    /// instance is slow to answer. `contended`: the last attempt was refused by holders, the
+    /// only case a release announcement can shorten.
     pub(crate) async fn wait_for_retry(&self, key: &[u8], waiter: &mut Waiter, contended: bool) {
         let mut delay = self.retry_delay();
+        let quorum = round::quorum(self.instances.len());
         if !(contended && self.config.wake_on_release) {
             self.clock.sleep(delay).await;
             return;
         }
-        if waiter.subscriptions.is_none() {
-            let start = self.clock.now();
-            let subscriptions = self.subscribe_all(key).await;
-            let listening = !subscriptions.is_empty();
+        let subscribed_before = waiter.subscriptions.is_some();
+        if !subscribed_before {
+            let (start, budget) = (self.clock.now(), delay);
+            let left = |now: Duration| budget.saturating_sub(now.saturating_sub(start));
+            let limit = budget.min(self.config.instance_timeout);
+            let subscriptions = self.subscribe_all(key, limit).await;
+            let listening = subscriptions.len() >= quorum;
             waiter.subscriptions = Some(subscriptions);
+            delay = left(self.clock.now());
             if listening {
                 // A release between the refused attempt and the subscription went unheard: look
-                // once, now that any later one will be heard.
-                let held = self.inspect(key, |s| s.is_some()).await;
-                if held.verdict() == Verdict::Refused {
-                    return;
+                // once, now that any later one will be heard. A check that outlasts the delay is
+                // moot: the next attempt looks anyway.
+                let check = self.inspect(key, |s| s.is_some());
+                match select(pin!(check), self.clock.sleep(delay)).await {
+                    Either::Left((held, _)) if held.verdict() != Verdict::Refused => {}
+                    _ => return,
                 }
+                delay = left(self.clock.now());
             }
-            delay = delay.saturating_sub(self.clock.now().saturating_sub(start));
         }
-        let Some(subscriptions) = waiter.subscriptions.as_mut().filter(|s| !s.is_empty()) else {
+        let Some(subscriptions) = waiter.subscriptions.as_mut().filter(|s| s.len() >= quorum)
+        else {
             self.clock.sleep(delay).await;
             return;
         };
+        if subscribed_before {
+            // Announcements that came while the last attempt ran describe what it already saw.
+            while let Some(Some(_)) = subscriptions.next().now_or_never() {}
+        }
         let announced = async {
-            if subscriptions.next().await.is_none() {
-                // Every subscription ended (connections lost): only the delay is left.
-                futures::future::pending::<()>().await;
+            // The lock is free once a majority deleted it: wake when a quorum of instances
+            // announced a release during this wait. Waking at the first announcement let the
+            // late echoes of one release (one per instance) wake every following wait of a
+            // waiter that lost the race for it, and burn its attempts in milliseconds. After a
+            // wake, that release's echoes still to come number fewer than a quorum.
+            let mut heard = vec![false; self.instances.len()];
+            let mut count = 0;
+            while count < quorum {
+                let Some(i) = subscriptions.next().await else {
+                    // Every subscription ended (connections lost): only the delay is left.
+                    futures::future::pending::<()>().await;
+                    return;
+                };
+                if !std::mem::replace(&mut heard[i], true) {
+                    count += 1;
+                }
             }
-            // One release is announced by every instance: drop the echoes so they do not wake
-            // the next wait for nothing.
-            while let Some(Some(())) = subscriptions.next().now_or_never() {}
+            // Echoes already here belong to the release just heard.
+            while let Some(Some(_)) = subscriptions.next().now_or_never() {}
         };
         drop(select(pin!(announced), self.clock.sleep(delay)).await);
     }

@@ -1,5 +1,5 @@
-//! Simulation speed: simulated lock operations and seeds per wall-clock second for the standard
-//! sweep.
+//! Simulation speed: simulated lock operations and seeds per wall-clock second for the standard,
+//! fair and contention sweeps.
 //!
 //! ```text
 //! cargo bench -p redlock-mock --bench sim                       # seeds 0..2000
@@ -18,6 +18,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (family, label) in [
         (Family::Standard, "standard"),
+        (Family::Fair, "fair"),
         (Family::Contention, "contention"),
     ] {
         for threads in [1, cores] {

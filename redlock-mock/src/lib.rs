@@ -13,7 +13,10 @@
 //! - **A world.** [`World`] wires N simulated instances to C clients, each with its own
 //!   [`LockManager`](redlock_core::LockManager) whose backends are per-link handles
 //!   ([`LinkBackend`]), its own [`SkewedClock`], and a network that delivers requests (FIFO per
-//!   link) even when the caller stopped waiting. Fault verbs: [`World::partition`],
+//!   link) even when the caller stopped waiting. Release announcements
+//!   ([`ReleaseNotify`](redlock_core::ReleaseNotify), behind wake-on-release and fair mode) are
+//!   messages on the same links, so they are delayed, lost and cut off like the rest: a partition
+//!   silences a subscription, a crash ends it. Fault verbs: [`World::partition`],
 //!   [`World::heal`], [`World::crash`], [`World::restart`], [`World::restart_after`],
 //!   [`World::bounce`], [`World::hang`], [`World::pause`], [`World::set_latency`],
 //!   [`World::lose_replies`], [`World::inject_error`], [`World::set_instance_rate`],
@@ -23,8 +26,9 @@
 //! time, and [`World::check`] judges them against the invariants of Redlock: no two holders'
 //! windows overlap, a loss is reported once an assumption broke, nothing is left behind after a
 //! failed acquire or a release, every call returns within its documented bound. The
-//! [`sweep`] module runs seeded families of random scenarios over seed ranges; a violation
-//! prints the seed and the command that replays it.
+//! [`sweep`] module runs seeded families of random scenarios over seed ranges (the managers
+//! wake on release announcements, as by default, and one family puts half the clients in fair
+//! mode); a violation prints the seed and the command that replays it.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -98,7 +102,7 @@ pub use executor::{JoinHandle, Simulation, Stalled};
 pub use faulty::{Faults, FaultyBackend};
 pub use history::{History, OpKind, OpRecord, Outcome};
 pub use memory::MemoryBackend;
-pub use net::{Latency, LinkBackend, ServerStatus};
+pub use net::{Latency, LinkBackend, NotifyStats, ServerStatus};
 pub use skew::SkewedClock;
 pub use trace::{TracedClient, TracedLock};
 pub use world::{World, WorldBuilder};

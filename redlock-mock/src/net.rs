@@ -1,5 +1,9 @@
 //! The simulated network: one link per client × instance, messages delivered by the simulation
 //! (not by the caller's future), in order per link and direction.
+//!
+//! Release announcements ([`ReleaseNotify`]) are messages too: a subscription is a request whose
+//! acknowledgement comes back over the link, and each announcement travels from the instance to
+//! the subscriber over the subscriber's own link, behind the replies already on their way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -9,10 +13,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use futures::channel::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use futures::channel::oneshot;
+use futures::stream::{BoxStream, Stream};
 use rand::rngs::StdRng;
 use rand::Rng;
-use redlock_core::{async_trait, BackendError, BackendErrorKind, Clock, KeyState, LockBackend};
+use redlock_core::{
+    async_trait, BackendError, BackendErrorKind, Clock, KeyState, LockBackend, ReleaseNotify,
+};
 
 use crate::clock::{Sleep, VirtualClock};
 use crate::memory::MemoryBackend;
@@ -78,12 +86,31 @@ pub(crate) enum Request {
     Extend(Vec<u8>, Vec<u8>, Duration),
     Release(Vec<u8>, Vec<u8>),
     Inspect(Vec<u8>),
+    ReleaseNotify(Vec<u8>, Vec<u8>),
+    Subscribe {
+        key: Vec<u8>,
+        id: u64,
+        tx: UnboundedSender<()>,
+    },
+    /// One-way: nothing answers it.
+    Unsubscribe(u64),
+}
+
+impl Request {
+    /// Whether the request reads or writes keys. Only those (and their replies) count as in
+    /// flight for the leftover check: a subscription in flight cannot hide a key, and counting
+    /// the unsubscribe a finished `lock` sends would skip the check after every wait.
+    fn touches_keys(&self) -> bool {
+        !matches!(self, Self::Subscribe { .. } | Self::Unsubscribe(_))
+    }
 }
 
 #[derive(Debug)]
 pub(crate) enum Answer {
     Flag(bool),
     State(Option<KeyState>),
+    Released { released: bool, heard: bool },
+    Subscribed,
 }
 
 type Reply = Result<Answer, BackendError>;
@@ -93,17 +120,52 @@ enum Event {
     Deliver {
         link: usize,
         request: Request,
-        reply_to: oneshot::Sender<Reply>,
+        reply_to: Option<oneshot::Sender<Reply>>,
+        counted: bool,
     },
     Reply {
         link: usize,
         reply: Reply,
         reply_to: oneshot::Sender<Reply>,
+        counted: bool,
+    },
+    /// A release announcement on its way to a subscriber.
+    Announce {
+        link: usize,
+        tx: UnboundedSender<()>,
+    },
+    /// The connection reset of a crashed instance, on its way to a subscriber: it ends the
+    /// subscription's stream when it arrives.
+    End {
+        link: usize,
+        tx: UnboundedSender<()>,
     },
     Restart {
         instance: usize,
         epoch: u64,
     },
+}
+
+/// One live subscription, as the instance knows it.
+#[derive(Debug)]
+struct Subscriber {
+    link: usize,
+    key: Vec<u8>,
+    tx: UnboundedSender<()>,
+}
+
+/// Counters of the release-announcement traffic, to show a run exercised it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotifyStats {
+    /// Subscriptions an instance registered.
+    pub subscriptions: u64,
+    /// Releases through `release_and_notify` that deleted the key with a subscriber registered
+    /// (answered "heard").
+    pub heard: u64,
+    /// Announcements that reached a subscriber's end of its link (lost ones are not counted).
+    pub announcements: u64,
+    /// Subscription streams, still listened to, that an instance crash ended.
+    pub ended: u64,
 }
 
 pub(crate) struct Server {
@@ -114,6 +176,8 @@ pub(crate) struct Server {
     pub(crate) changed_at: Duration,
     /// Counts crashes, so a scheduled restart does not revive an instance crashed again later.
     epoch: u64,
+    /// Live subscriptions by id (ids grow, so iteration is in subscription order).
+    subscribers: BTreeMap<u64, Subscriber>,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +205,13 @@ pub(crate) struct NetState {
     /// caller the token, but the leftover check needs it).
     last_acquire: Vec<HashMap<Vec<u8>, Vec<u8>>>,
     pub(crate) messages: u64,
+    next_subscription: u64,
+    /// Senders of subscriptions whose connection reset was swallowed by a partition: kept so
+    /// the subscriber's stream goes silent instead of ending, as the client never learns.
+    silenced: Vec<UnboundedSender<()>>,
+    pub(crate) notify: NotifyStats,
+    /// Per client, its releases answered "heard" (what makes a fair-mode manager yield).
+    pub(crate) heard_by: Vec<u64>,
 }
 
 /// The shared network of a [`World`](crate::World). Cheap to clone.
@@ -197,6 +268,7 @@ impl Net {
                         error: None,
                         changed_at: Duration::ZERO,
                         epoch: 0,
+                        subscribers: BTreeMap::new(),
                     })
                     .collect(),
                 links: vec![link; n * clients],
@@ -206,6 +278,10 @@ impl Net {
                 driver: None,
                 last_acquire: vec![HashMap::new(); clients],
                 messages: 0,
+                next_subscription: 0,
+                silenced: Vec::new(),
+                notify: NotifyStats::default(),
+                heard_by: vec![0; clients],
             })),
         }
     }
@@ -225,6 +301,19 @@ impl Net {
 
     fn send(&self, client: usize, instance: usize, request: Request) -> oneshot::Receiver<Reply> {
         let (tx, rx) = oneshot::channel();
+        self.post(client, instance, request, Some(tx));
+        rx
+    }
+
+    /// Puts `request` on the link; `reply_to: None` for a one-way message. Dropping `reply_to`
+    /// (partition) leaves the caller waiting until its own timeout, as on a black hole.
+    fn post(
+        &self,
+        client: usize,
+        instance: usize,
+        request: Request,
+        reply_to: Option<oneshot::Sender<Reply>>,
+    ) {
         let mut st = self.lock();
         let link = st.link_index(client, instance);
         if let Request::Acquire(key, token, _) = &request {
@@ -232,24 +321,32 @@ impl Net {
         }
         st.messages += 1;
         if st.links[link].partitioned {
-            // Dropping the sender: the caller waits until its own timeout, as on a black hole.
-            return rx;
+            return;
         }
         let now = st.truth.now();
         let st = &mut *st;
         let delay = st.links[link].latency.draw(&mut st.rng);
         let at = (now + delay).max(st.links[link].last_to_server);
         st.links[link].last_to_server = at;
-        st.links[link].in_flight += 1;
+        let counted = request.touches_keys();
+        if counted {
+            st.links[link].in_flight += 1;
+        }
         st.push(
             at,
             Event::Deliver {
                 link,
                 request,
-                reply_to: tx,
+                reply_to,
+                counted,
             },
         );
-        rx
+    }
+
+    fn next_subscription_id(&self) -> u64 {
+        let mut st = self.lock();
+        st.next_subscription += 1;
+        st.next_subscription
     }
 
     pub(crate) fn schedule_restart(&self, instance: usize, after: Duration) {
@@ -286,6 +383,77 @@ impl NetState {
         server.epoch += 1;
         server.changed_at = now;
         server.backend.flush();
+        self.reset_subscribers(instance, now);
+    }
+
+    /// The process is gone with its subscriptions: each subscriber's connection is reset, and
+    /// the reset travels like any message from the instance.
+    fn reset_subscribers(&mut self, instance: usize, now: Duration) {
+        let subscribers = std::mem::take(&mut self.servers[instance].subscribers);
+        for sub in subscribers.into_values() {
+            self.send_to_client(sub.link, now, |link| Event::End { link, tx: sub.tx });
+        }
+    }
+
+    /// Schedules a message from the instance to the client end of `link`, never before the
+    /// previous one on that direction of the link (TCP order).
+    fn send_to_client(&mut self, link: usize, now: Duration, event: impl FnOnce(usize) -> Event) {
+        let delay = self.links[link].latency.draw(&mut self.rng);
+        let at = (now + delay).max(self.links[link].last_to_client);
+        self.links[link].last_to_client = at;
+        self.push(at, event(link));
+    }
+
+    /// Tells every subscription to `key` on `instance` that it was released; whether there was
+    /// one. The instance cannot tell a subscriber behind a partition from a live one: it counts
+    /// too, and its announcement is lost on the way.
+    fn announce(&mut self, instance: usize, key: &[u8], now: Duration) -> bool {
+        let targets: Vec<(usize, UnboundedSender<()>)> = self.servers[instance]
+            .subscribers
+            .values()
+            .filter(|sub| sub.key == key)
+            .map(|sub| (sub.link, sub.tx.clone()))
+            .collect();
+        let heard = !targets.is_empty();
+        for (link, tx) in targets {
+            self.messages += 1;
+            self.send_to_client(link, now, |link| Event::Announce { link, tx });
+        }
+        heard
+    }
+
+    /// Applies a delivered request on an instance that is up and healthy.
+    fn apply(&mut self, instance: usize, link: usize, request: Request, now: Duration) -> Reply {
+        let backend = &self.servers[instance].backend;
+        match request {
+            Request::Acquire(key, token, ttl) => {
+                backend.acquire_now(&key, &token, ttl).map(Answer::Flag)
+            }
+            Request::Extend(key, token, ttl) => {
+                backend.extend_now(&key, &token, ttl).map(Answer::Flag)
+            }
+            Request::Release(key, token) => backend.release_now(&key, &token).map(Answer::Flag),
+            Request::Inspect(key) => backend.inspect_now(&key).map(Answer::State),
+            Request::ReleaseNotify(key, token) => {
+                let released = backend.release_now(&key, &token)?;
+                let heard = released && self.announce(instance, &key, now);
+                self.notify.heard += u64::from(heard);
+                self.heard_by[link / self.servers.len()] += u64::from(heard);
+                Ok(Answer::Released { released, heard })
+            }
+            Request::Subscribe { key, id, tx } => {
+                self.notify.subscriptions += 1;
+                self.servers[instance]
+                    .subscribers
+                    .insert(id, Subscriber { link, key, tx });
+                Ok(Answer::Subscribed)
+            }
+            Request::Unsubscribe(id) => {
+                // One-way: this answer has nowhere to go.
+                let removed = self.servers[instance].subscribers.remove(&id);
+                Ok(Answer::Flag(removed.is_some()))
+            }
+        }
     }
 
     pub(crate) fn restart(&mut self, instance: usize) {
@@ -296,6 +464,8 @@ impl NetState {
         server.changed_at = now;
         // Without persistence a restarted server starts empty, whatever it held before.
         server.backend.flush();
+        // Empty after a crash; a restart of a running instance drops them here.
+        self.reset_subscribers(instance, now);
     }
 
     pub(crate) fn touch_link(&mut self, client: usize, instance: usize) -> &mut LinkState {
@@ -353,8 +523,11 @@ impl NetState {
                 link,
                 request,
                 reply_to,
+                counted,
             } => {
-                self.links[link].in_flight -= 1;
+                if counted {
+                    self.links[link].in_flight -= 1;
+                }
                 if self.links[link].partitioned {
                     return;
                 }
@@ -368,35 +541,48 @@ impl NetState {
                             Some(Err(BackendError::new(*kind, message.clone())))
                         }
                         None => {
-                            let answer = apply(&server.backend, request);
+                            let answer = self.apply(instance, link, request, now);
                             (!self.links[link].lose_replies).then_some(answer)
                         }
                     },
                 };
-                if let Some(reply) = reply {
-                    let delay = self.links[link].latency.draw(&mut self.rng);
-                    let at = (now + delay).max(self.links[link].last_to_client);
-                    self.links[link].last_to_client = at;
-                    self.links[link].in_flight += 1;
-                    self.push(
-                        at,
-                        Event::Reply {
-                            link,
-                            reply,
-                            reply_to,
-                        },
-                    );
+                if let (Some(reply), Some(reply_to)) = (reply, reply_to) {
+                    if counted {
+                        self.links[link].in_flight += 1;
+                    }
+                    self.send_to_client(link, now, |link| Event::Reply {
+                        link,
+                        reply,
+                        reply_to,
+                        counted,
+                    });
                 }
             }
             Event::Reply {
                 link,
                 reply,
                 reply_to,
+                counted,
             } => {
-                self.links[link].in_flight -= 1;
+                if counted {
+                    self.links[link].in_flight -= 1;
+                }
                 if !self.links[link].partitioned {
                     // The caller may have given up: its answer is then simply not read.
                     let _ = reply_to.send(reply);
+                }
+            }
+            Event::Announce { link, tx } => {
+                if !self.links[link].partitioned && tx.unbounded_send(()).is_ok() {
+                    self.notify.announcements += 1;
+                }
+            }
+            Event::End { link, tx } => {
+                if self.links[link].partitioned {
+                    self.silenced.push(tx);
+                } else {
+                    // Dropping the last sender (here) ends the stream once it is drained.
+                    self.notify.ended += u64::from(!tx.is_closed());
                 }
             }
             Event::Restart { instance, epoch } => {
@@ -407,17 +593,6 @@ impl NetState {
                 }
             }
         }
-    }
-}
-
-fn apply(backend: &MemoryBackend, request: Request) -> Reply {
-    match request {
-        Request::Acquire(key, token, ttl) => {
-            backend.acquire_now(&key, &token, ttl).map(Answer::Flag)
-        }
-        Request::Extend(key, token, ttl) => backend.extend_now(&key, &token, ttl).map(Answer::Flag),
-        Request::Release(key, token) => backend.release_now(&key, &token).map(Answer::Flag),
-        Request::Inspect(key) => backend.inspect_now(&key).map(Answer::State),
     }
 }
 
@@ -467,6 +642,26 @@ impl Future for Driver {
 /// delivered and applied whether or not the caller is still waiting, so a call abandoned by
 /// the manager's timeout can still land, as on a real network. A call whose request or reply is
 /// dropped (partition, hang, lost reply) never answers: the manager's timeout ends it.
+///
+/// # Release announcements
+///
+/// The handle implements [`ReleaseNotify`] over the same link, so wake-on-release and fair mode
+/// run under every fault:
+///
+/// - `release_and_notify` is a request like `release`; the instance answers "heard" when it
+///   has a subscription to the key, whatever the state of that subscriber's link.
+/// - `subscribe` sends a request and returns when its acknowledgement comes back; under a
+///   partition, hang or lost reply it never returns (the manager's timeout ends it). Dropping
+///   the stream sends a one-way unsubscribe; if that is lost, the instance keeps counting the
+///   subscriber as a listener, as Redis does for a connection it has not seen die.
+/// - Each announcement travels from the instance over the subscriber's link, after the replies
+///   already on their way: latency delays it, a partition at its arrival drops it.
+/// - A **partition** does not end a subscription: the client cannot tell a silent link from a
+///   quiet one, so its stream just goes silent (and hears later releases again once healed).
+/// - A **crash** loses the instance's subscriptions. Each subscriber's connection is reset:
+///   the reset travels over its link, and its stream ends when it arrives (the manager then
+///   relies on its retry delay). If a partition swallows the reset, the stream stays silent
+///   instead. A restarted instance knows no subscription (nothing re-subscribes).
 #[derive(Debug, Clone)]
 pub struct LinkBackend {
     net: Net,
@@ -508,10 +703,43 @@ impl LinkBackend {
     async fn flag(&self, request: Request) -> Result<bool, BackendError> {
         match self.call(request).await? {
             Answer::Flag(b) => Ok(b),
-            Answer::State(_) => Err(BackendError::new(
-                BackendErrorKind::Protocol,
-                "unexpected reply",
-            )),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+fn unexpected() -> BackendError {
+    BackendError::new(BackendErrorKind::Protocol, "unexpected reply")
+}
+
+/// The client end of one subscription.
+struct Subscription {
+    rx: UnboundedReceiver<()>,
+    net: Net,
+    client: usize,
+    instance: usize,
+    id: u64,
+    /// Whether the instance may have registered it (so dropping it must unsubscribe).
+    registered: bool,
+}
+
+impl Stream for Subscription {
+    type Item = ();
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        Pin::new(&mut self.rx).poll_next(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if self.registered {
+            self.net.post(
+                self.client,
+                self.instance,
+                Request::Unsubscribe(self.id),
+                None,
+            );
         }
     }
 }
@@ -540,10 +768,57 @@ impl LockBackend for LinkBackend {
     async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
         match self.call(Request::Inspect(key.to_vec())).await? {
             Answer::State(s) => Ok(s),
-            Answer::Flag(_) => Err(BackendError::new(
-                BackendErrorKind::Protocol,
-                "unexpected reply",
-            )),
+            _ => Err(unexpected()),
+        }
+    }
+
+    fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl ReleaseNotify for LinkBackend {
+    async fn release_and_notify(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        match self
+            .call(Request::ReleaseNotify(key.to_vec(), token.to_vec()))
+            .await?
+        {
+            Answer::Released { released, heard } => Ok((released, heard)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn subscribe(&self, key: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        let (tx, rx) = mpsc::unbounded();
+        let id = self.net.next_subscription_id();
+        // Made before sending: a caller that gives up before the acknowledgement drops it, and
+        // the unsubscribe follows the subscribe on the link.
+        let mut stream = Subscription {
+            rx,
+            net: self.net.clone(),
+            client: self.client,
+            instance: self.instance,
+            id,
+            registered: true,
+        };
+        let request = Request::Subscribe {
+            key: key.to_vec(),
+            id,
+            tx,
+        };
+        match self.call(request).await {
+            Ok(Answer::Subscribed) => Ok(Box::pin(stream)),
+            Ok(_) => Err(unexpected()),
+            Err(e) => {
+                // Refused by the instance: there is nothing to unsubscribe.
+                stream.registered = false;
+                Err(e)
+            }
         }
     }
 }

@@ -11,23 +11,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::stream::BoxStream;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
-use redlock_core::{async_trait, BackendError, BackendErrorKind, KeyState, LockBackend};
+use redlock_core::{
+    async_trait, BackendError, BackendErrorKind, KeyState, LockBackend, ReleaseNotify,
+};
 
 use crate::check::{CheckReport, Violation, ViolationKind};
 use crate::history::{Entry, History};
-use crate::net::Latency;
+use crate::net::{Latency, NotifyStats};
 use crate::world::{derive, World};
 
 /// A family of seeded runs.
+///
+/// Every client's manager keeps the core's default of waking on release announcements, and the
+/// simulated links carry them (see [`LinkBackend`](crate::LinkBackend)), so every family runs
+/// the wake-on-release path under its faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     /// Random deployments, workloads and faults, all within the Redlock assumptions (clock
     /// rates within the drift factor, crashed instances down longer than the largest TTL). No
     /// invariant may break.
     Standard,
+    /// The standard family on one resource with at least two clients, the odd-numbered ones in
+    /// fair mode (a random grace up to twice the instance timeout). No invariant may break.
+    Fair,
     /// Scripted breaks of an assumption with random parameters: restart without delay, a
     /// majority of instance clocks beyond the drift factor, the Kleppmann clock jump. Every
     /// seed must produce an overlap, each followed by a reported loss.
@@ -66,6 +76,11 @@ pub struct SeedRun {
     pub ops: usize,
     /// Messages the network carried.
     pub messages: u64,
+    /// Release-announcement traffic.
+    pub notify: NotifyStats,
+    /// Releases by fair-mode clients that a subscriber was registered for (each one makes that
+    /// client yield its next acquire).
+    pub fair_heard: u64,
 }
 
 impl SeedRun {
@@ -81,6 +96,7 @@ impl SeedRun {
 pub fn reproduce(seed: u64, family: Family) -> String {
     let test = match family {
         Family::Standard => "standard_family_keeps_every_invariant",
+        Family::Fair => "fair_family_keeps_every_invariant",
         Family::Adversarial => "adversarial_family_is_caught",
         Family::Contention => "contention_family_keeps_every_invariant",
         Family::Buggy(Bug::NoDriftCompensation) => "checker_catches_missing_drift_compensation",
@@ -114,15 +130,24 @@ pub fn run_seed(family: Family, seed: u64) -> SeedRun {
     let world_slot: Arc<Mutex<Option<World>>> = Arc::default();
     let slot = Arc::clone(&world_slot);
     let outcome = catch_unwind(AssertUnwindSafe(move || match family {
-        Family::Standard => standard(seed, &slot),
+        Family::Standard => standard(seed, false, &slot),
+        Family::Fair => standard(seed, true, &slot),
         Family::Contention => contention(seed, None, &slot),
         Family::Buggy(bug) => contention(seed, Some(bug), &slot),
         Family::Adversarial => adversarial(seed, &slot),
     }));
     let world = world_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-    let (mut history, messages) = match &world {
-        Some(w) => (w.history(), w.messages()),
-        None => (History::default(), 0),
+    let (mut history, messages, notify, fair_heard) = match &world {
+        Some(w) => (
+            w.history(),
+            w.messages(),
+            w.notify_stats(),
+            (0..w.client_count())
+                .filter(|&k| is_fair(family, k))
+                .map(|k| w.heard_releases(k))
+                .sum(),
+        ),
+        None => (History::default(), 0, NotifyStats::default(), 0),
     };
     let mut extra = Vec::new();
     match outcome {
@@ -150,7 +175,14 @@ pub fn run_seed(family: Family, seed: u64) -> SeedRun {
         history,
         report,
         messages,
+        notify,
+        fair_heard,
     }
+}
+
+/// Whether client `k` runs in fair mode in `family`.
+fn is_fair(family: Family, k: usize) -> bool {
+    family == Family::Fair && k % 2 == 1
 }
 
 /// Totals of a sweep.
@@ -162,10 +194,24 @@ pub struct SweepSummary {
     pub ops: u64,
     /// Network messages over all seeds.
     pub messages: u64,
+    /// Release-announcement traffic over all seeds.
+    pub notify: NotifyStats,
+    /// Releases by fair-mode clients that a subscriber was registered for, over all seeds.
+    pub fair_heard: u64,
     /// Seeds that produced at least one overlap.
     pub seeds_with_overlaps: u64,
     /// The runs that `keep` selected (typically: failures), in seed order.
     pub kept: Vec<SeedRun>,
+}
+
+impl SweepSummary {
+    fn add_notify(&mut self, notify: NotifyStats, fair_heard: u64) {
+        self.notify.subscriptions += notify.subscriptions;
+        self.notify.heard += notify.heard;
+        self.notify.announcements += notify.announcements;
+        self.notify.ended += notify.ended;
+        self.fair_heard += fair_heard;
+    }
 }
 
 /// Runs `family` over `seeds` on `threads` OS threads (each seed is deterministic on its own,
@@ -191,6 +237,7 @@ pub fn sweep(
                     local.seeds += 1;
                     local.ops += run.ops as u64;
                     local.messages += run.messages;
+                    local.add_notify(run.notify, run.fair_heard);
                     local.seeds_with_overlaps += u64::from(!run.report.overlaps.is_empty());
                     if keep(&run) {
                         local.kept.push(run);
@@ -200,6 +247,7 @@ pub fn sweep(
                 total.seeds += local.seeds;
                 total.ops += local.ops;
                 total.messages += local.messages;
+                total.add_notify(local.notify, local.fair_heard);
                 total.seeds_with_overlaps += local.seeds_with_overlaps;
                 total.kept.extend(local.kept);
             });
@@ -241,17 +289,28 @@ fn ms(x: u64) -> Duration {
 
 /// The largest one-way latency drawn in the standard family, relative to the instance timeout,
 /// is `timeout × 6 / 10`: most calls answer in time, and a slow link still times out sometimes.
-fn standard(seed: u64, slot: &Mutex<Option<World>>) -> Result<(), String> {
+///
+/// `fair`: the [`Family::Fair`] variant. Its own choices come from a separate stream, so the
+/// standard family's draws stay as they were.
+fn standard(seed: u64, fair: bool, slot: &Mutex<Option<World>>) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(derive(seed, 0x5EED));
+    let mut fair_rng = StdRng::seed_from_u64(derive(seed, 0xFA1));
     let n = rng.random_range(1..=7usize);
-    let c = rng.random_range(1..=6usize);
-    let resources = rng.random_range(1..=2usize);
+    let mut c = rng.random_range(1..=6usize);
+    let mut resources = rng.random_range(1..=2usize);
+    if fair {
+        // Fairness is between rivals for one resource.
+        c = c.max(2);
+        resources = 1;
+    }
     let ttl = ms(*[20u64, 50, 100, 250, 1000].choose(&mut rng).unwrap_or(&100));
     let timeout = ttl / rng.random_range(4..=12u32);
     let retry_count = rng.random_range(1..=4u32);
     let delay_min = ttl / 100 * rng.random_range(0..=5u32);
     let delay_max = delay_min + ttl / 100 * rng.random_range(0..=30u32);
     let slow = timeout * 6 / 10;
+    let family = if fair { Family::Fair } else { Family::Standard };
+    let grace = (timeout * 2).mul_f64(fair_rng.random::<f64>());
     // Clock rates within ±0.4 %: the ratio of any instance's rate to any client's stays
     // below 1.01, which the default drift factor covers.
     let (inst_ppm, client_ppm) = ((-4_000, 4_000), (-4_000, 4_000));
@@ -268,6 +327,7 @@ fn standard(seed: u64, slot: &Mutex<Option<World>>) -> Result<(), String> {
                 .retry_delay(delay_min, delay_max)
                 .instance_timeout(timeout)
         })
+        .configure_client(move |k, b| if is_fair(family, k) { b.fair(grace) } else { b })
         .build()
         .map_err(|e| e.to_string())?;
     *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(world.clone());
@@ -544,6 +604,42 @@ impl LockBackend for UncheckedRelease {
 
     async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
         self.0.inspect(key).await
+    }
+
+    fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
+        // Announcing releases the same broken way keeps the only difference from the healthy
+        // contention family the bug itself.
+        self.0.release_notify().map(|_| self as &dyn ReleaseNotify)
+    }
+}
+
+#[async_trait]
+impl ReleaseNotify for UncheckedRelease {
+    async fn release_and_notify(
+        &self,
+        key: &[u8],
+        _token: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        let Some(notify) = self.0.release_notify() else {
+            return Err(BackendError::new(
+                BackendErrorKind::Other,
+                "no release announcements",
+            ));
+        };
+        match self.0.inspect(key).await? {
+            Some(state) => notify.release_and_notify(key, &state.value).await,
+            None => Ok((false, false)),
+        }
+    }
+
+    async fn subscribe(&self, key: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        match self.0.release_notify() {
+            Some(notify) => notify.subscribe(key).await,
+            None => Err(BackendError::new(
+                BackendErrorKind::Other,
+                "no release announcements",
+            )),
+        }
     }
 }
 

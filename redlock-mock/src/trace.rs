@@ -142,7 +142,12 @@ impl TracedClient {
                 let per_attempt = timeout
                     .saturating_mul(2)
                     .saturating_add(config.retry_delay().1);
-                per_attempt.saturating_mul(config.retry_count())
+                // Fair mode documents its own cost: one grace, before the first attempt, after a
+                // release someone heard.
+                let grace = config.fair().unwrap_or_default();
+                per_attempt
+                    .saturating_mul(config.retry_count())
+                    .saturating_add(grace)
             }
             OpKind::Extend | OpKind::Release | OpKind::Check => timeout,
             OpKind::Drop => Duration::ZERO,

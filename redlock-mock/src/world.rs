@@ -21,11 +21,12 @@ use crate::clock::{Sleep, VirtualClock};
 use crate::executor::{JoinHandle, Simulation, Stalled};
 use crate::history::{Entry, History};
 use crate::memory::MemoryBackend;
-use crate::net::{Latency, LinkBackend, Net, ServerStatus};
+use crate::net::{Latency, LinkBackend, Net, NotifyStats, ServerStatus};
 use crate::skew::SkewedClock;
 use crate::trace::TracedClient;
 
 type Configure = Arc<dyn Fn(LockManagerBuilder) -> LockManagerBuilder + Send + Sync>;
+type ConfigureClient = Arc<dyn Fn(usize, LockManagerBuilder) -> LockManagerBuilder + Send + Sync>;
 type Wrap = Arc<dyn Fn(usize, usize, Arc<dyn LockBackend>) -> Arc<dyn LockBackend> + Send + Sync>;
 
 /// Derives independent streams from one seed (SplitMix64), so adding a client does not change
@@ -49,7 +50,7 @@ pub(crate) fn derive(seed: u64, stream: u64) -> u64 {
 /// | `instances` | 5 |
 /// | `clients` | 1 |
 /// | `latency` | [`Latency::Fixed`] 0 on every link |
-/// | manager settings | the core's defaults (3 attempts, 100–300 ms delays, 1 % drift, 100 ms instance timeout) |
+/// | manager settings | the core's defaults (3 attempts, 100–300 ms delays, 1 % drift, 100 ms instance timeout, wake-on-release on, fair mode off) |
 #[must_use]
 pub struct WorldBuilder {
     seed: u64,
@@ -57,6 +58,7 @@ pub struct WorldBuilder {
     clients: usize,
     latency: Latency,
     configure: Option<Configure>,
+    configure_client: Option<ConfigureClient>,
     wrap: Option<Wrap>,
 }
 
@@ -104,6 +106,18 @@ impl WorldBuilder {
         f: impl Fn(LockManagerBuilder) -> LockManagerBuilder + Send + Sync + 'static,
     ) -> Self {
         self.configure = Some(Arc::new(f));
+        self
+    }
+
+    /// Adjusts client `c`'s manager builder only, after [`configure`](Self::configure): mixed
+    /// deployments, such as some clients in fair mode
+    /// ([`LockManagerBuilder::fair`]) or polling without announcements
+    /// ([`LockManagerBuilder::wake_on_release`]).
+    pub fn configure_client(
+        mut self,
+        f: impl Fn(usize, LockManagerBuilder) -> LockManagerBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.configure_client = Some(Arc::new(f));
         self
     }
 
@@ -168,6 +182,9 @@ impl WorldBuilder {
             if let Some(configure) = &self.configure {
                 builder = configure(builder);
             }
+            if let Some(configure) = &self.configure_client {
+                builder = configure(c, builder);
+            }
             clients.push(ClientParts {
                 manager: builder.build()?,
                 clock,
@@ -199,7 +216,8 @@ impl WorldBuilder {
 /// ([`LinkBackend`]), so partitions and latency apply to one client × instance pair. Every
 /// instance and every client has its own [`SkewedClock`]. Requests travel through a simulated
 /// network (FIFO per link and direction) that delivers them even if the caller stopped
-/// waiting. Cheap to clone; clones are the same world.
+/// waiting. Release announcements (wake-on-release, fair mode) are messages on the same links,
+/// subject to the same faults (see [`LinkBackend`]). Cheap to clone; clones are the same world.
 ///
 /// Indices: clients `0..C`, instances `0..N`. An index out of range panics (a bug in the
 /// scenario, not a simulated fault).
@@ -245,6 +263,7 @@ impl World {
             clients: 1,
             latency: Latency::default(),
             configure: None,
+            configure_client: None,
             wrap: None,
         }
     }
@@ -374,10 +393,25 @@ impl World {
         check::check(&self.history_mut())
     }
 
-    /// How many messages the network carried so far (requests sent, delivered or not).
+    /// How many messages the network carried so far (requests and release announcements sent,
+    /// delivered or not).
     #[must_use]
     pub fn messages(&self) -> u64 {
         self.inner.net.lock().messages
+    }
+
+    /// The release-announcement traffic so far: subscriptions, releases heard, announcements
+    /// delivered.
+    #[must_use]
+    pub fn notify_stats(&self) -> NotifyStats {
+        self.inner.net.lock().notify
+    }
+
+    /// How many of client `c`'s releases an instance answered "heard" (a subscriber was
+    /// registered): each makes a fair-mode manager yield its next acquire of that resource.
+    #[must_use]
+    pub fn heard_releases(&self, c: usize) -> u64 {
+        self.inner.net.lock().heard_by[c]
     }
 
     pub(crate) fn history_mut(&self) -> MutexGuard<'_, History> {
@@ -472,9 +506,17 @@ impl World {
     }
 
     /// Instance `i` accepts requests and never answers nor applies them, until
-    /// [`resume`](Self::resume).
+    /// [`resume`](Self::resume). A crashed instance stays crashed: there is no process to stop.
     pub fn hang(&self, i: usize) {
-        self.inner.net.lock().touch_server(i).status = ServerStatus::Hung;
+        {
+            let mut net = self.inner.net.lock();
+            // Hanging a crashed instance used to make it Hung, and `resume` then brought it back
+            // up before its restart: keys lost while a lock relied on them, in the standard
+            // family (seed 34066).
+            if net.servers[i].status != ServerStatus::Crashed {
+                net.touch_server(i).status = ServerStatus::Hung;
+            }
+        }
         self.fault(format!("hang i{i}"));
     }
 

@@ -409,3 +409,387 @@ fn report_ops(world: &World) -> Vec<Outcome> {
         .map(|op| op.outcome)
         .collect()
 }
+
+// ----- Release announcements (wake-on-release, fair mode) over the simulated links -----
+
+/// Retry delays of 200–300 ms: a waiter that gets the lock within a few milliseconds of the
+/// release was woken by an announcement, not by its delay.
+const DELAY: (Duration, Duration) = (Duration::from_millis(200), Duration::from_millis(300));
+
+fn waiting_world(n: usize, c: usize, seed: u64) -> World {
+    World::builder()
+        .seed(seed)
+        .instances(n)
+        .clients(c)
+        .latency(Latency::Fixed(ms(1)))
+        .configure(|b| {
+            b.instance_timeout(ms(20))
+                .retry_count(10)
+                .retry_delay(DELAY.0, DELAY.1)
+        })
+        .build()
+        .expect("valid world")
+}
+
+/// Client 0 takes `r`, then client 1 waits for `r` while `script` runs (faults, then client
+/// 0's release 100 ms later). Returns when client 1 started waiting, when it got the lock, and
+/// when client 0 released.
+fn waiter_vs_release(
+    world: &World,
+    script: impl FnOnce(&World) + Send + 'static,
+) -> (Duration, Duration, Duration) {
+    let w = world.clone();
+    let holder = world.run(world.spawn_client(0, async move {
+        w.traced(0).lock("r", TTL * 10).await.expect("free lock")
+    }));
+    let start = world.now();
+    let w = world.clone();
+    let waiter = world.spawn_client(1, async move {
+        let lock = w
+            .traced(1)
+            .lock("r", TTL)
+            .await
+            .expect("the waiter gets its turn");
+        let at = w.now();
+        lock.release().await.expect("still held");
+        at
+    });
+    let w = world.clone();
+    let releaser = world.spawn_client(0, async move {
+        w.sleep(ms(100)).await;
+        script(&w);
+        let at = w.now();
+        holder.release().await.expect("held");
+        at
+    });
+    let (got_at, released_at) = world.run(futures::future::join(waiter, releaser));
+    let report = world.check();
+    assert!(report.is_clean(), "{:?}", report.violations);
+    (start, got_at, released_at)
+}
+
+#[test]
+fn a_waiter_cut_off_from_a_minority_wakes_on_the_majoritys_announcements() {
+    let world = waiting_world(5, 2, 20);
+    world.partition(1, 3);
+    world.partition(1, 4);
+    let (_, got_at, released_at) = waiter_vs_release(&world, |_| {});
+    // Release request 1 ms, announcement 1 ms, acquire round trip 2 ms.
+    assert_eq!(got_at - released_at, ms(4), "woken by the announcement");
+    // Only the instances the waiter could subscribe on had a listener.
+    assert_eq!(world.heard_releases(0), 3);
+    assert_eq!(world.notify_stats().announcements, 3);
+}
+
+#[test]
+fn a_lost_announcement_falls_back_to_the_retry_delay() {
+    let world = waiting_world(5, 2, 21);
+    let (start, got_at, released_at) = waiter_vs_release(&world, |w| {
+        // The waiter's links are cut while the release is announced, then healed.
+        w.isolate(1);
+        let w = w.clone();
+        w.clone()
+            .spawn(async move {
+                w.sleep(ms(10)).await;
+                w.heal_all();
+            })
+            .detach();
+    });
+    let n = world.notify_stats();
+    // Every instance had the waiter's subscription and said so: it cannot see the partition.
+    assert_eq!(world.heard_releases(0), 5);
+    assert_eq!(n.announcements, 0, "{n:?}");
+    // Refused after one 2 ms round trip, then the delay, then another round trip.
+    let waited = got_at - start;
+    assert!(waited >= ms(4) + DELAY.0, "{waited:?}");
+    assert!(waited <= ms(4) + DELAY.1, "{waited:?}");
+    assert!(got_at > released_at + ms(10), "after the heal");
+}
+
+#[test]
+fn a_partition_silences_a_subscription_without_ending_it() {
+    // Client 0's first release is announced while client 1 is cut off; client 2, woken, takes
+    // the lock. Once healed, client 2's release reaches client 1 on the same subscriptions.
+    let world = waiting_world(3, 3, 22);
+    let w = world.clone();
+    let first = world.run(world.spawn_client(0, async move {
+        w.traced(0).lock("r", TTL * 10).await.expect("free lock")
+    }));
+    let w = world.clone();
+    let b = world.spawn_client(1, async move {
+        let lock = w.traced(1).lock("r", TTL).await.expect("gets its turn");
+        let at = w.now();
+        drop(lock.release().await);
+        at
+    });
+    let w = world.clone();
+    let c = world.spawn_client(2, async move {
+        w.sleep(ms(1)).await;
+        let lock = w
+            .traced(2)
+            .lock("r", TTL)
+            .await
+            .expect("woken by the first release");
+        let at = w.now();
+        w.sleep(ms(50)).await;
+        let released = w.now();
+        lock.release().await.expect("held");
+        (at, released)
+    });
+    let w = world.clone();
+    let script = world.spawn_client(0, async move {
+        w.sleep(ms(100)).await;
+        w.isolate(1);
+        let released = w.now();
+        first.release().await.expect("held");
+        w.sleep(ms(10)).await;
+        w.heal_all();
+        released
+    });
+    let (b_at, (c_at, c_released), released) = world.run(futures::future::join3(b, c, script));
+    assert_eq!(
+        c_at - released,
+        ms(4),
+        "client 2 was woken by the first release"
+    );
+    assert_eq!(
+        b_at - c_released,
+        ms(4),
+        "client 1 heard the second release"
+    );
+    // Client 1 was refused one 2 ms round trip after it started, at 2 ms.
+    assert!(b_at < ms(4) + DELAY.0, "{b_at:?}: not its delay");
+    assert_eq!(world.notify_stats().ended, 0);
+    let report = world.check();
+    assert!(report.is_clean(), "{:?}", report.violations);
+}
+
+#[test]
+fn fair_mode_yields_at_most_the_grace_to_a_paused_waiter() {
+    // The releaser makes one attempt: 2 × 20 ms is its bound without the grace, which the
+    // checker must add (fair mode documents that delay).
+    let grace = ms(50);
+    let world = World::builder()
+        .seed(23)
+        .instances(5)
+        .clients(2)
+        .latency(Latency::Fixed(ms(1)))
+        .configure(|b| {
+            b.instance_timeout(ms(20))
+                .retry_count(3)
+                .retry_delay(DELAY.0, DELAY.1)
+        })
+        .configure_client(move |c, b| {
+            if c == 0 {
+                b.fair(grace)
+                    .retry_count(1)
+                    .retry_delay(Duration::ZERO, Duration::ZERO)
+            } else {
+                b
+            }
+        })
+        .build()
+        .expect("valid world");
+    let w = world.clone();
+    let holder = world.run(world.spawn_client(0, async move {
+        w.traced(0).lock("r", TTL * 10).await.expect("free lock")
+    }));
+    let w = world.clone();
+    let waiter = world.spawn_client(1, async move { w.traced(1).lock("r", TTL).await.is_ok() });
+    let w = world.clone();
+    let releaser = world.spawn_client(0, async move {
+        w.sleep(ms(100)).await;
+        // The waiter is subscribed everywhere, and frozen: it hears the release but cannot act.
+        w.pause(1, TTL);
+        holder.release().await.expect("held");
+        let released = w.now();
+        let heard = w.heard_releases(0);
+        let again = w.traced(0).lock("r", TTL).await.expect("nobody took it");
+        let at = w.now();
+        drop(again.release().await);
+        (released, heard, at)
+    });
+    let (waited, (released, heard, again_at)) = world.run(futures::future::join(waiter, releaser));
+    assert_eq!(
+        heard, 5,
+        "every instance had the paused waiter's subscription"
+    );
+    // The grace, then one 2 ms round trip: the releaser yielded, and no longer than the grace.
+    assert_eq!(again_at - released, grace + ms(2));
+    assert!(
+        waited,
+        "after its pause the waiter still gets the free lock"
+    );
+    let report = world.check();
+    assert!(report.is_clean(), "{:?}", report.violations);
+}
+
+#[test]
+fn waiters_keep_working_when_an_instance_with_their_subscriptions_crashes() {
+    let world = waiting_world(5, 3, 24);
+    let w = world.clone();
+    let holder = world.run(world.spawn_client(0, async move {
+        w.traced(0).lock("r", TTL * 10).await.expect("free lock")
+    }));
+    let mut waiters = Vec::new();
+    for c in [1, 2] {
+        let w = world.clone();
+        waiters.push(world.spawn_client(c, async move {
+            let lock = w.traced(c).lock("r", TTL).await.expect("gets its turn");
+            let at = w.now();
+            w.sleep(ms(30)).await;
+            let released = w.now();
+            lock.release().await.expect("held");
+            (at, released)
+        }));
+    }
+    let w = world.clone();
+    let releaser = world.spawn_client(0, async move {
+        w.sleep(ms(100)).await;
+        // Down for longer than any lease, as Redlock requires.
+        w.restart_after(0, TTL * 11);
+        w.sleep(ms(10)).await;
+        let at = w.now();
+        holder.release().await.expect("held on four");
+        at
+    });
+    let (mut turns, released_at) = world.run(futures::future::join(
+        futures::future::join_all(waiters),
+        releaser,
+    ));
+    turns.sort();
+    let [(first_at, first_released), (second_at, _)] = turns[..] else {
+        panic!("{turns:?}")
+    };
+    // Both waiters' streams from instance 0 ended; the other four still announced both releases.
+    assert_eq!(world.notify_stats().ended, 2);
+    assert!(first_at - released_at <= ms(4), "{first_at:?}");
+    assert!(second_at - first_released <= ms(4), "{second_at:?}");
+    let report = world.check();
+    assert!(report.is_clean(), "{:?}", report.violations);
+}
+
+#[test]
+fn subscribing_never_stretches_the_retry_delay() {
+    // Instance 4 never answers and the others answer in 18 ms of a 20 ms timeout. Subscribing
+    // waits for every instance (20 ms), and the check after it took another round trip: the
+    // first wait lasted 38 ms instead of its 1 ms delay, and `lock` took 94 ms, past its bound
+    // of retry_count × (2 × instance_timeout + retry_delay_max) = 82 ms.
+    let world = World::builder()
+        .seed(25)
+        .instances(5)
+        .clients(2)
+        .latency(Latency::Fixed(ms(9)))
+        .configure(|b| {
+            b.instance_timeout(ms(20))
+                .retry_count(2)
+                .retry_delay(ms(1), ms(1))
+        })
+        .build()
+        .expect("valid world");
+    let w = world.clone();
+    let holder = world.run(world.spawn_client(0, async move {
+        w.traced(0).lock("r", TTL * 10).await.expect("free lock")
+    }));
+    world.hang(4);
+    let w = world.clone();
+    let start = world.now();
+    let result =
+        world.run(world.spawn_client(
+            1,
+            async move { w.traced(1).lock("r", TTL).await.map(|_| ()) },
+        ));
+    assert!(matches!(result, Err(Error::Contended(_))), "{result:?}");
+    // Each attempt: 18 ms refused, then the 20 ms cleanup that waits for the hung instance (the
+    // 1 ms wait runs beside it).
+    assert_eq!(world.now() - start, 2 * (ms(18) + ms(20)));
+    drop(holder);
+    let report = world.check();
+    assert!(report.is_clean(), "{:?}", report.violations);
+}
+
+#[test]
+fn a_waiter_that_loses_the_race_is_not_woken_by_the_same_releases_echoes() {
+    // Each instance announces the release, at different times (0–4 ms links). Two waiters
+    // wake, one wins; the loser used to be woken again by each late announcement of that same
+    // release, and spent its three attempts in milliseconds instead of waiting for the winner.
+    // Seed 176 is the case where late echoes plus the first announcement of the winner's
+    // release looked like a quorum, unless announcements that came during an attempt are
+    // dropped.
+    for seed in 170..180 {
+        let world = World::builder()
+            .seed(seed)
+            .instances(5)
+            .clients(3)
+            .latency(Latency::Uniform {
+                min: Duration::ZERO,
+                max: ms(4),
+            })
+            .configure(|b| {
+                b.instance_timeout(ms(20))
+                    .retry_count(3)
+                    .retry_delay(DELAY.0, DELAY.1)
+            })
+            .build()
+            .expect("valid world");
+        let w = world.clone();
+        let holder = world.run(world.spawn_client(0, async move {
+            w.traced(0).lock("r", TTL * 10).await.expect("free lock")
+        }));
+        let mut waiters = Vec::new();
+        for c in [1, 2] {
+            let w = world.clone();
+            waiters.push(world.spawn_client(c, async move {
+                let lock = w.traced(c).lock("r", TTL).await.ok()?;
+                let at = w.now();
+                w.sleep(ms(50)).await;
+                let released = w.now();
+                lock.release().await.expect("held");
+                Some((at, released))
+            }));
+        }
+        let w = world.clone();
+        let releaser = world.spawn_client(0, async move {
+            w.sleep(ms(100)).await;
+            holder.release().await.expect("held");
+        });
+        let (turns, ()) = world.run(futures::future::join(
+            futures::future::join_all(waiters),
+            releaser,
+        ));
+        let mut turns: Vec<_> = turns.into_iter().flatten().collect();
+        turns.sort();
+        let [(_, first_released), (second_at, _)] = turns[..] else {
+            panic!("seed {seed}: a waiter gave up: {turns:?}")
+        };
+        // Release request, the quorum's announcements, one attempt: 4 ms each way at most.
+        assert!(
+            second_at - first_released <= ms(16),
+            "seed {seed}: the loser waited {:?}",
+            second_at - first_released
+        );
+        let report = world.check();
+        assert!(report.is_clean(), "seed {seed}: {:?}", report.violations);
+    }
+}
+
+#[test]
+fn hanging_a_crashed_instance_does_not_bring_it_back() {
+    // A crashed instance must stay down until its restart: the sweeps rely on that to keep
+    // Redlock's assumption that keys are not lost while a lock relies on them.
+    let world = world(1, 1, 26);
+    world.restart_after(0, TTL * 2);
+    world.hang(0);
+    world.resume(0);
+    assert_eq!(world.status(0), redlock_mock::ServerStatus::Crashed);
+    let w = world.clone();
+    let result =
+        world.run(world.spawn_client(
+            0,
+            async move { w.traced(0).lock("r", TTL).await.map(|_| ()) },
+        ));
+    assert!(matches!(result, Err(Error::Unavailable(_))), "{result:?}");
+    let w = world.clone();
+    world.run(async move { w.sleep(TTL * 2).await });
+    assert_eq!(world.status(0), redlock_mock::ServerStatus::Up);
+}

@@ -1,11 +1,14 @@
-//! The seeded sweeps: the standard family keeps every invariant; the adversarial family and
-//! reintroduced bugs prove the checkers can fail.
+//! The seeded sweeps: the standard and fair families keep every invariant, with release
+//! announcements travelling over the faulty links; the adversarial family and reintroduced
+//! bugs prove the checkers can fail.
 //!
 //! `REDLOCK_SIM_SEEDS=start..end` (or `REDLOCK_SIM_SEED=n`) sweeps any range instead of the
 //! default, for long runs:
 //! `REDLOCK_SIM_SEEDS=0..1000000 cargo test --release -p redlock-mock --test sweep`.
 
-use redlock_mock::sweep::{reproduce, run_seed, seeds_from_env, sweep, Bug, Family, SeedRun};
+use redlock_mock::sweep::{
+    reproduce, run_seed, seeds_from_env, sweep, Bug, Family, SeedRun, SweepSummary,
+};
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -25,20 +28,66 @@ fn fail(runs: &[SeedRun]) -> ! {
     );
 }
 
+fn print(label: &str, summary: &SweepSummary) {
+    let n = summary.notify;
+    eprintln!(
+        "{label} family: {} seeds, {} lock operations, {} messages; {} subscriptions, {} \
+         releases heard ({} by fair clients), {} announcements delivered, {} subscriptions \
+         ended by a crash",
+        summary.seeds,
+        summary.ops,
+        summary.messages,
+        n.subscriptions,
+        n.heard,
+        summary.fair_heard,
+        n.announcements,
+        n.ended
+    );
+}
+
+/// Whether a sweep over the default range went through the announcement paths at all: a sweep
+/// that never did would keep its invariants without testing them. A single replayed seed need
+/// not.
+fn default_range() -> bool {
+    std::env::var_os("REDLOCK_SIM_SEED").is_none()
+        && std::env::var_os("REDLOCK_SIM_SEEDS").is_none()
+}
+
 #[test]
 fn standard_family_keeps_every_invariant() {
     let seeds = seeds_from_env(0..2_000);
     let summary = sweep(Family::Standard, seeds.clone(), threads(), |r| {
         !r.report.is_clean()
     });
-    eprintln!(
-        "standard family: {} seeds, {} lock operations, {} messages",
-        summary.seeds, summary.ops, summary.messages
-    );
+    print("standard", &summary);
     if !summary.kept.is_empty() {
         fail(&summary.kept);
     }
     assert_eq!(summary.seeds, seeds.end - seeds.start);
+    if default_range() {
+        let n = summary.notify;
+        assert!(
+            n.subscriptions > 0 && n.heard > 0 && n.announcements > 0,
+            "{n:?}"
+        );
+        assert!(n.ended > 0, "no crash met a live subscription: {n:?}");
+    }
+}
+
+#[test]
+fn fair_family_keeps_every_invariant() {
+    let seeds = seeds_from_env(0..600);
+    let summary = sweep(Family::Fair, seeds.clone(), threads(), |r| {
+        !r.report.is_clean()
+    });
+    print("fair", &summary);
+    if !summary.kept.is_empty() {
+        fail(&summary.kept);
+    }
+    assert_eq!(summary.seeds, seeds.end - seeds.start);
+    if default_range() {
+        assert!(summary.fair_heard > 0, "no fair client ever yielded");
+    }
 }
 
 #[test]
@@ -106,7 +155,7 @@ fn checker_catches_release_without_token_check() {
 #[test]
 fn same_seed_same_history_byte_for_byte() {
     for seed in seeds_from_env(0..40) {
-        for family in [Family::Standard, Family::Adversarial] {
+        for family in [Family::Standard, Family::Fair, Family::Adversarial] {
             let a = run_seed(family, seed).history.render();
             let b = run_seed(family, seed).history.render();
             assert_eq!(
