@@ -211,10 +211,14 @@ impl LockManagerBuilder {
         self
     }
 
-    /// Whether a waiting acquirer wakes as soon as the holder releases (through the backends'
-    /// [`ReleaseNotify`](crate::ReleaseNotify)), instead of sleeping out its retry delay. The
-    /// jittered delay stays as the fallback, and every wake-up still runs a full attempt with the
-    /// usual quorum and validity rules. On by default; backends without the capability poll.
+    /// Whether a waiting acquirer wakes as soon as a majority of instances announced a release
+    /// (through the backends' [`ReleaseNotify`](crate::ReleaseNotify)), instead of sleeping out
+    /// its retry delay. The jittered delay stays as the fallback, and every wake-up still runs a
+    /// full attempt with the usual quorum and validity rules. Attempts made early this way do not
+    /// count against `retry_count` while their retry window lasts, so several waiters woken by
+    /// every release do not use up their attempts; the time bound of
+    /// [`LockManager::lock`](crate::LockManager::lock) is unchanged. On by default; backends
+    /// without the capability poll.
     pub fn wake_on_release(mut self, on: bool) -> Self {
         self.wake_on_release = on;
         self

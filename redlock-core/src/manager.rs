@@ -134,7 +134,10 @@ impl LockManager {
     /// accepted it and validity is left: `ttl − elapsed − (ttl × drift_factor + 2 ms) > 0`, with
     /// `elapsed` measured from the start of that attempt. The returned lock is safe to use
     /// until [`Lock::remaining`] reaches zero. A failed attempt is released on every instance
-    /// (also those that did not answer) before the next one.
+    /// (also those that did not answer) before the next one. Between attempts the manager waits
+    /// a random delay in the retry range, or less when the holder's release is announced (see
+    /// [`LockManagerBuilder::wake_on_release`]); `retry_count` counts the attempts made when a
+    /// delay ran out, plus the first.
     ///
     /// Takes at most `retry_count × (2 × instance_timeout + retry_delay_max)`.
     ///
@@ -402,8 +405,14 @@ impl Inner {
         token: Box<[u8]>,
         ttl: Duration,
     ) -> Result<Lock, Error> {
+        // `retry_count` counts attempts made at the end of a retry window (and the first). An
+        // attempt made early because a release was announced is free while its window lasts:
+        // with several waiters, all woken by each release, counting those would make the k-th
+        // in line give up after k releases. The time bound is unchanged: a window lasts its
+        // drawn delay, and an early attempt that runs past the window's end counts.
         let attempts = self.config.retry_count;
-        let mut attempt = 0;
+        let (mut made, mut counted) = (0u32, 0u32);
+        let mut window_end: Option<Duration> = None;
         // If this future is dropped mid-attempt, keys may be set with our token: release them in
         // the background when a spawner is available (otherwise they expire by their TTL).
         let mut cleanup_on_drop = CancelCleanup {
@@ -415,7 +424,7 @@ impl Inner {
         let mut waiter = Waiter::default();
         self.yield_to_waiters(&key).await;
         loop {
-            attempt += 1;
+            made += 1;
             let t1 = self.clock.now();
             let round = round::run(
                 &self.instances,
@@ -445,7 +454,7 @@ impl Inner {
                     },
                 ));
             }
-            let failure = Box::new(round.into_failure(attempt, &self.instances));
+            let failure = Box::new(round.into_failure(made, &self.instances));
             let error = match verdict {
                 Verdict::Quorum => Error::ValidityExpired(failure),
                 Verdict::Refused => Error::Contended(failure),
@@ -454,13 +463,23 @@ impl Inner {
             // A timed-out or ambiguous acquire may still have landed: clean up everywhere. Not
             // announced: our own subscription would hear it and wake us for nothing.
             let cleanup = self.release_round(&key, &token, false);
-            if attempt >= attempts {
-                cleanup.await;
-                cleanup_on_drop.armed = false;
-                return Err(error);
-            }
+            let now = self.clock.now();
+            let until = match window_end {
+                Some(end) if now < end => end,
+                _ => {
+                    counted += 1;
+                    if counted >= attempts {
+                        cleanup.await;
+                        cleanup_on_drop.armed = false;
+                        return Err(error);
+                    }
+                    now + self.retry_delay()
+                }
+            };
             let contended = verdict == Verdict::Refused;
-            futures::future::join(cleanup, self.wait_for_retry(&key, &mut waiter, contended)).await;
+            let wait = self.wait_for_retry(&key, &mut waiter, contended, until);
+            let (_, woke) = futures::future::join(cleanup, wait).await;
+            window_end = woke.then_some(until);
         }
     }
 

@@ -54,58 +54,58 @@ impl Inner {
             .collect()
     }
 
-    /// Waits before the next attempt, never longer than the drawn retry delay: subscribing and
-    /// the check after it are spent out of it, so `lock` keeps its documented bound even when an
-    /// instance is slow to answer. `contended`: the last attempt was refused by holders, the
-    /// only case a release announcement can shorten.
-    pub(crate) async fn wait_for_retry(&self, key: &[u8], waiter: &mut Waiter, contended: bool) {
-        let mut delay = self.retry_delay();
+    /// Waits until `until` (the end of the current retry window) or until a release is
+    /// announced, whichever comes first; `true` when woken early. Subscribing and the check after
+    /// it are spent out of the window, so `lock` keeps its documented bound even when an instance
+    /// is slow to answer. `contended`: the last attempt was refused by holders, the only case an
+    /// announcement can shorten.
+    pub(crate) async fn wait_for_retry(
+        &self,
+        key: &[u8],
+        waiter: &mut Waiter,
+        contended: bool,
+        until: Duration,
+    ) -> bool {
         let quorum = round::quorum(self.instances.len());
+        let left = || until.saturating_sub(self.clock.now());
         if !(contended && self.config.wake_on_release) {
-            self.clock.sleep(delay).await;
-            return;
+            self.clock.sleep(left()).await;
+            return false;
         }
-        let subscribed_before = waiter.subscriptions.is_some();
-        if !subscribed_before {
-            let (start, budget) = (self.clock.now(), delay);
-            let left = |now: Duration| budget.saturating_sub(now.saturating_sub(start));
-            let limit = budget.min(self.config.instance_timeout);
+        if waiter.subscriptions.is_none() {
+            let limit = left().min(self.config.instance_timeout);
             let subscriptions = self.subscribe_all(key, limit).await;
             let listening = subscriptions.len() >= quorum;
             waiter.subscriptions = Some(subscriptions);
-            delay = left(self.clock.now());
             if listening {
                 // A release between the refused attempt and the subscription went unheard: look
-                // once, now that any later one will be heard. A check that outlasts the delay is
+                // once, now that any later one will be heard. A check that outlasts the window is
                 // moot: the next attempt looks anyway.
                 let check = self.inspect(key, |s| s.is_some());
-                match select(pin!(check), self.clock.sleep(delay)).await {
-                    Either::Left((held, _)) if held.verdict() != Verdict::Refused => {}
-                    _ => return,
+                match select(pin!(check), self.clock.sleep(left())).await {
+                    Either::Left((held, _)) if held.verdict() == Verdict::Refused => return true,
+                    Either::Left(_) => {}
+                    Either::Right(_) => return false,
                 }
-                delay = left(self.clock.now());
             }
         }
         let Some(subscriptions) = waiter.subscriptions.as_mut().filter(|s| s.len() >= quorum)
         else {
-            self.clock.sleep(delay).await;
-            return;
+            self.clock.sleep(left()).await;
+            return false;
         };
-        if subscribed_before {
-            // Announcements that came while the last attempt ran describe what it already saw.
-            while let Some(Some(_)) = subscriptions.next().now_or_never() {}
-        }
         let announced = async {
-            // The lock is free once a majority deleted it: wake when a quorum of instances
-            // announced a release during this wait. Waking at the first announcement let the
-            // late echoes of one release (one per instance) wake every following wait of a
-            // waiter that lost the race for it, and burn its attempts in milliseconds. After a
-            // wake, that release's echoes still to come number fewer than a quorum.
+            // The lock is free once a majority deleted it: wake when a quorum of distinct
+            // instances announced a release. Waking at the first announcement let the late
+            // echoes of one release (one per instance) wake a waiter that lost the race for it
+            // again and again. After a wake, that release's echoes still to come number fewer
+            // than a quorum. Announcements buffered while the last attempt ran count: dropping
+            // them could miss a release that happened just after the attempt was refused.
             let mut heard = vec![false; self.instances.len()];
             let mut count = 0;
             while count < quorum {
                 let Some(i) = subscriptions.next().await else {
-                    // Every subscription ended (connections lost): only the delay is left.
+                    // Every subscription ended (connections lost): only the window is left.
                     futures::future::pending::<()>().await;
                     return;
                 };
@@ -116,7 +116,12 @@ impl Inner {
             // Echoes already here belong to the release just heard.
             while let Some(Some(_)) = subscriptions.next().now_or_never() {}
         };
-        drop(select(pin!(announced), self.clock.sleep(delay)).await);
+        let announced = pin!(announced);
+        let woke = matches!(
+            select(announced, self.clock.sleep(left())).await,
+            Either::Left(_)
+        );
+        woke
     }
 
     /// Fair mode: after a release that a waiter heard, this manager's next acquire of the same

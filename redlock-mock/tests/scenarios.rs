@@ -713,9 +713,11 @@ fn a_waiter_that_loses_the_race_is_not_woken_by_the_same_releases_echoes() {
     // Each instance announces the release, at different times (0–4 ms links). Two waiters
     // wake, one wins; the loser used to be woken again by each late announcement of that same
     // release, and spent its three attempts in milliseconds instead of waiting for the winner.
-    // Seed 176 is the case where late echoes plus the first announcement of the winner's
-    // release looked like a quorum, unless announcements that came during an attempt are
-    // dropped.
+    // Waking needs a quorum of distinct instances, and attempts made early within a retry
+    // window are not counted. Seed 176 is the case where late echoes plus the first
+    // announcement of the winner's release look like a quorum: that costs one early attempt
+    // (one round trip), never a give-up; dropping announcements that came during an attempt
+    // would avoid it, but could sleep through a release that happened just after a refusal.
     for seed in 170..180 {
         let world = World::builder()
             .seed(seed)
@@ -762,9 +764,10 @@ fn a_waiter_that_loses_the_race_is_not_woken_by_the_same_releases_echoes() {
         let [(_, first_released), (second_at, _)] = turns[..] else {
             panic!("seed {seed}: a waiter gave up: {turns:?}")
         };
-        // Release request, the quorum's announcements, one attempt: 4 ms each way at most.
+        // Release request, the quorum's announcements, one attempt: 4 ms each way at most;
+        // plus at most one early attempt woken by stale echoes (8 ms).
         assert!(
-            second_at - first_released <= ms(16),
+            second_at - first_released <= ms(24),
             "seed {seed}: the loser waited {:?}",
             second_at - first_released
         );
