@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fred::bytes::Bytes;
+use fred::bytes_utils::Str;
 use fred::clients::{Client, SubscriberClient};
 use fred::error::ErrorKind;
 use fred::interfaces::{ClientLike, EventInterface};
@@ -389,11 +390,14 @@ impl RedisBackend {
         args: &[Value],
     ) -> Result<Value, BackendError> {
         self.ensure_started()?;
-        let mut command = Vec::with_capacity(3 + args.len());
-        command.push(Value::from(script.sha.as_str()));
-        command.push(Value::Integer(1));
-        command.push(Value::Bytes(Bytes::copy_from_slice(key)));
-        command.extend_from_slice(args);
+        let key = Value::Bytes(Bytes::copy_from_slice(key));
+        let command = |head: Str| {
+            let mut command = Vec::with_capacity(3 + args.len());
+            command.extend([Value::String(head), Value::Integer(1), key.clone()]);
+            command.extend_from_slice(args);
+            command
+        };
+        let body = || Str::from_static(script.body);
         // Custom commands are pipelined; fred's own EVALSHA is not (it waits for each reply),
         // which would serialize every lock call on the connection.
         let eval = CustomCommand::new("EVAL", ClusterHash::FirstKey, false);
@@ -402,8 +406,10 @@ impl RedisBackend {
             // EVALSHA whose NOSCRIPT reply nobody awaits any more (the manager stops waiting
             // once a quorum answered) would never be followed by the EVAL, and the instance
             // would silently miss the call.
-            command[0] = Value::from(script.body);
-            let reply = self.client.custom::<Value, Value>(eval, command).await;
+            let reply = self
+                .client
+                .custom::<Value, Value>(eval, command(body()))
+                .await;
             if reply.is_ok() {
                 self.cached.fetch_or(script.bit, Ordering::AcqRel);
             }
@@ -412,7 +418,7 @@ impl RedisBackend {
         let evalsha = CustomCommand::new("EVALSHA", ClusterHash::FirstKey, false);
         match self
             .client
-            .custom::<Value, Value>(evalsha, command.clone())
+            .custom::<Value, Value>(evalsha, command(script.sha.clone()))
             .await
         {
             Ok(v) => Ok(v),
@@ -420,8 +426,10 @@ impl RedisBackend {
                 // The script cache was emptied (restart, failover, SCRIPT FLUSH): every script
                 // is suspect until EVAL caches it again.
                 self.cached.store(0, Ordering::Release);
-                command[0] = Value::from(script.body);
-                let reply = self.client.custom::<Value, Value>(eval, command).await;
+                let reply = self
+                    .client
+                    .custom::<Value, Value>(eval, command(body()))
+                    .await;
                 if reply.is_ok() {
                     self.cached.fetch_or(script.bit, Ordering::AcqRel);
                 }

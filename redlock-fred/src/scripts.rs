@@ -14,6 +14,8 @@
 
 use std::sync::LazyLock;
 
+use fred::bytes_utils::Str;
+
 /// The key holds a value of another type.
 pub(crate) const WRONG_TYPE: i64 = -1;
 
@@ -23,7 +25,8 @@ pub(crate) struct Script {
     /// This script's bit in a backend's set of scripts known to be cached on the server.
     pub(crate) bit: u8,
     pub(crate) body: &'static str,
-    pub(crate) sha: LazyLock<String>,
+    /// Shared, so sending it costs a reference count, not a copy.
+    pub(crate) sha: LazyLock<Str>,
 }
 
 macro_rules! script {
@@ -32,7 +35,7 @@ macro_rules! script {
             name: stringify!($name),
             bit: 1 << $bit,
             body: $body,
-            sha: LazyLock::new(|| fred::util::sha1_hash($body)),
+            sha: LazyLock::new(|| Str::from(fred::util::sha1_hash($body))),
         };
     };
 }
