@@ -400,7 +400,7 @@ impl RedisBackend {
         let body = || Str::from_static(script.body);
         // Custom commands are pipelined; fred's own EVALSHA is not (it waits for each reply),
         // which would serialize every lock call on the connection.
-        let eval = CustomCommand::new("EVAL", ClusterHash::FirstKey, false);
+        let eval = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
         if self.cached.load(Ordering::Acquire) & script.bit == 0 {
             // Not known to be cached on this connection's server: EVAL, in one write. An
             // EVALSHA whose NOSCRIPT reply nobody awaits any more (the manager stops waiting
@@ -415,7 +415,7 @@ impl RedisBackend {
             }
             return reply.map_err(|e| self.map_error(e, script.name));
         }
-        let evalsha = CustomCommand::new("EVALSHA", ClusterHash::FirstKey, false);
+        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
         match self
             .client
             .custom::<Value, Value>(evalsha, command(script.sha.clone()))
