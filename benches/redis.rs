@@ -1,0 +1,285 @@
+//! Redlock on real `redis-server` processes (N = 3 and N = 5), next to a raw-fred floor run in
+//! the same process on the same runtime: `seq` (one task, lock + unlock on distinct resources)
+//! and `conc` (64 tasks on distinct resources), on a multi-thread and a current-thread runtime.
+//!
+//! ```text
+//! cargo bench --bench redis                      # full run
+//! REDLOCK_BENCH_QUICK=1 cargo bench --bench redis  # smoke run (also what `cargo test --benches` does)
+//! ```
+//!
+//! Subjects, alternated round by round so drift in the machine's load hits all of them alike:
+//! `floor` (raw fred, no algorithm), `floor-lua` (the same, but acquiring with the fred backend's
+//! Lua script instead of `SET NX`: what running a script on the server costs), `backends` (the
+//! fred backends' acquire and release sent to all N at once, no manager: separates the backend's
+//! cost from the core's), `redlock`
+//! (defaults: wake-on-release on) and `redlock-nowake` (wake-on-release off, to price what
+//! announcing releases costs when nobody waits). `REDLOCK_BENCH_ONLY=redlock,floor` runs a
+//! subset, e.g. to profile one subject under `perf record`.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{
+    backends, conc, header, manager, median, ms, pids, ports, print_failures, quantile, quick, seq,
+    start_servers, us, warm_up, Conc, Flavour, Floor, Seq, Subject,
+};
+
+const SUBJECTS: [&str; 5] = [
+    "floor",
+    "floor-lua",
+    "backends",
+    "redlock",
+    "redlock-nowake",
+];
+
+/// `REDLOCK_BENCH_ONLY=redlock,floor` runs only those subjects (e.g. to profile one under
+/// `perf record`); all by default.
+fn selected(subject: &str) -> bool {
+    std::env::var("REDLOCK_BENCH_ONLY")
+        .map(|only| only.split(',').any(|s| s.trim() == subject))
+        .unwrap_or(true)
+}
+const TASKS: u64 = 64;
+
+struct Plan {
+    rounds: usize,
+    seq_cycles: u64,
+    conc_per_task: u64,
+    warm_up: u64,
+}
+
+struct Figures {
+    seq: Vec<Vec<Seq>>,
+    conc: Vec<Vec<Conc>>,
+}
+
+async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures {
+    let floor = Floor::connect(ports).await;
+    let subjects: Vec<Arc<Subject>> = vec![
+        Arc::new(Subject::Floor(floor.clone())),
+        Arc::new(Subject::FloorLua(floor)),
+        Arc::new(Subject::Backends(backends(ports))),
+        Arc::new(Subject::Redlock(manager(ports, true))),
+        Arc::new(Subject::Redlock(manager(ports, false))),
+    ];
+    for (s, subject) in subjects
+        .iter()
+        .enumerate()
+        .filter(|(s, _)| selected(SUBJECTS[*s]))
+    {
+        warm_up(subject, &format!("{tag}:{s}"), plan.warm_up).await;
+    }
+    let mut figures = Figures {
+        seq: vec![Vec::new(); subjects.len()],
+        conc: vec![Vec::new(); subjects.len()],
+    };
+    for round in 0..plan.rounds {
+        for (s, subject) in subjects
+            .iter()
+            .enumerate()
+            .filter(|(s, _)| selected(SUBJECTS[*s]))
+        {
+            let prefix = format!("{tag}:seq:{round}:{s}");
+            figures.seq[s].push(seq(subject, &prefix, plan.seq_cycles).await);
+        }
+        for (s, subject) in subjects
+            .iter()
+            .enumerate()
+            .filter(|(s, _)| selected(SUBJECTS[*s]))
+        {
+            let prefix = format!("{tag}:conc:{round}:{s}");
+            figures.conc[s].push(conc(subject, &prefix, TASKS, plan.conc_per_task, pids).await);
+        }
+    }
+    for subject in &subjects {
+        subject.close().await;
+    }
+    figures
+}
+
+fn print_seq(n: usize, flavour: Flavour, figures: &Figures) {
+    let floor_rate = median(&mut figures.seq[0].iter().map(Seq::per_sec).collect::<Vec<_>>());
+    let floor_p50 = quantile(&pooled(&figures.seq[0], |s| &s.lock), 0.5);
+    for (s, name) in SUBJECTS
+        .iter()
+        .enumerate()
+        .filter(|(s, _)| !figures.seq[*s].is_empty())
+    {
+        let rate = median(&mut figures.seq[s].iter().map(Seq::per_sec).collect::<Vec<_>>());
+        let lock = pooled(&figures.seq[s], |s| &s.lock);
+        let unlock = pooled(&figures.seq[s], |s| &s.unlock);
+        let p50 = quantile(&lock, 0.5);
+        println!(
+            "{n:>2} {:<15} {name:<17} {rate:>10.0} {:>7.2}x {:>9.3} {:>7.2}x {:>9.3} {:>10.3}",
+            flavour.name(),
+            rate / floor_rate,
+            ms(p50),
+            p50.as_secs_f64() / floor_p50.as_secs_f64(),
+            ms(quantile(&lock, 0.99)),
+            ms(quantile(&unlock, 0.5)),
+        );
+    }
+}
+
+fn print_conc(n: usize, flavour: Flavour, figures: &Figures) {
+    let rate_of = |runs: &[Conc]| median(&mut runs.iter().map(Conc::per_sec).collect::<Vec<_>>());
+    let cpu_of = |runs: &[Conc]| {
+        median(
+            &mut runs
+                .iter()
+                .map(|c| us(c.cpu_per_cycle()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (floor_rate, floor_cpu) = (rate_of(&figures.conc[0]), cpu_of(&figures.conc[0]));
+    for (s, name) in SUBJECTS
+        .iter()
+        .enumerate()
+        .filter(|(s, _)| !figures.conc[*s].is_empty())
+    {
+        let rate = rate_of(&figures.conc[s]);
+        let cpu = cpu_of(&figures.conc[s]);
+        let server = median(
+            &mut figures.conc[s]
+                .iter()
+                .map(|c| us(c.server_cpu_per_cycle()))
+                .collect::<Vec<_>>(),
+        );
+        let spread = spread(
+            &figures.conc[s]
+                .iter()
+                .map(Conc::per_sec)
+                .collect::<Vec<_>>(),
+        );
+        println!(
+            "{n:>2} {:<15} {name:<17} {rate:>10.0} {:>7.2}x {:>9.1} {:>7.2}x {:>9.1} {:>8.1}%",
+            flavour.name(),
+            rate / floor_rate,
+            cpu,
+            cpu / floor_cpu,
+            server,
+            spread,
+        );
+    }
+}
+
+fn pooled<'a>(runs: &'a [Seq], pick: impl Fn(&'a Seq) -> &'a Vec<Duration>) -> Vec<Duration> {
+    runs.iter().flat_map(|r| pick(r).iter().copied()).collect()
+}
+
+/// (max − min) / median of a subject's rounds, in percent: the noise within one run.
+fn spread(values: &[f64]) -> f64 {
+    let max = values.iter().copied().fold(f64::MIN, f64::max);
+    let min = values.iter().copied().fold(f64::MAX, f64::min);
+    (max - min) / median(&mut values.to_vec()) * 100.0
+}
+
+fn main() {
+    let quick = quick();
+    let plan = if quick {
+        Plan {
+            rounds: 1,
+            seq_cycles: 100,
+            conc_per_task: 4,
+            warm_up: 20,
+        }
+    } else {
+        Plan {
+            rounds: 3,
+            seq_cycles: 2000,
+            conc_per_task: 600,
+            warm_up: 500,
+        }
+    };
+    header(
+        "redis bench: lock + unlock cycles on real redis-server processes, next to a raw-fred floor",
+        quick,
+    );
+    println!(
+        "floor = per cycle SET NX PX to all N at once, then compare-and-delete EVALSHA to all N \
+         at once; ratios are to the floor in the same run and runtime flavour; {} rounds per \
+         subject, alternated; seq {} cycles/round, conc {TASKS} tasks x {} cycles/round",
+        plan.rounds, plan.seq_cycles, plan.conc_per_task
+    );
+    let mut results = Vec::new();
+    for n in [3usize, 5] {
+        let servers = start_servers(n);
+        let ports = ports(&servers);
+        let pids = pids(&servers);
+        for flavour in Flavour::ALL {
+            let runtime = flavour.runtime();
+            let tag = format!("{n}:{}", flavour.name());
+            let figures = runtime.block_on(measure(&ports, &pids, &plan, &tag));
+            drop(runtime);
+            results.push((n, flavour, figures));
+        }
+    }
+
+    println!();
+    println!("seq: one task; cycles/s = median of rounds; lock latencies pooled over rounds");
+    println!(
+        "{:>2} {:<15} {:<17} {:>10} {:>8} {:>9} {:>8} {:>9} {:>10}",
+        "N",
+        "runtime",
+        "subject",
+        "cycles/s",
+        "vs floor",
+        "lock p50",
+        "vs floor",
+        "lock p99",
+        "unlock p50"
+    );
+    println!("{:>57} {:>18}", "(ms)", "(ms)       (ms)");
+    for (n, flavour, figures) in &results {
+        print_seq(*n, *flavour, figures);
+    }
+    print_failures(results.iter().flat_map(|(n, flavour, figures)| {
+        figures.seq.iter().enumerate().flat_map(move |(s, runs)| {
+            runs.iter().map(move |r| {
+                (
+                    format!("seq N={n} {} {}", flavour.name(), SUBJECTS[s]),
+                    &r.failures,
+                )
+            })
+        })
+    }));
+    println!("targets: lock p50 within 1.10x of the floor; cycles/s at least 0.90x the floor");
+
+    println!();
+    println!(
+        "conc: {TASKS} tasks; cycles/s, client CPU (user + sys, whole process) per cycle and the \
+         redis-servers' CPU per cycle (all N, 10 ms ticks) = median of rounds; spread = (max - \
+         min) / median of the rounds' cycles/s"
+    );
+    println!(
+        "{:>2} {:<15} {:<17} {:>10} {:>8} {:>9} {:>8} {:>9} {:>9}",
+        "N",
+        "runtime",
+        "subject",
+        "cycles/s",
+        "vs floor",
+        "CPU us",
+        "vs floor",
+        "server us",
+        "spread"
+    );
+    for (n, flavour, figures) in &results {
+        print_conc(*n, *flavour, figures);
+    }
+    print_failures(results.iter().flat_map(|(n, flavour, figures)| {
+        figures.conc.iter().enumerate().flat_map(move |(s, runs)| {
+            runs.iter().map(move |r| {
+                (
+                    format!("conc N={n} {} {}", flavour.name(), SUBJECTS[s]),
+                    &r.failures,
+                )
+            })
+        })
+    }));
+    println!(
+        "targets: cycles/s at least 1.00x the floor with less CPU per cycle; redlock (wake-on-release) \
+         within 5% of redlock-nowake"
+    );
+}

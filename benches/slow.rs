@@ -1,0 +1,250 @@
+//! One of 5 instances answering 20 ms late: lock latency next to the healthy case, and next to
+//! the raw-fred floor (which waits for all N, as a client without early quorum does).
+//!
+//! ```text
+//! cargo bench --bench slow                        # full run
+//! REDLOCK_BENCH_QUICK=1 cargo bench --bench slow  # smoke run
+//! ```
+//!
+//! The slow instance sits behind a delaying TCP proxy run by this bench on a thread of its own:
+//! requests pass straight through, and every chunk of replies leaves the proxy 20 ms after it
+//! arrived from the server (a delay line: replies stay in order and pipelining is not
+//! serialised). A constant delay is steadier to measure than `DEBUG SLEEP` pulses.
+
+mod common;
+
+use std::net::TcpListener as StdListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    header, manager, ms, ports, print_failures, quantile, quick, seq_paced, start_servers, warm_up,
+    Flavour, Floor, Seq, Subject,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const N: usize = 5;
+const DELAY: Duration = Duration::from_millis(20);
+
+/// Starts a proxy to `upstream` that delays replies by `delay`; returns its port. It lives until
+/// the process ends.
+fn delaying_proxy(upstream: u16, delay: Duration) -> u16 {
+    let listener = StdListener::bind(("127.0.0.1", 0)).expect("bind a loopback port");
+    let port = listener.local_addr().expect("local addr").port();
+    assert_ne!(port, 6379, "the shared redis port");
+    listener.set_nonblocking(true).expect("non-blocking");
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("proxy runtime");
+        runtime.block_on(async move {
+            let listener = TcpListener::from_std(listener).expect("tokio listener");
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(proxy_connection(client, upstream, delay));
+            }
+        });
+    });
+    port
+}
+
+async fn proxy_connection(client: TcpStream, upstream: u16, delay: Duration) {
+    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+        return;
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = server_read.read(&mut buf).await {
+            if tx
+                .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    while let Some((due, chunk)) = rx.recv().await {
+        tokio::time::sleep_until(due).await;
+        if client_write.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+}
+
+struct Row {
+    case: &'static str,
+    subject: &'static str,
+    seq: Seq,
+}
+
+#[derive(Clone, Copy)]
+enum Unlock {
+    /// Each cycle awaits its unlock, idle for this long before the next cycle.
+    Awaited(Duration),
+    /// Each unlock runs in a task of its own; the next lock starts at once.
+    Detached,
+}
+
+async fn measure(
+    ports: &[u16],
+    case: &'static str,
+    cycles: u64,
+    unlock: Unlock,
+    warm: u64,
+    tag: &str,
+) -> Vec<Row> {
+    let subjects = [
+        (
+            "floor",
+            Arc::new(Subject::Floor(Floor::connect(ports).await)),
+        ),
+        ("redlock", Arc::new(Subject::Redlock(manager(ports, true)))),
+    ];
+    let mut rows = Vec::new();
+    for (name, subject) in &subjects {
+        let prefix = format!("{tag}:{case}:{name}");
+        warm_up(subject, &prefix, warm).await;
+        let seq = match unlock {
+            Unlock::Awaited(pause) => seq_paced(subject, &prefix, cycles, pause).await,
+            Unlock::Detached => {
+                let mut seq = Seq {
+                    cycles,
+                    ..Seq::default()
+                };
+                let start = Instant::now();
+                for i in 0..cycles {
+                    match subject.lock_detached(&format!("{prefix}:{i}"), 0, i).await {
+                        Ok(took) => seq.lock.push(took),
+                        Err(e) => seq.failures.add(e),
+                    }
+                }
+                seq.elapsed = start.elapsed();
+                // Let the last unlocks finish before the connections close.
+                tokio::time::sleep(DELAY * 5).await;
+                seq
+            }
+        };
+        rows.push(Row {
+            case,
+            subject: name,
+            seq,
+        });
+    }
+    for (_, subject) in &subjects {
+        subject.close().await;
+    }
+    rows
+}
+
+fn main() {
+    let quick = quick();
+    let (healthy_cycles, slow_cycles, warm) = if quick { (30, 20, 5) } else { (2000, 400, 50) };
+    header(
+        "slow-instance bench: N = 5, one instance behind a proxy that delays its replies by 20 ms",
+        quick,
+    );
+    let servers = start_servers(N);
+    let healthy = ports(&servers);
+    let mut slow = healthy.clone();
+    slow[0] = delaying_proxy(healthy[0], DELAY);
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for flavour in Flavour::ALL {
+        let runtime = flavour.runtime();
+        let tag = flavour.name();
+        let back_to_back = Unlock::Awaited(Duration::ZERO);
+        let cases = [
+            (&healthy, "healthy", healthy_cycles, back_to_back),
+            (&healthy, "paced", slow_cycles, Unlock::Awaited(DELAY)),
+            (&slow, "1 slow", slow_cycles, back_to_back),
+            (&healthy, "healthy/d", healthy_cycles, Unlock::Detached),
+            (&slow, "1 slow/d", slow_cycles, Unlock::Detached),
+        ];
+        let mut rows = Vec::new();
+        for (ports, case, cycles, unlock) in cases {
+            rows.extend(runtime.block_on(measure(ports, case, cycles, unlock, warm, tag)));
+        }
+        results.push((flavour, rows));
+    }
+
+    println!();
+    println!(
+        "one task, lock + unlock cycles on distinct resources. healthy: {healthy_cycles} cycles \
+         back to back; paced: {slow_cycles} healthy cycles, each after {DELAY:?} idle (every \
+         cycle with the slow instance is, since its unlock waits for it); 1 slow: {slow_cycles} \
+         cycles with the slow instance; /d: {healthy_cycles} healthy or {slow_cycles} slow cycles \
+         whose unlock runs in a task of its own, so locks follow each other without idle gaps. baseline: 1 slow vs paced, \
+         1 slow/d vs healthy/d ({:.0} s in all)",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "{:<15} {:<9} {:<8} {:>9} {:>9} {:>10} {:>11} {:>11} {:>9}",
+        "runtime",
+        "case",
+        "subject",
+        "lock p50",
+        "lock p99",
+        "vs healthy",
+        "vs baseline",
+        "unlock p50",
+        "cycles/s"
+    );
+    println!("{:>43} {:>9} {:>34}", "(ms)", "(ms)", "(ms)");
+    for (flavour, rows) in &results {
+        for row in rows {
+            let p50_of = |case: &str| {
+                rows.iter()
+                    .find(|r| r.case == case && r.subject == row.subject)
+                    .map(|r| quantile(&r.seq.lock, 0.5).as_secs_f64())
+                    .unwrap_or(f64::NAN)
+            };
+            let baseline = match row.case {
+                "1 slow" => p50_of("paced"),
+                "1 slow/d" => p50_of("healthy/d"),
+                _ => p50_of("healthy"),
+            };
+            let p50 = quantile(&row.seq.lock, 0.5).as_secs_f64();
+            let unlock = if row.seq.unlock.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.3}", ms(quantile(&row.seq.unlock, 0.5)))
+            };
+            println!(
+                "{:<15} {:<9} {:<8} {:>9.3} {:>9.3} {:>9.2}x {:>10.2}x {unlock:>11} {:>9.0}",
+                flavour.name(),
+                row.case,
+                row.subject,
+                p50 * 1e3,
+                ms(quantile(&row.seq.lock, 0.99)),
+                p50 / p50_of("healthy"),
+                p50 / baseline,
+                row.seq.per_sec(),
+            );
+        }
+    }
+    print_failures(results.iter().flat_map(|(flavour, rows)| {
+        rows.iter().map(move |r| {
+            (
+                format!("{} {} {}", flavour.name(), r.case, r.subject),
+                &r.seq.failures,
+            )
+        })
+    }));
+    println!(
+        "target: redlock lock p50 with one slow instance within 1.5x of healthy (an attempt \
+         returns once a quorum answered); unlock waits for every instance by design, so awaited \
+         cycles with the slow instance idle 20 ms between locks"
+    );
+}
