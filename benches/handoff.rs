@@ -19,7 +19,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,13 +41,26 @@ fn manager(ports: &[u16], wake: bool, fair: bool) -> LockManager {
     builder.build().expect("valid configuration")
 }
 
+/// Lock or unlock calls that failed other than by contention (a round out of time on a loaded
+/// machine, say): counted and printed, not fatal, and the call is made again.
+static FAILURES: AtomicU64 = AtomicU64::new(0);
+
 async fn lock(manager: &LockManager, resource: &str) -> Lock {
     loop {
         match manager.lock(resource, TTL).await {
             Ok(lock) => return lock,
             Err(Error::Contended(_)) => {}
-            Err(e) => panic!("lock {resource}: {e}"),
+            Err(Error::Closed | Error::InvalidInput(_)) => panic!("lock {resource}: unusable"),
+            Err(_) => {
+                FAILURES.fetch_add(1, Ordering::Relaxed);
+            }
         }
+    }
+}
+
+async fn unlock(lock: Lock) {
+    if lock.release().await.is_err() {
+        FAILURES.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -113,7 +126,7 @@ async fn wake_gaps(
                     turns.send_modify(|acquired| *acquired += 1);
                     tokio::time::sleep(HOLD).await;
                     let called = Instant::now();
-                    held.release().await.expect("release a held lock");
+                    unlock(held).await;
                     times.lock().unwrap()[index].release = Some((called, Instant::now()));
                     if index + 1 >= max || start.elapsed() >= budget {
                         stop.store(true, Ordering::SeqCst);
@@ -178,7 +191,7 @@ async fn fairness(
                     let held = lock(&manager, &resource).await;
                     tokio::time::sleep(HOLD).await;
                     log.lock().unwrap().push(me);
-                    held.release().await.expect("release a held lock");
+                    unlock(held).await;
                 }
                 drop(manager.close().await);
             })
@@ -346,6 +359,12 @@ fn main() {
             f.counts[1] as f64 / total * 100.0,
             f.streak,
             f.per_sec,
+        );
+    }
+    let failures = FAILURES.load(Ordering::Relaxed);
+    if failures > 0 {
+        println!(
+            "lock or unlock calls that failed (and were retried or left to expire): {failures}"
         );
     }
     println!(
