@@ -9,12 +9,12 @@ use fred::bytes::Bytes;
 use fred::bytes_utils::Str;
 use fred::clients::{Client, SubscriberClient};
 use fred::error::ErrorKind;
-use fred::interfaces::{ClientLike, EventInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface};
 use fred::types::config::{
     Config as FredConfig, ConnectionConfig, PerformanceConfig, ReconnectPolicy, Server,
     ServerConfig, TcpConfig,
 };
-use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Value};
+use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Expiration, SetOptions, Value};
 use futures::stream::BoxStream;
 use redlock_core::{
     async_trait, BackendError, BackendErrorKind, Error, KeyState, LockBackend, ReleaseNotify,
@@ -485,6 +485,28 @@ impl LockBackend for RedisBackend {
     }
 
     async fn acquire(&self, key: &[u8], tok: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        // The common case is one built-in `SET key token NX PX ttl GET` (Redis 7): fred
+        // pipelines built-in commands into shared writes, while it flushes the socket after every
+        // custom command such as EVALSHA, which made a lock cost one write per instance more than
+        // a plain client (BENCHMARKS.md). A key of another type still answers WRONGTYPE, and a
+        // replica READONLY. Only a key that already holds our token (a re-sent request) needs the
+        // script, which resets the expiry atomically.
+        self.ensure_started()?;
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let set = self.client.set::<Value, _, _>(
+            Bytes::copy_from_slice(key),
+            Bytes::copy_from_slice(tok),
+            Some(Expiration::PX(ms)),
+            Some(SetOptions::NX),
+            true,
+        );
+        match set.await {
+            Ok(Value::Null) => return Ok(true),
+            Ok(Value::Bytes(held)) if held.as_ref() != tok => return Ok(false),
+            Ok(Value::String(held)) if held.as_bytes() != tok => return Ok(false),
+            Ok(_) => {}
+            Err(e) => return Err(self.map_error(e, "acquire")),
+        }
         let reply = self
             .run(&scripts::ACQUIRE, key, &[token(tok), millis(ttl)])
             .await?;
