@@ -397,23 +397,26 @@ impl RedisBackend {
             command.extend_from_slice(args);
             command
         };
-        let body = || Str::from_static(script.body);
         // Custom commands are pipelined; fred's own EVALSHA is not (it waits for each reply),
         // which would serialize every lock call on the connection.
-        let eval = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
+        let eval = || async {
+            let eval = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
+            let body = Str::from_static(script.body);
+            let reply = self
+                .client
+                .custom::<Value, Value>(eval, command(body))
+                .await;
+            if reply.is_ok() {
+                self.cached.fetch_or(script.bit, Ordering::AcqRel);
+            }
+            reply.map_err(|e| self.map_error(e, script.name))
+        };
         if self.cached.load(Ordering::Acquire) & script.bit == 0 {
             // Not known to be cached on this connection's server: EVAL, in one write. An
             // EVALSHA whose NOSCRIPT reply nobody awaits any more (the manager stops waiting
             // once a quorum answered) would never be followed by the EVAL, and the instance
             // would silently miss the call.
-            let reply = self
-                .client
-                .custom::<Value, Value>(eval, command(body()))
-                .await;
-            if reply.is_ok() {
-                self.cached.fetch_or(script.bit, Ordering::AcqRel);
-            }
-            return reply.map_err(|e| self.map_error(e, script.name));
+            return eval().await;
         }
         let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
         match self
@@ -426,14 +429,7 @@ impl RedisBackend {
                 // The script cache was emptied (restart, failover, SCRIPT FLUSH): every script
                 // is suspect until EVAL caches it again.
                 self.cached.store(0, Ordering::Release);
-                let reply = self
-                    .client
-                    .custom::<Value, Value>(eval, command(body()))
-                    .await;
-                if reply.is_ok() {
-                    self.cached.fetch_or(script.bit, Ordering::AcqRel);
-                }
-                reply.map_err(|e| self.map_error(e, script.name))
+                eval().await
             }
             Err(e) => Err(self.map_error(e, script.name)),
         }
