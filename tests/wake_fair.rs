@@ -1,6 +1,9 @@
 //! Wake-on-release and fair mode on virtual time, with in-memory instances that announce
 //! releases (no latency: any delay measured here is the algorithm's own).
 
+mod common;
+
+use common::ms;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,10 +13,6 @@ use redlock::{Clock, Error, LockBackend, LockManager, LockManagerBuilder, Seeded
 
 const TTL: Duration = Duration::from_secs(10);
 const HOLD: Duration = Duration::from_millis(20);
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 struct World {
     sim: Simulation,

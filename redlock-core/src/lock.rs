@@ -241,11 +241,13 @@ impl Lock {
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let inner = &self.manager.inner;
-        inner.unregister(self.shared.id);
+        // A released or lost lock left the registry when its status changed: nothing to do, and
+        // no registry lock taken on the usual lock-release-drop path.
         if self.shared.state().status != Status::Held {
             return;
         }
+        let inner = &self.manager.inner;
+        inner.unregister(self.shared.id);
         match (&inner.spawner, inner.ensure_open()) {
             (Some(spawner), Ok(())) => {
                 let shared = Arc::clone(&self.shared);
