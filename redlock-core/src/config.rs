@@ -22,8 +22,8 @@ pub struct Config {
     pub(crate) internal_lock_timeout: Duration,
     pub(crate) key_prefix: Vec<u8>,
     pub(crate) wake_on_release: bool,
-    pub(crate) fair: bool,
-    pub(crate) fair_grace: Duration,
+    /// Fair mode's grace, when fair mode is on.
+    pub(crate) fair: Option<Duration>,
 }
 
 impl Config {
@@ -78,7 +78,7 @@ impl Config {
     /// Whether fair mode is on, and its grace period.
     #[must_use]
     pub fn fair(&self) -> Option<Duration> {
-        self.fair.then_some(self.fair_grace)
+        self.fair
     }
 }
 
@@ -283,8 +283,7 @@ impl LockManagerBuilder {
             internal_lock_timeout,
             key_prefix: self.key_prefix,
             wake_on_release: self.wake_on_release,
-            fair: self.fair.is_some(),
-            fair_grace: self.fair.unwrap_or(crate::wait::DEFAULT_FAIR_GRACE),
+            fair: self.fair,
         };
         for backend in &self.instances {
             backend

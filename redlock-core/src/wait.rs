@@ -125,22 +125,22 @@ impl Inner {
     }
 
     /// Fair mode: after a release that a waiter heard, this manager's next acquire of the same
-    /// key waits `fair_grace` so the waiter can take its turn.
+    /// key waits the fair grace so the waiter can take its turn.
     pub(crate) fn note_release(&self, key: &[u8], heard: bool) {
-        if !(self.config.fair && heard) {
+        let Some(grace) = self.config.fair.filter(|_| heard) else {
             return;
-        }
+        };
         let now = self.clock.now();
         let mut yields = self.yields();
         if yields.len() >= YIELD_SWEEP_AT {
             yields.retain(|_, until| *until > now);
         }
-        yields.insert(Arc::from(key), now + self.config.fair_grace);
+        yields.insert(Arc::from(key), now + grace);
     }
 
     /// Fair mode: waits out a pending yield for `key`.
     pub(crate) async fn yield_to_waiters(&self, key: &[u8]) {
-        if !self.config.fair {
+        if self.config.fair.is_none() {
             return;
         }
         let until = self.yields().remove(key);
