@@ -24,6 +24,9 @@ pub struct Config {
     pub(crate) wake_on_release: bool,
     /// Fair mode's grace, when fair mode is on.
     pub(crate) fair: Option<Duration>,
+    /// Off only in tests that prove their checkers catch work running past the deadline.
+    #[allow(dead_code)]
+    pub(crate) deadline_guard: bool,
 }
 
 impl Config {
@@ -113,6 +116,7 @@ pub struct LockManagerBuilder {
     key_prefix: Vec<u8>,
     wake_on_release: bool,
     fair: Option<Duration>,
+    deadline_guard: bool,
 }
 
 /// Default total number of acquire attempts.
@@ -145,6 +149,7 @@ impl LockManagerBuilder {
             key_prefix: Vec::new(),
             wake_on_release: true,
             fair: None,
+            deadline_guard: true,
         }
     }
 
@@ -234,6 +239,17 @@ impl LockManagerBuilder {
         self
     }
 
+    /// **Testing only.** Brings back the scoped form's old bug: renewal rounds bounded by the
+    /// instance timeout instead of the lease's deadline, and the work raced against the renewal
+    /// alone, so it can be polled after the deadline. It exists so that a test can prove its
+    /// checker catches that bug; never use it anywhere else.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn without_deadline_guard(mut self) -> Self {
+        self.deadline_guard = false;
+        self
+    }
+
     /// Checks every setting and builds the manager. Touches no instance.
     ///
     /// # Errors
@@ -284,6 +300,7 @@ impl LockManagerBuilder {
             key_prefix: self.key_prefix,
             wake_on_release: self.wake_on_release,
             fair: self.fair,
+            deadline_guard: self.deadline_guard,
         };
         for backend in &self.instances {
             backend
