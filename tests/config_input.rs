@@ -78,8 +78,10 @@ fn drift_factors_outside_zero_to_one() {
         );
     }
     for good in [0.0, 0.01, 0.5, 0.999] {
+        // 0.999 leaves 8 ms of a 10 s lease: the instance timeout must fit in it.
         c.builder(1)
             .drift_factor(good)
+            .instance_timeout(Duration::from_millis(5))
             .build()
             .expect("valid factor");
     }
@@ -297,7 +299,8 @@ fn the_prefix_counts_towards_the_key_length() {
     let c = Cluster::new(3);
     let manager = c.builder(1).key_prefix("app:").build().expect("config");
     let fits = vec![b'a'; MAX_KEY_LEN - 4];
-    c.sim
+    let _held = c
+        .sim
         .run(manager.lock(&fits, TTL))
         .expect("prefix + name = MAX_KEY_LEN");
     let over = vec![b'a'; MAX_KEY_LEN - 3];

@@ -38,7 +38,7 @@ fn is_locked_sees_any_holder_on_a_quorum() {
 fn is_locked_is_unavailable_when_it_cannot_tell() {
     let c = Cluster::new(5);
     let manager = c.manager(1);
-    c.sim.run(manager.lock("res", TTL)).expect("lock");
+    let _held = c.sim.run(manager.lock("res", TTL)).expect("lock");
     for f in &c.faults[..3] {
         f.set_down(true);
     }
@@ -116,6 +116,10 @@ fn get_lock_rehydrates_with_the_validity_a_quorum_still_grants() {
     assert_eq!(again.validity(), ms(6_928));
     assert_eq!(again.remaining(), ms(6_928));
     assert_eq!(again.ttl(), other.config().internal_lock_timeout());
+    assert!(!again.is_owned(), "a rehydrated handle is borrowed");
+    assert!(other.active_locks().is_empty());
+    again.adopt();
+    assert!(again.is_owned());
     assert_eq!(other.active_locks().len(), 1);
     // It is the same lock: releasing it through the other manager frees the resource.
     c.sim.run(again.release()).expect("release");
@@ -251,4 +255,53 @@ fn close_reports_locks_it_could_not_release() {
     assert_eq!(report.failed[0].0, b"a".to_vec());
     assert!(matches!(report.failed[0].1, Error::Unavailable(_)));
     assert!(manager.is_closed());
+}
+
+/// Lets background tasks (a dropped lock's release) run.
+fn settle(c: &Cluster) {
+    let clock = std::sync::Arc::clone(&c.clock);
+    c.sim.run(async move { clock.sleep(ms(1)).await });
+}
+
+#[test]
+fn a_borrowed_handle_releases_nothing_when_dropped_or_closed() {
+    let c = Cluster::new(3);
+    let owner = c.manager(1);
+    let lock = c.sim.run(owner.lock("res", TTL)).expect("lock");
+    let token = lock.token().to_vec();
+    let other = c.builder(2).spawner(c.sim.spawner()).build().unwrap();
+    let borrowed = c.sim.run(other.get_lock("res", &token)).expect("rehydrate");
+    drop(borrowed);
+    settle(&c);
+    assert_eq!(
+        c.with_key(b"res"),
+        3,
+        "dropping a borrowed handle leaves the lock"
+    );
+    let _again = c.sim.run(other.get_lock("res", &token)).expect("rehydrate");
+    let report = c.sim.run(other.close()).expect("close");
+    assert_eq!(report.released, 0);
+    assert_eq!(
+        c.with_key(b"res"),
+        3,
+        "closing leaves a borrowed lock to its owner"
+    );
+    c.sim.run(lock.release()).expect("the owner still holds it");
+
+    // Adopted, it is released on drop like any owned lock.
+    let lock = c.sim.run(owner.lock("res", TTL)).expect("lock");
+    let third = c.builder(3).spawner(c.sim.spawner()).build().unwrap();
+    let adopted = c
+        .sim
+        .run(third.get_lock("res", lock.token()))
+        .expect("rehydrate");
+    adopted.adopt();
+    drop(adopted);
+    settle(&c);
+    assert_eq!(
+        c.with_key(b"res"),
+        0,
+        "an adopted handle is released when dropped"
+    );
+    assert!(matches!(c.sim.run(lock.release()), Err(Error::Lost(_))));
 }

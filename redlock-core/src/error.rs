@@ -117,6 +117,13 @@ pub enum InvalidInput {
     ResourceTooLong(usize),
     /// A token given to rehydrate a lock is empty or too long.
     Token(&'static str),
+    /// A manager setting is out of range or conflicts with another.
+    Setting {
+        /// The builder setting, e.g. `"instance_timeout"`.
+        setting: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A backend-specific configuration problem (bad URL, unknown parameter, TLS not compiled
     /// in, ...).
     Config(String),
@@ -150,6 +157,7 @@ impl fmt::Display for InvalidInput {
                 crate::MAX_KEY_LEN
             ),
             Self::Token(reason) => write!(f, "token {reason}"),
+            Self::Setting { setting, problem } => write!(f, "{setting}: {problem}"),
             Self::Config(msg) => f.write_str(msg),
         }
     }

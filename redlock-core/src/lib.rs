@@ -64,16 +64,21 @@
 //! resource itself). Redlock tokens are random, so keep a counter at the resource, or use the
 //! lock only where an occasional double holder is harmless (efficiency, not correctness).
 
+mod acquire;
 mod backend;
 mod config;
 #[cfg(feature = "testing")]
 pub mod conformance;
+mod engine;
 mod error;
+mod held;
+mod lease;
 mod lifecycle;
 mod lock;
 mod manager;
 mod round;
 mod runtime;
+mod scoped;
 mod validity;
 mod wait;
 
@@ -81,7 +86,7 @@ pub use backend::{BackendError, BackendErrorKind, KeyState, LockBackend, Release
 pub use config::{
     Config, LockManagerBuilder, DEFAULT_DRIFT_FACTOR, DEFAULT_INSTANCE_TIMEOUT,
     DEFAULT_INTERNAL_LOCK_TIMEOUT, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY_MAX,
-    DEFAULT_RETRY_DELAY_MIN,
+    DEFAULT_RETRY_DELAY_MIN, MAX_FAIR_GRACE, MAX_RETRY_DELAY,
 };
 pub use error::{Error, Failure, InstanceOutcome, InstanceReport, InvalidInput, Loss, LossReason};
 pub use lifecycle::{AutoExtend, LockWatch, OnLoss, RENEW_AFTER_PERCENT};
