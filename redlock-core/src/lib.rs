@@ -43,6 +43,15 @@
 //! separates it from the next one. Extend follows the same rules with a fresh `T1`; release
 //! sends a compare-and-delete to every instance.
 //!
+//! # The deadline
+//!
+//! A lock is yours until its deadline, `T1 + ttl − drift` on the manager's monotonic clock.
+//! [`LockManager::with_lock`] checks it before every poll of the work and wakes at it, so the
+//! work is never polled after the deadline, whatever the renewal is doing; renewal starts early
+//! enough that a whole round fits before the deadline, and every renewal round is cut at it.
+//! Once [`Lock::is_valid`] returns `false` it stays `false`. See [`LockManager::with_lock`] for
+//! the exact promise and its limit (a step already running, a paused process).
+//!
 //! # What this lock does not protect against
 //!
 //! A Redlock lock is a lease: it is safe while its assumptions hold, and this library tells you
