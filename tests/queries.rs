@@ -305,3 +305,32 @@ fn a_borrowed_handle_releases_nothing_when_dropped_or_closed() {
     );
     assert!(matches!(c.sim.run(lock.release()), Err(Error::Lost(_))));
 }
+
+#[test]
+fn errors_name_the_resource() {
+    let c = Cluster::new(3);
+    let holder = c.manager(1);
+    let _held = c.sim.run(holder.lock("invoice:42", TTL)).expect("lock");
+    let rival = c.builder(2).retry_count(1).build().expect("config");
+    let err = c
+        .sim
+        .run(rival.lock("invoice:42", TTL))
+        .expect_err("held by the first");
+    assert!(matches!(err, Error::Contended(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "resource \"invoice:42\" is held by another client"
+    );
+    let never = c
+        .sim
+        .run(rival.get_lock("invoice:42", "not-a-token-of-it"))
+        .expect_err("never held with that token");
+    assert_eq!(
+        never.to_string(),
+        "lock lost: a quorum of instances does not hold this lock's token"
+    );
+    assert_eq!(
+        common::failure(&never).resource.as_deref(),
+        Some(&b"invoice:42"[..])
+    );
+}

@@ -122,7 +122,11 @@ impl LockWatch {
     /// As [`Lock::check`].
     pub async fn check(&self) -> Result<Duration, Error> {
         self.manager.inner.ensure_open()?;
-        self.manager.inner.check(&self.shared).await
+        self.manager
+            .inner
+            .check(&self.shared)
+            .await
+            .map_err(|e| e.about(&self.shared.resource))
     }
 }
 

@@ -216,7 +216,10 @@ impl Lock {
         let inner = &self.manager.inner;
         inner.ensure_open()?;
         let ttl = inner.ttl(ttl)?;
-        inner.extend(&self.shared, ttl).await
+        inner
+            .extend(&self.shared, ttl)
+            .await
+            .map_err(|e| e.about(&self.shared.resource))
     }
 
     /// Releases the lock on every instance (aioredlock's `unlock`).
@@ -234,7 +237,10 @@ impl Lock {
     pub async fn release(&self) -> Result<(), Error> {
         let inner = &self.manager.inner;
         inner.ensure_open()?;
-        inner.release(&self.shared).await
+        inner
+            .release(&self.shared)
+            .await
+            .map_err(|e| e.about(&self.shared.resource))
     }
 
     /// Asks the instances whether a quorum still holds this lock's token, and returns the
@@ -247,7 +253,10 @@ impl Lock {
     pub async fn check(&self) -> Result<Duration, Error> {
         let inner = &self.manager.inner;
         inner.ensure_open()?;
-        inner.check(&self.shared).await
+        inner
+            .check(&self.shared)
+            .await
+            .map_err(|e| e.about(&self.shared.resource))
     }
 }
 

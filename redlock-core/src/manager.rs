@@ -162,7 +162,10 @@ impl LockManager {
         let key = self.inner.key(resource)?;
         let ttl = self.inner.ttl(ttl)?;
         let token = self.inner.new_token();
-        self.inner.acquire(resource, key, token, ttl).await
+        self.inner
+            .acquire(resource, key, token, ttl)
+            .await
+            .map_err(|e| e.about(resource))
     }
 
     /// Extends `lock` to a fresh lease of `ttl` (see [`Lock::extend_for`]).
@@ -188,13 +191,16 @@ impl LockManager {
     /// answered to tell; [`Error::Closed`].
     pub async fn is_locked(&self, resource: impl AsRef<[u8]>) -> Result<bool, Error> {
         self.inner.ensure_open()?;
-        let key = self.inner.key(resource.as_ref())?;
+        let resource = resource.as_ref();
+        let key = self.inner.key(resource)?;
         let engine = &self.inner.engine;
         let round = engine.inspect(&key, |state| state.is_some()).await;
         match round.verdict() {
             Verdict::Quorum => Ok(true),
             Verdict::Refused => Ok(false),
-            Verdict::Undecided => Err(Error::Unavailable(Box::new(engine.failure(round, 1)))),
+            Verdict::Undecided => {
+                Err(Error::Unavailable(Box::new(engine.failure(round, 1))).about(resource))
+            }
         }
     }
 
@@ -241,7 +247,8 @@ impl LockManager {
                 Verdict::Refused => Error::lost(LossReason::NotHeld, Some(rejected.failure)),
                 Verdict::Quorum => Error::lost(LossReason::Expired, Some(rejected.failure)),
                 Verdict::Undecided => Error::Unavailable(Box::new(rejected.failure)),
-            }),
+            }
+            .about(resource)),
         }
     }
 

@@ -52,6 +52,7 @@ impl<T> Round<T> {
 
     pub(crate) fn into_failure(self, attempts: u32, instances: &[Arc<dyn LockBackend>]) -> Failure {
         Failure {
+            resource: None,
             attempts,
             quorum: self.quorum,
             instances: instances
