@@ -7,8 +7,11 @@
 
 use std::time::Duration;
 
-use crate::lifecycle::RENEW_AFTER_PERCENT;
 use crate::validity::DriftPpm;
+
+/// Renewals happen once this share of the lease has passed since it was granted (aioredlock
+/// renews at 60 %), unless that would leave less than a whole round before the deadline.
+pub const RENEW_AFTER_PERCENT: u32 = 60;
 
 /// A lease granted by a quorum: an acquire, an extend, or a rehydration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -73,14 +73,12 @@
 //! resource itself). Redlock tokens are random, so keep a counter at the resource, or use the
 //! lock only where an occasional double holder is harmless (efficiency, not correctness).
 
-mod acquire;
 mod backend;
 mod config;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod engine;
 mod error;
-mod held;
 mod lease;
 mod lifecycle;
 mod lock;
@@ -98,7 +96,8 @@ pub use config::{
     DEFAULT_RETRY_DELAY_MIN, MAX_FAIR_GRACE, MAX_RETRY_DELAY,
 };
 pub use error::{Error, Failure, InstanceOutcome, InstanceReport, InvalidInput, Loss, LossReason};
-pub use lifecycle::{AutoExtend, LockWatch, OnLoss, RENEW_AFTER_PERCENT};
+pub use lease::RENEW_AFTER_PERCENT;
+pub use lifecycle::{AutoExtend, LockWatch, OnLoss};
 pub use lock::Lock;
 pub use manager::{ActiveLock, CloseReport, LockManager, MAX_KEY_LEN, MAX_TOKEN_LEN};
 pub use runtime::{Clock, OsRandom, RandomSource, SeededRandom, Spawner};

@@ -18,10 +18,6 @@ use crate::error::{Error, InvalidInput, LossReason};
 use crate::lock::{Lock, LockShared, Status};
 use crate::manager::{Inner, LockManager};
 
-/// Renewals happen once this share of the lease has passed since it was granted (aioredlock
-/// renews at 60 %), leaving 40 % of the lease for the renewal and its retries.
-pub const RENEW_AFTER_PERCENT: u32 = 60;
-
 /// What the scoped form does when the lock is lost while the work runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]

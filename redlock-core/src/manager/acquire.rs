@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{Inner, LockManager};
 use crate::error::Error;
 use crate::lock::Lock;
-use crate::manager::{Inner, LockManager};
 use crate::round::Verdict;
 use crate::wait::Waiter;
 

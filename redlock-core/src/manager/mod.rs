@@ -1,4 +1,10 @@
 //! The lock manager: acquire with retries, extend, release, queries, close.
+//!
+//! The rounds are the engine's; the manager adds what spans them: retries ([`acquire`]), the
+//! handles' lease and status ([`held`]), the registry, tokens, the spawner, fair mode, closing.
+
+mod acquire;
+mod held;
 
 use std::collections::HashMap;
 use std::fmt;

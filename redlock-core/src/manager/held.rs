@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use super::Inner;
 use crate::error::{Error, LossReason};
 use crate::lock::{LockShared, Status};
-use crate::manager::Inner;
 use crate::round::Verdict;
 
 impl Inner {
