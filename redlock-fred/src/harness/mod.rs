@@ -24,6 +24,7 @@
 //! [`debug_sleep`](RedisServer::debug_sleep), [`SentinelGroup::failover`],
 //! [`SentinelGroup::kill_sentinels`].
 
+mod fixture;
 mod resp;
 mod sentinel;
 mod server;
@@ -34,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use fixture::ServerFixture;
 pub use resp::{Conn, Reply};
 pub use sentinel::{GroupOptions, SentinelGroup, SentinelProcess};
 pub use server::{RedisServer, ServerOptions};
