@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ms, Cluster, TTL};
-use redlock::mock::{MemoryBackend, Simulation};
-use redlock::{Error, InvalidInput, LockBackend, LockManager, MAX_KEY_LEN, MAX_TTL};
+use redlock_lease::mock::{MemoryBackend, Simulation};
+use redlock_lease::{Error, InvalidInput, LockBackend, LockManager, MAX_KEY_LEN, MAX_TTL};
 
 fn invalid<T: std::fmt::Debug>(result: Result<T, Error>) -> InvalidInput {
     match result {
@@ -356,7 +356,7 @@ fn bad_rehydration_tokens_are_refused() {
         invalid(c.sim.run(manager.get_lock("res", ""))),
         InvalidInput::Token(_)
     ));
-    let long = vec![b't'; redlock::MAX_TOKEN_LEN + 1];
+    let long = vec![b't'; redlock_lease::MAX_TOKEN_LEN + 1];
     assert!(matches!(
         invalid(c.sim.run(manager.get_lock("res", &long))),
         InvalidInput::Token(_)

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{ms, Cluster, TTL};
-use redlock::{Error, InstanceOutcome, Lock, LockManager, RandomSource, SeededRandom};
+use redlock_lease::{Error, InstanceOutcome, Lock, LockManager, RandomSource, SeededRandom};
 
 /// Two clients on four instances, each close to one half: A reaches instances 0 and 1 in
 /// 1 ms and 2, 3 in 5 ms; B the other way round. Started together, each wins its near half.
@@ -23,7 +23,7 @@ fn split_pair(
     let far_near = [ms(10), ms(10), ms(2), ms(2)];
     let (a, _) = c.client(seeds.0, &near_far);
     let (b, _) = c.client(seeds.1, &far_near);
-    let build = |builder: redlock::LockManagerBuilder| {
+    let build = |builder: redlock_lease::LockManagerBuilder| {
         builder
             .retry_count(attempts)
             .retry_delay(delay.0, delay.1)

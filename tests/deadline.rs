@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::{ms, Cluster};
-use redlock::{AutoExtend, Clock, Error, LockWatch, LossReason};
+use redlock_lease::{AutoExtend, Clock, Error, LockWatch, LossReason};
 
 /// One poll of the work: when, and what its watch said.
 #[derive(Debug, Clone, Copy)]

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{ms, TTL};
 use futures::stream::BoxStream;
-use redlock::mock::{FaultyBackend, MemoryBackend, Simulation};
-use redlock::{
+use redlock_lease::mock::{FaultyBackend, MemoryBackend, Simulation};
+use redlock_lease::{
     async_trait, BackendError, BackendErrorKind, Clock, Config, Error, InvalidInput, KeyState,
     LockBackend, LockManager, ReleaseNotify,
 };

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{ms, Cluster, TTL};
-use redlock::{Error, LossReason};
+use redlock_lease::{Error, LossReason};
 
 fn loss(e: &Error) -> LossReason {
     match e {

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use redlock::conformance;
-use redlock::mock::FaultyBackend;
-use redlock::LockBackend;
+use redlock_lease::conformance;
+use redlock_lease::mock::FaultyBackend;
+use redlock_lease::LockBackend;
 use redlock_fred::harness::{RedisServer, ServerFixture};
 use redlock_fred::{RedisBackend, TokioClock};
 

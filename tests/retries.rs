@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ms, times_of, CallLog, Cluster, Recorder, TTL};
-use redlock::{Error, LockManager, SeededRandom};
+use redlock_lease::{Error, LockManager, SeededRandom};
 
 const RIVAL: &[u8] = b"rival-token";
 

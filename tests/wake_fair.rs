@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redlock::mock::{MemoryBackend, Simulation};
-use redlock::{Clock, Error, LockBackend, LockManager, LockManagerBuilder, SeededRandom};
+use redlock_lease::mock::{MemoryBackend, Simulation};
+use redlock_lease::{Clock, Error, LockBackend, LockManager, LockManagerBuilder, SeededRandom};
 
 const TTL: Duration = Duration::from_secs(10);
 const HOLD: Duration = Duration::from_millis(20);
@@ -137,7 +137,7 @@ fn handoff(fair: bool, span: Duration) -> ([u64; 2], u64) {
     for task in 0..2usize {
         let mut builder = w.builder(10 + task as u64);
         if fair {
-            builder = builder.fair(redlock::DEFAULT_FAIR_GRACE);
+            builder = builder.fair(redlock_lease::DEFAULT_FAIR_GRACE);
         }
         let manager = builder.build().unwrap();
         let clock = Arc::clone(&w.clock);

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use redlock::mock::{Faults, FaultyBackend, MemoryBackend, Simulation};
-use redlock::{
+use redlock_lease::mock::{Faults, FaultyBackend, MemoryBackend, Simulation};
+use redlock_lease::{
     async_trait, BackendError, BackendErrorKind, Clock, Config, Error, Failure, InstanceOutcome,
     KeyState, LockBackend, LockManager, LockManagerBuilder, ReleaseNotify, SeededRandom,
 };
