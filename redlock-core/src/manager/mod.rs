@@ -372,14 +372,27 @@ impl Inner {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut raw = [0u8; TOKEN_BYTES];
         self.random.fill_bytes(&mut raw);
-        let mut token = Vec::with_capacity(TOKEN_BYTES * 2 + 34);
+        // Built on the stack and copied once: the exact length, one allocation.
+        let mut buf = [0u8; TOKEN_BYTES * 2 + 2 * 17];
+        let mut len = 0;
+        let mut put = |c: u8| {
+            buf[len] = c;
+            len += 1;
+        };
         for b in raw {
-            token.push(HEX[usize::from(b >> 4)]);
-            token.push(HEX[usize::from(b & 0xf)]);
+            put(HEX[usize::from(b >> 4)]);
+            put(HEX[usize::from(b & 0xf)]);
         }
         let seq = self.next_lock_id.fetch_add(1, Ordering::Relaxed);
-        token.extend_from_slice(format!("-{:x}-{seq:x}", self.nonce).as_bytes());
-        token.into_boxed_slice()
+        for n in [self.nonce, seq] {
+            put(b'-');
+            // Hex without leading zeros.
+            let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+            for shift in (0..digits).rev() {
+                put(HEX[usize::try_from((n >> (shift * 4)) & 0xf).unwrap_or(0)]);
+            }
+        }
+        Box::from(&buf[..len])
     }
 
     /// A random delay in the retry range.
