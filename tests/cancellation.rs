@@ -103,7 +103,10 @@ fn a_release_dropped_after_its_deletes_landed_still_completes_cleanly() {
     // cannot tell its own earlier deletes from a loss: it reports Lost (the conservative
     // answer) and ends released, rather than Unavailable or a success it cannot know.
     let again = c.sim.run(lock.release());
-    assert!(matches!(again, Err(redlock_lease::Error::Lost(_))), "{again:?}");
+    assert!(
+        matches!(again, Err(redlock_lease::Error::Lost(_))),
+        "{again:?}"
+    );
     assert!(matches!(
         c.sim.run(lock.release()),
         Err(redlock_lease::Error::Released)

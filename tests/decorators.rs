@@ -10,12 +10,12 @@ use std::time::Duration;
 
 use common::{ms, TTL};
 use futures::stream::BoxStream;
+use redlock_fred::RedisBackend;
 use redlock_lease::mock::{FaultyBackend, MemoryBackend, Simulation};
 use redlock_lease::{
     async_trait, BackendError, BackendErrorKind, Clock, Config, Error, InvalidInput, KeyState,
     LockBackend, LockManager, ReleaseNotify,
 };
-use redlock_fred::RedisBackend;
 
 /// What a user might write: counts the calls that reach the instance, forwards everything.
 #[derive(Debug)]

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
+use redlock_fred::harness::{RedisServer, ServerFixture};
+use redlock_fred::{RedisBackend, TokioClock};
 use redlock_lease::conformance;
 use redlock_lease::mock::FaultyBackend;
 use redlock_lease::LockBackend;
-use redlock_fred::harness::{RedisServer, ServerFixture};
-use redlock_fred::{RedisBackend, TokioClock};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_faulty_backend_over_redis_passes_the_conformance_suite() {

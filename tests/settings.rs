@@ -183,7 +183,8 @@ fn every_accepted_setting_works_within_its_bound() {
 #[test]
 fn settings_that_used_to_panic_or_hang_are_refused_at_build() {
     let c = Cluster::new(3);
-    let refused = |b: redlock_lease::LockManagerBuilder| matches!(b.build(), Err(Error::InvalidInput(_)));
+    let refused =
+        |b: redlock_lease::LockManagerBuilder| matches!(b.build(), Err(Error::InvalidInput(_)));
     assert!(refused(
         c.builder(1).retry_delay(Duration::MAX, Duration::MAX)
     ));

@@ -58,6 +58,25 @@ impl Engine {
         round.into_failure(attempts, &self.instances)
     }
 
+    /// A report for a refusal made without asking any instance (`attempts` 0, every instance
+    /// not awaited).
+    pub(crate) fn not_asked(&self, elapsed: Duration) -> Failure {
+        Failure {
+            resource: None,
+            attempts: 0,
+            quorum: self.quorum(),
+            instances: self
+                .instances
+                .iter()
+                .map(|b| crate::error::InstanceReport {
+                    instance: b.id().to_owned(),
+                    outcome: crate::error::InstanceOutcome::NotAwaited,
+                })
+                .collect(),
+            elapsed,
+        }
+    }
+
     /// The time limit of a round whose answers are only useful while `ttl` leaves validity.
     fn limit(&self, ttl: Duration) -> Duration {
         self.instance_timeout

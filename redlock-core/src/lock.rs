@@ -39,6 +39,9 @@ pub(crate) struct LockShared {
     /// Whether the manager owns the lock (registered; released on drop and close), as opposed
     /// to a borrowed handle from `get_lock`.
     pub(crate) owned: AtomicBool,
+    /// Counted among the manager's local holders of the key (see the local queue) until it is
+    /// released, lost or dropped.
+    pub(crate) held_here: AtomicBool,
     state: Mutex<LockState>,
 }
 
@@ -84,6 +87,7 @@ impl LockShared {
             key,
             token,
             owned: AtomicBool::new(false),
+            held_here: AtomicBool::new(false),
             state: Mutex::new(LockState {
                 status: Status::Held,
                 lease,
@@ -268,19 +272,27 @@ impl Drop for Lock {
             return;
         }
         let inner = &self.manager.inner;
-        inner.unregister(&self.shared);
         match (&inner.spawner, inner.ensure_open(), self.is_owned()) {
             (Some(spawner), Ok(()), true) => {
+                // Out of the registry now; the next local waiter is let in once the release
+                // round is done (it would only find the keys still there before).
+                inner.forget(&self.shared);
                 let shared = Arc::clone(&self.shared);
                 let manager = self.manager.clone();
                 spawner.spawn(Box::pin(async move {
-                    // Nobody is left to hear the outcome; the TTL covers a failure.
+                    // Nobody is left to hear the outcome; the TTL covers a failure. The handle
+                    // is gone either way: stop counting it as a local holder.
                     drop(manager.inner.release(&shared).await);
+                    manager.inner.unregister(&shared);
+                    shared.mark_released();
                 }));
             }
             // Stop renewals; the keys expire by their TTL (or stay with their owner, for a
             // borrowed handle).
-            _ => self.shared.mark_released(),
+            _ => {
+                inner.unregister(&self.shared);
+                self.shared.mark_released();
+            }
         }
     }
 }

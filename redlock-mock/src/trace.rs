@@ -97,12 +97,21 @@ impl TracedClient {
                 })
             }
             Err(e) => {
+                // A call refused locally (another task of the same manager holds or is acquiring
+                // the resource: no attempt) sent nothing, so it cannot leave anything behind; the
+                // client's last acquire token is then that other task's. Otherwise the call was
+                // the only one of its manager sending acquires for the key, and the last token
+                // is its own.
+                let attempted = e.failure().is_none_or(|f| f.attempts > 0);
                 let key = self.key(resource);
-                let token = self
-                    .world
-                    .net()
-                    .lock()
-                    .last_acquire_token(self.client, &key);
+                let token = attempted
+                    .then(|| {
+                        self.world
+                            .net()
+                            .lock()
+                            .last_acquire_token(self.client, &key)
+                    })
+                    .flatten();
                 let probe = token.map(|t| (key, t));
                 self.finish(begin, OpKind::Lock, resource, serial, outcome, None, probe);
                 Err(e)

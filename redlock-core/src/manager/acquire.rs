@@ -1,30 +1,74 @@
-//! Acquiring with retries: attempts, the cleanup after each failed one, the retry windows, and
-//! the cleanup of an acquire whose future was dropped.
+//! Acquiring with retries: the local queue, attempts, the cleanup after each failed one, the
+//! retry windows, and the cleanup of an acquire whose future was dropped.
 
+use std::pin::pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::future::{select, Either};
 
 use super::{Inner, LockManager};
 use crate::error::Error;
 use crate::lock::Lock;
+use crate::options::Patience;
 use crate::round::Verdict;
 use crate::wait::Waiter;
 
 impl Inner {
-    /// Acquires `key` with `token` for `ttl`, in at most `retry_count` counted attempts.
+    /// Acquires `key` with `token` for `ttl`, waiting as `patience` allows.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         resource: &[u8],
         key: Box<[u8]>,
         token: Box<[u8]>,
         ttl: Duration,
+        patience: Patience,
     ) -> Result<Lock, Error> {
-        // `retry_count` counts attempts made at the end of a retry window (and the first). An
+        let start = self.clock().now();
+        // `Attempts` counts attempts made at the end of a retry window (and the first). An
         // attempt made early because a release was announced is free while its window lasts:
         // with several waiters, all woken by each release, counting those would make the k-th
         // in line give up after k releases. The time bound is unchanged: a window lasts its
         // drawn delay, and an early attempt that runs past the window's end counts.
-        let attempts = self.config.retry_count;
+        // The last moment an attempt may start, and the last moment to stop waiting in the
+        // local queue, so that the call keeps its documented bound: an attempt and the cleanup
+        // of a failed one take at most two instance timeouts, and the fair yield its grace.
+        let round_trip = self.config.instance_timeout.saturating_mul(2);
+        let grace = self.config.fair.unwrap_or_default();
+        let (attempts, last_start, queue_until) = match patience {
+            Patience::Attempts(n) => {
+                let last = start
+                    .saturating_add(self.bound(n))
+                    .saturating_sub(round_trip);
+                (n.max(1), Some(last), Some(last.saturating_sub(grace)))
+            }
+            Patience::NoWait => (1, None, None),
+            Patience::For(d) => {
+                let last = start.saturating_add(d);
+                (u32::MAX, Some(last), Some(last))
+            }
+            Patience::UntilCancelled => (u32::MAX, None, None),
+        };
+        // One contender per key in this manager: wait for the head of the local queue.
+        let mut place = match patience {
+            Patience::NoWait => match self.queues.try_join(&key) {
+                Some(place) => place,
+                None => return Err(self.refused_locally(start)),
+            },
+            _ => self.queues.join(&key),
+        };
+        match queue_until {
+            Some(until) => {
+                let left = until.saturating_sub(self.clock().now());
+                let turn = place.turn();
+                if let Either::Right(_) = select(turn, self.clock().sleep(left)).await {
+                    return Err(self.refused_locally(start));
+                }
+            }
+            None => place.turn().await,
+        }
+        self.ensure_open()?;
         let (mut made, mut counted) = (0u32, 0u32);
         let mut window_end: Option<Duration> = None;
         // If this future is dropped mid-attempt, keys may be set with our token: release them in
@@ -38,13 +82,27 @@ impl Inner {
         let mut waiter = Waiter::default();
         let engine = &self.engine;
         self.fairness.yield_to_waiters(self.clock(), &key).await;
+        let (held_here, releases) = place.local_state();
+        if held_here && patience != Patience::NoWait {
+            // Another task of this manager holds the key: an attempt now would only be refused.
+            // Wait for its release (heard locally at once, or announced), or one retry delay.
+            let until = self.clock().now().saturating_add(self.retry_delay());
+            let until = last_start.map_or(until, |last| until.min(last));
+            let listen = self.config.wake_on_release;
+            let wait = engine.wait_for_retry(&key, &mut waiter, listen, until);
+            let _woke = select(pin!(wait), place.released_since(releases)).await;
+        }
         loop {
             made += 1;
+            let (_, releases) = place.local_state();
             let rejected = match engine.acquire(&key, &token, ttl).await {
                 Ok(lease) => {
                     cleanup_on_drop.armed = false;
                     drop(cleanup_on_drop);
                     let shared = self.new_shared(resource, key, token, ttl, lease);
+                    // Counted before this head leaves the queue, so the next one waits for it.
+                    self.queues.hold(&shared.key);
+                    shared.held_here.store(true, Ordering::Release);
                     self.register(&shared);
                     return Ok(Lock::new(
                         shared,
@@ -61,24 +119,51 @@ impl Inner {
             // announced: our own subscription would hear it and wake us for nothing.
             let cleanup = engine.release(&key, &token, false);
             let now = self.clock().now();
+            let out_of_time = last_start.is_some_and(|last| now >= last);
             let until = match window_end {
-                Some(end) if now < end => end,
+                Some(end) if now < end && !out_of_time => end,
                 _ => {
-                    counted += 1;
-                    if counted >= attempts {
+                    counted = counted.saturating_add(1);
+                    if counted >= attempts || out_of_time {
                         cleanup.await;
                         cleanup_on_drop.armed = false;
                         return Err(error);
                     }
-                    now.saturating_add(self.retry_delay())
+                    let until = now.saturating_add(self.retry_delay());
+                    last_start.map_or(until, |last| until.min(last))
                 }
             };
             // Only a refusal by holders can be shortened by an announced release.
             let listen = contended && self.config.wake_on_release;
-            let wait = engine.wait_for_retry(&key, &mut waiter, listen, until);
+            let wait = async {
+                let wait = engine.wait_for_retry(&key, &mut waiter, listen, until);
+                match select(pin!(wait), place.released_since(releases)).await {
+                    Either::Left((woke, _)) => woke,
+                    // A task of this manager released it: try now.
+                    Either::Right(_) => true,
+                }
+            };
             let (_, woke) = futures::future::join(cleanup, wait).await;
             window_end = woke.then_some(until);
         }
+    }
+
+    /// How long `attempts` attempts may take in all: each an attempt, its cleanup and a retry
+    /// delay, plus the fair grace.
+    fn bound(&self, attempts: u32) -> Duration {
+        let (_, delay_max) = self.config.retry_delay();
+        self.config
+            .instance_timeout
+            .saturating_mul(2)
+            .saturating_add(delay_max)
+            .saturating_mul(attempts.max(1))
+            .saturating_add(self.config.fair.unwrap_or_default())
+    }
+
+    /// `Contended` without a round: another task of this manager holds or is acquiring the key.
+    fn refused_locally(&self, start: Duration) -> Error {
+        let elapsed = self.clock().now().saturating_sub(start);
+        Error::Contended(Box::new(self.engine.not_asked(elapsed)))
     }
 }
 

@@ -18,6 +18,8 @@ use crate::engine::Engine;
 use crate::error::{Error, InvalidInput, LossReason};
 use crate::lease::Lease;
 use crate::lock::{Lock, LockShared};
+use crate::options::{LockOptions, Patience};
+use crate::queue::KeyQueues;
 use crate::round::Verdict;
 use crate::runtime::{Clock, RandomSource, Spawner};
 use crate::wait::Fairness;
@@ -58,6 +60,8 @@ pub(crate) struct Inner {
     /// Owned locks handed out and not yet released, lost or dropped.
     active: Mutex<HashMap<u64, Arc<LockShared>>>,
     pub(crate) fairness: Fairness,
+    /// One contender per key: the local FIFO queues.
+    pub(crate) queues: KeyQueues,
 }
 
 /// A snapshot of a lock this manager holds (see [`LockManager::active_locks`]).
@@ -121,6 +125,7 @@ impl LockManager {
                 nonce: MANAGERS.fetch_add(1, Ordering::Relaxed),
                 next_lock_id: AtomicU64::new(0),
                 active: Mutex::new(HashMap::new()),
+                queues: KeyQueues::default(),
             }),
         }
     }
@@ -168,8 +173,51 @@ impl LockManager {
         let key = self.inner.key(resource)?;
         let ttl = self.inner.ttl(ttl)?;
         let token = self.inner.new_token();
+        let patience = Patience::Attempts(self.inner.config.retry_count);
         self.inner
-            .acquire(resource, key, token, ttl)
+            .acquire(resource, key, token, ttl, patience)
+            .await
+            .map_err(|e| e.about(resource))
+    }
+
+    /// One attempt, no waiting: the lock if the resource is free, `Contended` at once otherwise
+    /// (also, without sending anything, when another task of this manager holds or is acquiring
+    /// it). For a cache stampede: one task recomputes, the others serve the old value or back
+    /// off. The same as [`lock_opts`](Self::lock_opts) with [`Patience::NoWait`].
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock).
+    pub async fn try_lock(&self, resource: impl AsRef<[u8]>, ttl: Duration) -> Result<Lock, Error> {
+        self.lock_opts(resource, LockOptions::new(ttl).patience(Patience::NoWait))
+            .await
+    }
+
+    /// [`lock`](Self::lock) with per-call options: the lease and how long to wait
+    /// ([`Patience`]). Which to use:
+    /// - a **cache stampede** (many tasks want to recompute one value):
+    ///   [`Patience::NoWait`] ([`try_lock`](Self::try_lock)); the losers do not queue;
+    /// - a **singleton job** (one of N workers runs it, the others skip):
+    ///   [`Patience::NoWait`] or a short [`Patience::For`];
+    /// - a **critical section** (every caller must get its turn):
+    ///   [`Patience::UntilCancelled`] or a [`Patience::For`] the caller can afford.
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock).
+    pub async fn lock_opts(
+        &self,
+        resource: impl AsRef<[u8]>,
+        options: LockOptions,
+    ) -> Result<Lock, Error> {
+        self.inner.ensure_open()?;
+        let resource = resource.as_ref();
+        let key = self.inner.key(resource)?;
+        let ttl = self.inner.ttl(options.ttl)?;
+        let token = self.inner.new_token();
+        let patience = options
+            .patience
+            .unwrap_or(Patience::Attempts(self.inner.config.retry_count));
+        self.inner
+            .acquire(resource, key, token, ttl, patience)
             .await
             .map_err(|e| e.about(resource))
     }
@@ -428,9 +476,19 @@ impl Inner {
         }
     }
 
-    pub(crate) fn unregister(&self, shared: &LockShared) {
+    /// Takes `shared` out of the registry (close no longer releases it).
+    pub(crate) fn forget(&self, shared: &LockShared) {
         if shared.owned.load(Ordering::Acquire) {
             self.active().remove(&shared.id);
+        }
+    }
+
+    /// Forgets `shared`: out of the registry, and no longer a local holder of its key (the
+    /// local waiter at the head of the key's queue, if any, tries at once).
+    pub(crate) fn unregister(&self, shared: &LockShared) {
+        self.forget(shared);
+        if shared.held_here.swap(false, Ordering::AcqRel) {
+            self.queues.unhold(&shared.key);
         }
     }
 
