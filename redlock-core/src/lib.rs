@@ -68,6 +68,7 @@ mod backend;
 mod config;
 #[cfg(feature = "testing")]
 pub mod conformance;
+mod connect;
 mod error;
 mod lifecycle;
 mod lock;
