@@ -23,6 +23,7 @@ use redlock_core::{
 use crate::config::Instance;
 use crate::notify::Notifier;
 use crate::scripts::{self, Script};
+use crate::secret::Secret;
 
 /// How the backend talks to its server.
 ///
@@ -125,7 +126,7 @@ pub struct RedisBackend {
     connection: Mutex<Connection>,
     rediscovering: Arc<AtomicBool>,
     /// Secrets scrubbed from every error message, in case a server or fred echoes one.
-    secrets: Vec<String>,
+    secrets: Vec<Secret>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -157,6 +158,7 @@ impl RedisBackend {
         options: &ConnectionOptions,
     ) -> Result<Self, Error> {
         let instance = instance.into().resolve()?;
+        instance.validate()?;
         let mut config = FredConfig {
             // Retry the first connection like any later one: an instance that is down when the
             // manager starts must rejoin when it comes up.
@@ -170,7 +172,7 @@ impl RedisBackend {
                     server: Server::new(c.host.clone(), c.port),
                 };
                 config.username = c.username.clone();
-                config.password = c.password.clone();
+                config.password = c.password.as_ref().map(|p| p.expose().to_owned());
                 config.database = (c.db != 0).then_some(c.db);
                 secrets.extend(c.password.clone());
                 (c.id(), false, c.tls)
@@ -180,13 +182,12 @@ impl RedisBackend {
                     path: u.path.clone(),
                 };
                 config.username = u.username.clone();
-                config.password = u.password.clone();
+                config.password = u.password.as_ref().map(|p| p.expose().to_owned());
                 config.database = (u.db != 0).then_some(u.db);
                 secrets.extend(u.password.clone());
                 (u.id(), false, None)
             }
             Instance::Sentinel(s) => {
-                s.validate()?;
                 config.server = ServerConfig::Sentinel {
                     hosts: s
                         .sentinels
@@ -195,10 +196,10 @@ impl RedisBackend {
                         .collect(),
                     service_name: s.master.clone(),
                     username: s.sentinel_username.clone(),
-                    password: s.sentinel_password.clone(),
+                    password: s.sentinel_password.as_ref().map(|p| p.expose().to_owned()),
                 };
                 config.username = s.username.clone();
-                config.password = s.password.clone();
+                config.password = s.password.as_ref().map(|p| p.expose().to_owned());
                 config.database = (s.db != 0).then_some(s.db);
                 secrets.extend(s.password.clone());
                 secrets.extend(s.sentinel_password.clone());
@@ -341,8 +342,8 @@ impl RedisBackend {
     fn scrub(&self, text: &str) -> String {
         let mut text = text.to_owned();
         for secret in &self.secrets {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), "<redacted>");
+            if text.contains(secret.expose()) {
+                text = text.replace(secret.expose(), "<redacted>");
             }
         }
         text

@@ -62,8 +62,10 @@ mod backend;
 mod builder;
 mod config;
 mod notify;
+mod parse;
 mod runtime;
 mod scripts;
+mod secret;
 mod sentinel;
 mod tls;
 
@@ -74,6 +76,7 @@ pub use backend::{ConnectionOptions, RedisBackend};
 pub use builder::{manager, RedisManagerBuilder};
 pub use config::{Instance, RedisConfig, UnixSocket, DEFAULT_PORT, DEFAULT_SENTINEL_PORT};
 pub use runtime::{TokioClock, TokioSpawner};
+pub use secret::Secret;
 pub use sentinel::Sentinel;
 pub use tls::Tls;
 
