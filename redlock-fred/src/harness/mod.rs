@@ -22,8 +22,11 @@
 //! [`resume`](RedisServer::resume), [`restart`](RedisServer::restart) with or without data,
 //! [`script_flush`](RedisServer::script_flush), [`client_kill`](RedisServer::client_kill),
 //! [`debug_sleep`](RedisServer::debug_sleep), [`SentinelGroup::failover`],
-//! [`SentinelGroup::kill_sentinels`].
+//! [`SentinelGroup::kill_sentinels`]. Network faults between one client and one server go
+//! through a [`Proxy`]: [`stall`](Proxy::stall) / [`resume`](Proxy::resume) and
+//! [`drop_replies`](Proxy::drop_replies).
 
+mod proxy;
 mod resp;
 mod sentinel;
 mod server;
@@ -34,6 +37,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use proxy::Proxy;
 pub use resp::{Conn, Reply};
 pub use sentinel::{GroupOptions, SentinelGroup, SentinelProcess};
 pub use server::{RedisServer, ServerOptions};
