@@ -3,12 +3,14 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::bytes::Bytes;
 use fred::bytes_utils::Str;
 use fred::clients::Client;
+use fred::error::Error as FredError;
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface};
+use fred::types::config::Options;
 use fred::types::{
     ClientState, ClusterHash, ConnectHandle, CustomCommand, Expiration, SetOptions, Value,
 };
@@ -178,7 +180,7 @@ impl RedisBackend {
         }));
     }
 
-    fn map_error(&self, error: &fred::error::Error, op: &str) -> BackendError {
+    fn map_error(&self, error: &FredError, op: &str) -> BackendError {
         if error.details().starts_with("READONLY") {
             // The master we know was demoted (failover): find the new one.
             self.rediscover();
@@ -200,7 +202,7 @@ impl RedisBackend {
     ) -> Result<Value, BackendError> {
         self.ensure_started(script.name)?;
         let key = Value::Bytes(Bytes::copy_from_slice(key));
-        let command = |head: Str| {
+        let command_args = |head: Str| {
             let mut command = Vec::with_capacity(3 + args.len());
             command.extend([Value::String(head), Value::Integer(1), key.clone()]);
             command.extend_from_slice(args);
@@ -208,13 +210,25 @@ impl RedisBackend {
         };
         // Custom commands are pipelined; fred's own EVALSHA is not (it waits for each reply),
         // which would serialize every lock call on the connection.
+        let custom = |name: &'static str, head: Str| {
+            self.send(move |timeout| {
+                let command = CustomCommand::new_static(name, ClusterHash::FirstKey, false);
+                let args = command_args(head.clone());
+                async move {
+                    match timeout {
+                        None => self.client.custom::<Value, Value>(command, args).await,
+                        Some(t) => {
+                            self.client
+                                .with_options(&timeout_options(t))
+                                .custom::<Value, Value>(command, args)
+                                .await
+                        }
+                    }
+                }
+            })
+        };
         let eval = || async {
-            let eval = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
-            let body = Str::from_static(script.body);
-            let reply = self
-                .client
-                .custom::<Value, Value>(eval, command(body))
-                .await;
+            let reply = custom("EVAL", Str::from_static(script.body)).await;
             if reply.is_ok() {
                 self.cached.fetch_or(script.bit, Ordering::AcqRel);
             }
@@ -227,12 +241,7 @@ impl RedisBackend {
             // would silently miss the call.
             return eval().await;
         }
-        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
-        match self
-            .client
-            .custom::<Value, Value>(evalsha, command(script.sha.clone()))
-            .await
-        {
+        match custom("EVALSHA", script.sha.clone()).await {
             Ok(v) => Ok(v),
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 // The script cache was emptied (restart, failover, SCRIPT FLUSH): every script
@@ -242,6 +251,35 @@ impl RedisBackend {
             }
             Err(e) => Err(self.map_error(&e, script.name)),
         }
+    }
+
+    /// Runs `call` (given `None`: fred's default timeout), and again if fred failed it without
+    /// writing it: that happens to a command that reaches fred's router between the loss of a
+    /// connection and the start of its reconnection ("Failed to route command"). Never written,
+    /// it is sent once the connection is back: no re-send, and still within one command
+    /// timeout counted from the first try (`call` gets what is left), so nothing is written
+    /// after the manager stopped waiting. Any other failure is returned as it is.
+    async fn send<T, F, Fut>(&self, call: F) -> Result<T, FredError>
+    where
+        F: Fn(Option<Duration>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, FredError>>,
+    {
+        let deadline = Instant::now() + self.command_timeout;
+        let mut result = call(None).await;
+        while matches!(&result, Err(e) if never_written(e)) {
+            self.health
+                .wait_up(
+                    &self.client,
+                    deadline.saturating_duration_since(Instant::now()),
+                )
+                .await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            result = call(Some(left)).await;
+        }
+        result
     }
 
     fn code(&self, value: Value, op: &str) -> Result<bool, BackendError> {
@@ -275,6 +313,18 @@ impl RedisBackend {
     }
 }
 
+/// fred failed the command before writing it: it found no connection to write it to.
+fn never_written(error: &FredError) -> bool {
+    error.details().starts_with("Failed to route command")
+}
+
+fn timeout_options(timeout: Duration) -> Options {
+    Options {
+        timeout: Some(timeout),
+        ..Options::default()
+    }
+}
+
 fn millis(ttl: Duration) -> Value {
     Value::Integer(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
 }
@@ -298,13 +348,25 @@ impl LockBackend for RedisBackend {
         // script, which resets the expiry atomically.
         self.ensure_started("acquire")?;
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let set = self.client.set::<Value, _, _>(
-            Bytes::copy_from_slice(key),
-            Bytes::copy_from_slice(tok),
-            Some(Expiration::PX(ms)),
-            Some(SetOptions::NX),
-            true,
-        );
+        let set = self.send(|timeout| {
+            let (key, tok) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(tok));
+            let (expiry, nx) = (Some(Expiration::PX(ms)), Some(SetOptions::NX));
+            async move {
+                match timeout {
+                    None => {
+                        self.client
+                            .set::<Value, _, _>(key, tok, expiry, nx, true)
+                            .await
+                    }
+                    Some(t) => {
+                        self.client
+                            .with_options(&timeout_options(t))
+                            .set::<Value, _, _>(key, tok, expiry, nx, true)
+                            .await
+                    }
+                }
+            }
+        });
         match set.await {
             Ok(Value::Null) => return Ok(true),
             Ok(Value::Bytes(held)) if held.as_ref() != tok => return Ok(false),

@@ -281,6 +281,10 @@ impl Health {
                     ),
                 ),
                 ErrorKind::Timeout | ErrorKind::Routing => return self.not_connected(op),
+                // Found no connection to write the command to (see `RedisBackend::send`).
+                ErrorKind::Unknown if details.starts_with("Failed to route command") => {
+                    return self.not_connected(op)
+                }
                 ErrorKind::IO | ErrorKind::Canceled => reason(
                     BackendErrorKind::Connection,
                     format!(
@@ -313,6 +317,23 @@ impl Health {
             }
         };
         self.error(op, &reason)
+    }
+
+    /// Waits until the client is connected, for at most `limit`.
+    pub(crate) async fn wait_up(&self, client: &Client, limit: Duration) {
+        let wait = async {
+            loop {
+                let changed = self.changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                if client.is_connected() {
+                    return;
+                }
+                // See `wait_connected`: the connected state can come without an event.
+                let _ = tokio::time::timeout(Duration::from_millis(5), changed).await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
     }
 
     /// Waits until the client is connected to a server that can run this backend, or the

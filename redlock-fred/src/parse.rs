@@ -42,7 +42,7 @@ pub(crate) fn redact_url(url: &str) -> String {
         return "<not shown: no scheme://>".to_owned();
     };
     let (scheme, rest) = url.split_at(scheme_end + 3);
-    let (userinfo, rest) = match rest.rfind('@') {
+    let (userinfo, rest, continued) = match rest.rfind('@') {
         Some(at) => {
             let info = &rest[..at];
             let shown = match info.split_once(':') {
@@ -50,40 +50,50 @@ pub(crate) fn redact_url(url: &str) -> String {
                 // A lone user information part is a password for aioredis-style URLs.
                 _ => "***@".to_owned(),
             };
-            (shown, &rest[at + 1..])
+            (shown, &rest[at + 1..], info.contains(['?', '#']))
         }
-        None => (String::new(), rest),
+        None => (String::new(), rest, false),
     };
     let (rest, fragment) = match rest.split_once('#') {
         Some((before, _)) => (before, "#***"),
         None => (rest, ""),
     };
+    // An `@` after a `?` or `#`: either a password holding those, or an `@` inside the query.
+    // Parameters after it are masked like any others.
     let (base, query) = match rest.split_once('?') {
+        _ if continued && rest.contains(['=', '&']) => ("", Some(rest)),
         Some((base, query)) => (base, Some(query)),
         None => (rest, None),
     };
     let mut shown = format!("{scheme}{userinfo}{base}");
     if let Some(query) = query {
-        shown.push('?');
-        for (i, item) in query.split('&').enumerate() {
-            if i > 0 {
-                shown.push('&');
-            }
-            let (name, value) = match item.split_once('=') {
-                Some((name, value)) => (name, Some(value)),
-                None => (item, None),
-            };
-            let known = SHOWN_PARAMETERS.contains(&form_decode(name).as_ref());
-            match value {
-                Some(value) if known => shown.push_str(&format!("{name}={value}")),
-                Some(_) => shown.push_str(&format!("{name}=***")),
-                None if known => shown.push_str(name),
-                None => shown.push_str("***"),
-            }
+        if !base.is_empty() || !continued {
+            shown.push('?');
         }
+        mask_query(query, &mut shown);
     }
     shown.push_str(fragment);
     shown
+}
+
+/// Appends `query` with every value but those of [`SHOWN_PARAMETERS`] replaced by `***`.
+fn mask_query(query: &str, shown: &mut String) {
+    for (i, item) in query.split('&').enumerate() {
+        if i > 0 {
+            shown.push('&');
+        }
+        let (name, value) = match item.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (item, None),
+        };
+        let known = SHOWN_PARAMETERS.contains(&form_decode(name).as_ref());
+        match value {
+            Some(value) if known => shown.push_str(&format!("{name}={value}")),
+            Some(_) => shown.push_str(&format!("{name}=***")),
+            None if known => shown.push_str(name),
+            None => shown.push_str("***"),
+        }
+    }
 }
 
 fn form_decode(text: &str) -> Cow<'_, str> {
@@ -540,6 +550,11 @@ mod tests {
                 "redis://h?sentinelPasword=***",
             ),
             ("no scheme :hunter2@h", "<not shown: no scheme://>"),
+            (
+                "redis://h?@&sentinelPassword=hunter2",
+                "redis://***@***&sentinelPassword=***",
+            ),
+            ("redis://h?x@y&db=1", "redis://***@***&db=1"),
         ];
         for (url, shown) in cases {
             assert_eq!(redact_url(url), shown, "{url}");
