@@ -50,7 +50,9 @@ where
 ///
 /// Connections are made lazily: building touches no network, and each instance connects on
 /// the first call that needs it (inside the caller's tokio runtime). An instance that is down
-/// then is retried in the background and counts as a failed vote meanwhile.
+/// then is retried in the background and counts as a failed vote meanwhile. To find a wrong
+/// password, a wrong address or a server too old at start-up instead, call
+/// [`LockManager::connect`] on the built manager: it checks every instance at once.
 #[derive(Debug)]
 #[must_use]
 pub struct RedisManagerBuilder {
