@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
-use redlock::mock::{MemoryBackend, VirtualClock};
-use redlock::{Clock, LockManager};
+use redlock_lease::mock::{MemoryBackend, VirtualClock};
+use redlock_lease::{Clock, LockManager};
 
 /// Counts allocations so the bench can report them per cycle.
 struct Counting;

@@ -26,17 +26,17 @@ use std::time::{Duration, Instant};
 use common::{
     floor_token, header, ms, ports, quantile, quick, start_servers, url, Flavour, Floor, TTL,
 };
-use redlock::{Error, Lock, LockManager};
+use redlock_lease::{Error, Lock, LockManager};
 
 const HOLD: Duration = Duration::from_millis(20);
 
 fn manager(ports: &[u16], wake: bool, fair: bool) -> LockManager {
-    let mut builder = redlock::fred::manager(ports.iter().map(|&p| url(p)))
+    let mut builder = redlock_lease::fred::manager(ports.iter().map(|&p| url(p)))
         // The bench counts handoffs, not give-ups: a waiter keeps waiting however long it takes.
         .retry_count(1_000)
         .wake_on_release(wake);
     if fair {
-        builder = builder.fair(redlock::DEFAULT_FAIR_GRACE);
+        builder = builder.fair(redlock_lease::DEFAULT_FAIR_GRACE);
     }
     builder.build().expect("valid configuration")
 }

@@ -24,7 +24,7 @@ use common::{
     backends, header, manager, ports, print_failures, quick, rss_kib, start_servers, warm_up,
     Failures, Flavour, Floor, Subject,
 };
-use redlock::Lock;
+use redlock_lease::Lock;
 
 struct Counting;
 
@@ -137,7 +137,7 @@ struct Held {
 }
 
 /// Takes `count` locks at once (over `TASKS` tasks) and measures them while all are held.
-async fn held_locks(manager: &redlock::LockManager, tag: &str, count: u64) -> Held {
+async fn held_locks(manager: &redlock_lease::LockManager, tag: &str, count: u64) -> Held {
     let rss_before = rss_kib();
     let live_before = LIVE_BYTES.load(Ordering::Relaxed);
     let allocations = ALLOCATIONS.load(Ordering::Relaxed);

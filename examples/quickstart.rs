@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redlock::fred::{TokioClock, TokioSpawner};
-use redlock::mock::MemoryBackend;
-use redlock::{Clock, Error, LockManager};
+use redlock_lease::fred::{TokioClock, TokioSpawner};
+use redlock_lease::mock::MemoryBackend;
+use redlock_lease::{Clock, Error, LockManager};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("using {} Redis instance(s)", urls.len());
         // Every aioredlock connection form works here: redis://, rediss://, unix sockets,
         // aioredlock's Sentinel URLs (redis://host:26379/4?master=leader), redis-sentinel://.
-        redlock::fred::manager(urls).build()?
+        redlock_lease::fred::manager(urls).build()?
     };
 
     assert!(!manager.is_locked("resource_name").await?);

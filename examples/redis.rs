@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use redlock::fred::{Instance, RedisConfig};
-use redlock::Error;
+use redlock_lease::fred::{Instance, RedisConfig};
+use redlock_lease::Error;
 
 fn instance(arg: &str) -> Instance {
     // `host:port` is the `(host, port)` tuple form; anything else is a URL.
@@ -36,7 +36,7 @@ async fn main() -> Result<(), Error> {
     }
 
     // Define a list of connections to your Redis instances, and create a lock manager:
-    let lock_manager = redlock::fred::manager(args.iter().map(|a| instance(a))).build()?;
+    let lock_manager = redlock_lease::fred::manager(args.iter().map(|a| instance(a))).build()?;
 
     // Check whether a resource is acquired by any other redlock instance:
     assert!(!lock_manager.is_locked("resource_name").await?);

@@ -8,7 +8,7 @@ use std::pin::pin;
 
 use common::{ms, Cluster, TTL};
 use futures::future::{select, Either};
-use redlock::LockManager;
+use redlock_lease::LockManager;
 
 /// Starts an acquire whose requests land at 10 ms and replies come at 20 ms, and drops it at
 /// 15 ms, when the keys are set but the client has not heard of it.
@@ -103,10 +103,13 @@ fn a_release_dropped_after_its_deletes_landed_still_completes_cleanly() {
     // cannot tell its own earlier deletes from a loss: it reports Lost (the conservative
     // answer) and ends released, rather than Unavailable or a success it cannot know.
     let again = c.sim.run(lock.release());
-    assert!(matches!(again, Err(redlock::Error::Lost(_))), "{again:?}");
+    assert!(
+        matches!(again, Err(redlock_lease::Error::Lost(_))),
+        "{again:?}"
+    );
     assert!(matches!(
         c.sim.run(lock.release()),
-        Err(redlock::Error::Released)
+        Err(redlock_lease::Error::Released)
     ));
     assert!(!lock.is_valid());
 }

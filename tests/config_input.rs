@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ms, Cluster, TTL};
-use redlock::mock::{MemoryBackend, Simulation};
-use redlock::{Error, InvalidInput, LockBackend, LockManager, MAX_KEY_LEN, MAX_TTL};
+use redlock_lease::mock::{MemoryBackend, Simulation};
+use redlock_lease::{Error, InvalidInput, LockBackend, LockManager, MAX_KEY_LEN, MAX_TTL};
 
 fn invalid<T: std::fmt::Debug>(result: Result<T, Error>) -> InvalidInput {
     match result {
@@ -78,8 +78,10 @@ fn drift_factors_outside_zero_to_one() {
         );
     }
     for good in [0.0, 0.01, 0.5, 0.999] {
+        // 0.999 leaves 8 ms of a 10 s lease: the instance timeout must fit in it.
         c.builder(1)
             .drift_factor(good)
+            .instance_timeout(Duration::from_millis(5))
             .build()
             .expect("valid factor");
     }
@@ -297,7 +299,8 @@ fn the_prefix_counts_towards_the_key_length() {
     let c = Cluster::new(3);
     let manager = c.builder(1).key_prefix("app:").build().expect("config");
     let fits = vec![b'a'; MAX_KEY_LEN - 4];
-    c.sim
+    let _held = c
+        .sim
         .run(manager.lock(&fits, TTL))
         .expect("prefix + name = MAX_KEY_LEN");
     let over = vec![b'a'; MAX_KEY_LEN - 3];
@@ -353,7 +356,7 @@ fn bad_rehydration_tokens_are_refused() {
         invalid(c.sim.run(manager.get_lock("res", ""))),
         InvalidInput::Token(_)
     ));
-    let long = vec![b't'; redlock::MAX_TOKEN_LEN + 1];
+    let long = vec![b't'; redlock_lease::MAX_TOKEN_LEN + 1];
     assert!(matches!(
         invalid(c.sim.run(manager.get_lock("res", &long))),
         InvalidInput::Token(_)

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{ms, Cluster, TTL};
-use redlock::{Error, InstanceOutcome, Lock, LockManager, RandomSource, SeededRandom};
+use redlock_lease::{Error, InstanceOutcome, Lock, LockManager, RandomSource, SeededRandom};
 
 /// Two clients on four instances, each close to one half: A reaches instances 0 and 1 in
 /// 1 ms and 2, 3 in 5 ms; B the other way round. Started together, each wins its near half.
@@ -17,15 +17,17 @@ fn split_pair(
     seeds: (u64, u64),
     delay: (Duration, Duration),
     attempts: u32,
+    wake_on_release: bool,
 ) -> (LockManager, LockManager) {
     let near_far = [ms(2), ms(2), ms(10), ms(10)];
     let far_near = [ms(10), ms(10), ms(2), ms(2)];
     let (a, _) = c.client(seeds.0, &near_far);
     let (b, _) = c.client(seeds.1, &far_near);
-    let build = |builder: redlock::LockManagerBuilder| {
+    let build = |builder: redlock_lease::LockManagerBuilder| {
         builder
             .retry_count(attempts)
             .retry_delay(delay.0, delay.1)
+            .wake_on_release(wake_on_release)
             .build()
             .expect("config")
     };
@@ -46,7 +48,7 @@ fn race(
 #[test]
 fn a_split_vote_fails_for_both() {
     let c = Cluster::new(4);
-    let (a, b) = split_pair(&c, (1, 2), (ms(100), ms(300)), 1);
+    let (a, b) = split_pair(&c, (1, 2), (ms(100), ms(300)), 1, true);
     let (ra, rb) = race(&c, &a, &b);
     for (name, result) in [("A", ra), ("B", rb)] {
         let err = result.expect_err("two of four is not a quorum");
@@ -70,23 +72,46 @@ fn a_split_vote_fails_for_both() {
 fn a_fixed_delay_with_identical_timing_can_livelock() {
     // Why jitter exists: with min == max, two clients that collided once retry at the same
     // instant and collide again, for every attempt they have.
-    let c = Cluster::new(4);
-    let (a, b) = split_pair(&c, (1, 2), (ms(50), ms(50)), 20);
-    let (ra, rb) = race(&c, &a, &b);
-    for (name, result) in [("A", ra), ("B", rb)] {
-        let err = result.expect_err("lock-step retries never break the tie");
-        assert!(matches!(err, Error::Contended(_)), "{name}: {err:?}");
-        assert_eq!(common::failure(&err).attempts, 20, "{name}");
+    for wake_on_release in [false, true] {
+        let c = Cluster::new(4);
+        let (a, b) = split_pair(&c, (1, 2), (ms(50), ms(50)), 20, wake_on_release);
+        let (ra, rb) = race(&c, &a, &b);
+        for (name, result) in [("A", ra), ("B", rb)] {
+            let err = result.expect_err("lock-step retries never break the tie");
+            assert!(matches!(err, Error::Contended(_)), "{name}: {err:?}");
+            let attempts = common::failure(&err).attempts;
+            if wake_on_release {
+                // Listening does not break the symmetry: after the first collision both
+                // subscribe, look once, find the resource free (both gave their halves back)
+                // and retry at once, in step again. A wake-up attempt inside its retry window
+                // is free, so there can be more attempts than `retry_count`.
+                assert!(attempts >= 20, "{name}: {attempts}");
+            } else {
+                assert_eq!(attempts, 20, "{name}");
+            }
+        }
+        assert_eq!(c.with_key(b"res"), 0);
+        // Nobody held the resource at any point, although it was free all along.
     }
-    assert_eq!(c.with_key(b"res"), 0);
-    // Nobody held the resource at any point, although it was free all along.
 }
 
 #[test]
 fn jitter_lets_one_client_win_within_a_few_rounds() {
+    for wake_on_release in [false, true] {
+        jitter_round(wake_on_release);
+    }
+}
+
+fn jitter_round(wake_on_release: bool) {
     for seed in 0..20 {
         let c = Cluster::new(4);
-        let (a, b) = split_pair(&c, (seed * 2 + 1, seed * 2 + 2), (ms(10), ms(200)), 10);
+        let (a, b) = split_pair(
+            &c,
+            (seed * 2 + 1, seed * 2 + 2),
+            (ms(10), ms(200)),
+            10,
+            wake_on_release,
+        );
         let won_at = Arc::new(Mutex::new(None));
         let attempt = |m: LockManager| {
             let won_at = Arc::clone(&won_at);
@@ -121,7 +146,7 @@ struct Window {
     to: Duration,
 }
 
-fn k_clients(seed: u64, k: usize, n: usize) -> Vec<Window> {
+fn k_clients(seed: u64, k: usize, n: usize, wake_on_release: bool) -> Vec<Window> {
     let c = Cluster::new(n);
     let windows = Arc::new(Mutex::new(Vec::new()));
     let mut handles = Vec::new();
@@ -133,6 +158,7 @@ fn k_clients(seed: u64, k: usize, n: usize) -> Vec<Window> {
         let manager = builder
             .retry_count(200)
             .retry_delay(ms(5), ms(60))
+            .wake_on_release(wake_on_release)
             .build()
             .expect("config");
         let clock = Arc::clone(&c.clock);
@@ -167,19 +193,19 @@ fn k_clients(seed: u64, k: usize, n: usize) -> Vec<Window> {
 
 #[test]
 fn k_clients_take_turns_and_all_get_it() {
-    for seed in 0..10 {
-        let windows = k_clients(seed, 5, 5);
+    for (seed, wake_on_release) in (0..10).flat_map(|seed| [(seed, false), (seed, true)]) {
+        let windows = k_clients(seed, 5, 5, wake_on_release);
         let mut clients: Vec<usize> = windows.iter().map(|w| w.client).collect();
         clients.sort_unstable();
         assert_eq!(
             clients,
             vec![0, 1, 2, 3, 4],
-            "seed {seed}: everyone acquired once"
+            "seed {seed} (wake {wake_on_release}): everyone acquired once"
         );
         for pair in windows.windows(2) {
             assert!(
                 pair[0].to <= pair[1].from,
-                "seed {seed}: overlapping holders {pair:?}"
+                "seed {seed} (wake {wake_on_release}): overlapping holders {pair:?}"
             );
         }
     }
@@ -190,6 +216,14 @@ fn k_clients_are_reproducible_from_the_seed() {
     let order = |w: Vec<Window>| -> Vec<(usize, Duration)> {
         w.iter().map(|w| (w.client, w.from)).collect()
     };
-    assert_eq!(order(k_clients(3, 5, 5)), order(k_clients(3, 5, 5)));
-    assert_ne!(order(k_clients(3, 5, 5)), order(k_clients(4, 5, 5)));
+    for wake in [false, true] {
+        assert_eq!(
+            order(k_clients(3, 5, 5, wake)),
+            order(k_clients(3, 5, 5, wake))
+        );
+        assert_ne!(
+            order(k_clients(3, 5, 5, wake)),
+            order(k_clients(4, 5, 5, wake))
+        );
+    }
 }

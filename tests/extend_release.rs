@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ms, Cluster, TTL};
-use redlock::{Error, InstanceOutcome, Lock, LossReason};
+use redlock_lease::{Error, InstanceOutcome, Lock, LossReason};
 
 fn loss(e: &Error) -> LossReason {
     match e {

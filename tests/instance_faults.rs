@@ -8,7 +8,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use common::{ms, Cluster, TTL};
-use redlock::{BackendErrorKind, Error, InstanceOutcome};
+use redlock_lease::{BackendErrorKind, Error, InstanceOutcome};
 
 const RIVAL: &[u8] = b"rival-token";
 

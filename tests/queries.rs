@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{ms, Cluster, TTL};
-use redlock::{Error, LossReason};
+use redlock_lease::{Error, LossReason};
 
 fn loss(e: &Error) -> LossReason {
     match e {
@@ -38,7 +38,7 @@ fn is_locked_sees_any_holder_on_a_quorum() {
 fn is_locked_is_unavailable_when_it_cannot_tell() {
     let c = Cluster::new(5);
     let manager = c.manager(1);
-    c.sim.run(manager.lock("res", TTL)).expect("lock");
+    let _held = c.sim.run(manager.lock("res", TTL)).expect("lock");
     for f in &c.faults[..3] {
         f.set_down(true);
     }
@@ -116,6 +116,10 @@ fn get_lock_rehydrates_with_the_validity_a_quorum_still_grants() {
     assert_eq!(again.validity(), ms(6_928));
     assert_eq!(again.remaining(), ms(6_928));
     assert_eq!(again.ttl(), other.config().internal_lock_timeout());
+    assert!(!again.is_owned(), "a rehydrated handle is borrowed");
+    assert!(other.active_locks().is_empty());
+    again.adopt();
+    assert!(again.is_owned());
     assert_eq!(other.active_locks().len(), 1);
     // It is the same lock: releasing it through the other manager frees the resource.
     c.sim.run(again.release()).expect("release");
@@ -251,4 +255,82 @@ fn close_reports_locks_it_could_not_release() {
     assert_eq!(report.failed[0].0, b"a".to_vec());
     assert!(matches!(report.failed[0].1, Error::Unavailable(_)));
     assert!(manager.is_closed());
+}
+
+/// Lets background tasks (a dropped lock's release) run.
+fn settle(c: &Cluster) {
+    let clock = std::sync::Arc::clone(&c.clock);
+    c.sim.run(async move { clock.sleep(ms(1)).await });
+}
+
+#[test]
+fn a_borrowed_handle_releases_nothing_when_dropped_or_closed() {
+    let c = Cluster::new(3);
+    let owner = c.manager(1);
+    let lock = c.sim.run(owner.lock("res", TTL)).expect("lock");
+    let token = lock.token().to_vec();
+    let other = c.builder(2).spawner(c.sim.spawner()).build().unwrap();
+    let borrowed = c.sim.run(other.get_lock("res", &token)).expect("rehydrate");
+    drop(borrowed);
+    settle(&c);
+    assert_eq!(
+        c.with_key(b"res"),
+        3,
+        "dropping a borrowed handle leaves the lock"
+    );
+    let _again = c.sim.run(other.get_lock("res", &token)).expect("rehydrate");
+    let report = c.sim.run(other.close()).expect("close");
+    assert_eq!(report.released, 0);
+    assert_eq!(
+        c.with_key(b"res"),
+        3,
+        "closing leaves a borrowed lock to its owner"
+    );
+    c.sim.run(lock.release()).expect("the owner still holds it");
+
+    // Adopted, it is released on drop like any owned lock.
+    let lock = c.sim.run(owner.lock("res", TTL)).expect("lock");
+    let third = c.builder(3).spawner(c.sim.spawner()).build().unwrap();
+    let adopted = c
+        .sim
+        .run(third.get_lock("res", lock.token()))
+        .expect("rehydrate");
+    adopted.adopt();
+    drop(adopted);
+    settle(&c);
+    assert_eq!(
+        c.with_key(b"res"),
+        0,
+        "an adopted handle is released when dropped"
+    );
+    assert!(matches!(c.sim.run(lock.release()), Err(Error::Lost(_))));
+}
+
+#[test]
+fn errors_name_the_resource() {
+    let c = Cluster::new(3);
+    let holder = c.manager(1);
+    let _held = c.sim.run(holder.lock("invoice:42", TTL)).expect("lock");
+    let rival = c.builder(2).retry_count(1).build().expect("config");
+    let err = c
+        .sim
+        .run(rival.lock("invoice:42", TTL))
+        .expect_err("held by the first");
+    assert!(matches!(err, Error::Contended(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "resource \"invoice:42\" is held by another client"
+    );
+    let never = c
+        .sim
+        .run(rival.get_lock("invoice:42", "not-a-token-of-it"))
+        .expect_err("never held with that token");
+    assert_eq!(
+        never.to_string(),
+        "lock lost: a quorum of instances does not hold this lock's token"
+    );
+    assert_eq!(
+        common::failure(&never).resource.as_deref(),
+        Some(&b"invoice:42"[..])
+    );
 }

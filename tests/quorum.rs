@@ -6,7 +6,7 @@
 mod common;
 
 use common::{Cluster, TTL};
-use redlock::{Error, InstanceOutcome};
+use redlock_lease::{Error, InstanceOutcome};
 
 const RIVAL: &[u8] = b"rival-token";
 

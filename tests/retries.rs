@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ms, times_of, CallLog, Cluster, Recorder, TTL};
-use redlock::{Error, LockManager, SeededRandom};
+use redlock_lease::{Error, LockManager, SeededRandom};
 
 const RIVAL: &[u8] = b"rival-token";
 
@@ -19,12 +19,23 @@ fn recorded_manager(
     attempts: u32,
     delay: (Duration, Duration),
 ) -> (LockManager, CallLog) {
+    recorded_manager_with(c, seed, attempts, delay, true)
+}
+
+fn recorded_manager_with(
+    c: &Cluster,
+    seed: u64,
+    attempts: u32,
+    delay: (Duration, Duration),
+    wake_on_release: bool,
+) -> (LockManager, CallLog) {
     let (backends, log) = Recorder::wrap(&c.backends, &c.clock);
     let manager = LockManager::builder(Arc::clone(&c.clock))
         .instances(backends)
         .random(Arc::new(SeededRandom::new(seed)))
         .retry_count(attempts)
         .retry_delay(delay.0, delay.1)
+        .wake_on_release(wake_on_release)
         .build()
         .expect("config");
     (manager, log)
@@ -33,9 +44,19 @@ fn recorded_manager(
 /// Start times of every attempt of one acquire that never succeeds (a rival holds all five
 /// instances for good).
 fn attempt_times(seed: u64, attempts: u32, delay: (Duration, Duration)) -> Vec<Duration> {
+    attempt_times_with(seed, attempts, delay, true).0
+}
+
+/// [`attempt_times`], and how many subscriptions to release announcements were made.
+fn attempt_times_with(
+    seed: u64,
+    attempts: u32,
+    delay: (Duration, Duration),
+    wake_on_release: bool,
+) -> (Vec<Duration>, usize) {
     let c = Cluster::new(5);
     c.occupy(0..5, b"res", RIVAL);
-    let (manager, log) = recorded_manager(&c, seed, attempts, delay);
+    let (manager, log) = recorded_manager_with(&c, seed, attempts, delay, wake_on_release);
     let err = c
         .sim
         .run(manager.lock("res", TTL))
@@ -54,7 +75,13 @@ fn attempt_times(seed: u64, attempts: u32, delay: (Duration, Duration)) -> Vec<D
         attempts as usize * 5,
         "one acquire per instance per attempt"
     );
-    times
+    let subscriptions = log
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|call| call.op == "subscribe")
+        .count();
+    (times, subscriptions)
 }
 
 fn gaps(times: &[Duration]) -> Vec<Duration> {
@@ -95,6 +122,21 @@ fn delays_are_reproducible_from_the_seed() {
     let other = attempt_times(8, 6, delay);
     assert_eq!(a, b, "same seed, same virtual timestamps");
     assert_ne!(a, other, "another seed, another schedule");
+}
+
+#[test]
+fn announcements_leave_the_schedule_alone_when_nothing_is_released() {
+    // The rival never lets go: a waiter listening for releases hears none, and retries on the
+    // same jittered schedule as one that only polls.
+    let delay = (ms(100), ms(300));
+    let (listening, subscriptions) = attempt_times_with(42, 6, delay, true);
+    let (polling, none) = attempt_times_with(42, 6, delay, false);
+    assert_eq!(
+        subscriptions, 5,
+        "one subscription per instance for the whole call"
+    );
+    assert_eq!(none, 0);
+    assert_eq!(listening, polling);
 }
 
 #[test]
@@ -166,10 +208,13 @@ fn every_attempt_uses_the_same_token() {
         .expect_err("rival holds a majority");
     assert_eq!(common::failure(&err).attempts, 4);
     assert_eq!(times_of(&log, "acquire").len(), 4);
+    // While it waits, the manager also subscribes to release announcements and looks at the
+    // key once (calls without a token); the releases after failed attempts announce.
     let mut tokens: Vec<Vec<u8>> = log
         .lock()
         .expect("log")
         .iter()
+        .filter(|call| matches!(call.op, "acquire" | "release" | "release_and_notify"))
         .map(|call| call.token.clone())
         .collect();
     assert_eq!(

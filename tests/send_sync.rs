@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use redlock::mock::{FaultyBackend, MemoryBackend, Simulation, VirtualClock};
-use redlock::{Error, Failure, Lock, LockManager, LockManagerBuilder, SeededRandom};
+use redlock_lease::mock::{FaultyBackend, MemoryBackend, Simulation, VirtualClock};
+use redlock_lease::{Error, Failure, Lock, LockManager, LockManagerBuilder, SeededRandom};
 
 fn send_sync<T: Send + Sync>() {}
 fn send<T: Send>(_: &T) {}
@@ -56,5 +56,13 @@ fn a_lock_can_move_to_another_thread() {
     let token = std::thread::spawn(move || lock.token().to_vec())
         .join()
         .expect("thread");
-    assert_eq!(token.len(), 32, "128 random bits, hex-encoded");
+    let (random, suffix) = token.split_at(32);
+    assert!(
+        random.iter().all(u8::is_ascii_hexdigit),
+        "128 random bits, hex-encoded, first"
+    );
+    assert!(
+        suffix.starts_with(b"-"),
+        "then the manager's and the lock's numbers"
+    );
 }

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{ms, Cluster, TTL};
-use redlock::{Error, InstanceOutcome};
+use redlock_lease::{Error, InstanceOutcome};
 
 #[test]
 fn ten_seconds_with_twenty_ms_elapsed_leaves_9878_ms() {
@@ -46,14 +46,16 @@ fn validity_is_measured_on_the_quorum_th_reply_not_the_slowest() {
 }
 
 /// Builds a single-attempt manager where every reply arrives after `latency`. The timeout is
-/// larger than the TTL so that only the validity arithmetic decides.
-fn attempt_with_latency(latency: Duration) -> (Cluster, Result<redlock::Lock, Error>) {
+/// larger than the TTL so that only the validity arithmetic decides (the internal lease is
+/// raised with it: the builder wants a renewal round to fit in that lease).
+fn attempt_with_latency(latency: Duration) -> (Cluster, Result<redlock_lease::Lock, Error>) {
     let c = Cluster::new(5);
     c.set_latency(latency);
     let manager = c
         .builder(1)
         .retry_count(1)
         .instance_timeout(ms(20_000))
+        .internal_lock_timeout(ms(30_000))
         .build()
         .expect("config");
     let result = c.sim.run(manager.lock("res", TTL));

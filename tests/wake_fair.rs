@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redlock::mock::{MemoryBackend, Simulation};
-use redlock::{Clock, Error, LockBackend, LockManager, LockManagerBuilder, SeededRandom};
+use redlock_lease::mock::{MemoryBackend, Simulation};
+use redlock_lease::{Clock, Error, LockBackend, LockManager, LockManagerBuilder, SeededRandom};
 
 const TTL: Duration = Duration::from_secs(10);
 const HOLD: Duration = Duration::from_millis(20);
@@ -69,6 +69,45 @@ fn a_waiter_wakes_when_the_lock_is_released_not_when_its_delay_ends() {
     assert!(polled >= ms(100), "{polled:?}");
 }
 
+/// [`waiter_acquired_at`] through fault-injecting decorators with 4 ms per call: the
+/// decorators pass the announcements through, delayed like every call.
+fn waiter_behind_decorators_acquired_at(wake: bool) -> Duration {
+    let c = common::Cluster::new(3);
+    let latencies = [ms(4); 3];
+    let holder = c.client(1, &latencies).0.build().unwrap();
+    let waiter = c
+        .client(2, &latencies)
+        .0
+        .wake_on_release(wake)
+        .build()
+        .unwrap();
+    let lock = c.sim.run(holder.lock("r", TTL)).unwrap();
+    let clock = Arc::clone(&c.clock);
+    c.sim
+        .spawn(async move {
+            clock.sleep(ms(50)).await;
+            lock.release().await.unwrap();
+        })
+        .detach();
+    let clock = Arc::clone(&c.clock);
+    c.sim.run(async move {
+        let got = waiter.lock("r", TTL).await.unwrap();
+        let at = clock.now();
+        got.release().await.unwrap();
+        at
+    })
+}
+
+#[test]
+fn a_waiter_behind_faulty_decorators_wakes_on_the_release() {
+    let woken = waiter_behind_decorators_acquired_at(true);
+    // The release starts at 54 ms (after the holder's 4 ms acquire) and lands 2 ms later; the
+    // waiter's next attempt then takes one 4 ms round.
+    assert_eq!(woken, ms(54 + 2 + 4));
+    let polled = waiter_behind_decorators_acquired_at(false);
+    assert!(polled >= ms(100), "{polled:?}");
+}
+
 #[test]
 fn a_release_before_the_subscription_is_still_seen() {
     // The holder releases at the very moment the waiter's attempt is refused, before the
@@ -98,7 +137,7 @@ fn handoff(fair: bool, span: Duration) -> ([u64; 2], u64) {
     for task in 0..2usize {
         let mut builder = w.builder(10 + task as u64);
         if fair {
-            builder = builder.fair(redlock::DEFAULT_FAIR_GRACE);
+            builder = builder.fair(redlock_lease::DEFAULT_FAIR_GRACE);
         }
         let manager = builder.build().unwrap();
         let clock = Arc::clone(&w.clock);

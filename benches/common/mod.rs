@@ -15,9 +15,9 @@ use fred::types::config::{
 };
 use fred::types::{ClusterHash, CustomCommand, Expiration, SetOptions, Value};
 use futures::future::join_all;
-use redlock::fred::harness::RedisServer;
-use redlock::fred::{ConnectionOptions, RedisBackend};
-use redlock::{LockBackend, LockManager, DEFAULT_INSTANCE_TIMEOUT};
+use redlock_lease::fred::harness::RedisServer;
+use redlock_lease::fred::{ConnectionOptions, RedisBackend};
+use redlock_lease::{LockBackend, LockManager, DEFAULT_INSTANCE_TIMEOUT};
 
 /// aioredlock's default lease.
 pub const TTL: Duration = Duration::from_secs(10);
@@ -56,7 +56,7 @@ impl Flavour {
 }
 
 pub fn start_servers(n: usize) -> Vec<RedisServer> {
-    redlock::fred::harness::require_redis();
+    redlock_lease::fred::harness::require_redis();
     (0..n).map(|_| RedisServer::start()).collect()
 }
 
@@ -71,7 +71,7 @@ pub fn ports(servers: &[RedisServer]) -> Vec<u16> {
 /// A manager over `ports` as an application would build it, with wake-on-release on or off.
 /// Must be called inside the runtime that will drive it (connections are made lazily there).
 pub fn manager(ports: &[u16], wake: bool) -> LockManager {
-    redlock::fred::manager(ports.iter().map(|&p| url(p)))
+    redlock_lease::fred::manager(ports.iter().map(|&p| url(p)))
         .wake_on_release(wake)
         .build()
         .expect("valid configuration")

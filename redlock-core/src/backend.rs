@@ -7,6 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+mod forward;
+
 /// One independent lock instance (one Redis master, one simulated server, ...).
 ///
 /// A [`LockManager`](crate::LockManager) holds N of these and runs the Redlock algorithm over
@@ -36,6 +38,10 @@ use futures::stream::BoxStream;
 /// 8. **"No" is not an error.** `Ok(false)` / `Ok(None)` are ordinary answers. `Err` means the
 ///    instance could not give an answer (unreachable, timed out, refused the command, the key
 ///    holds a value of another type, ...).
+///    A key that holds a value of another type (application data: a Redis list, a hash, ...)
+///    makes every method (`acquire`, `extend`, `release`, `inspect`, and
+///    [`ReleaseNotify::release_and_notify`]) return `Err` of kind
+///    [`BackendErrorKind::WrongType`], and leaves that value as it was.
 /// 9. **On its way after the first poll.** Once a returned future has been polled once, the
 ///    request must reach the instance even if the future is then dropped (the manager polls every
 ///    call once, then may stop waiting as soon as a quorum has answered). A backend that needs
@@ -47,6 +53,14 @@ use futures::stream::BoxStream;
 /// 11. `ttl` is at least one millisecond and a whole number of milliseconds.
 /// 12. Futures are `Send` and the backend is `Send + Sync`, so one manager can drive instances of
 ///     different kinds as `Arc<dyn LockBackend>`.
+///
+/// # Decorators
+///
+/// A backend that wraps another (fault injection, logging, metrics) must forward every method,
+/// the provided ones included: the defaults would silently drop the inner backend's
+/// configuration check and its release announcements. Put `#[deny(clippy::missing_trait_methods)]`
+/// on the impl so a method added later cannot be forgotten. `Arc<B>` and `Box<B>` forward
+/// everything, so a decorator generic over `B: LockBackend` also wraps an `Arc<dyn LockBackend>`.
 #[async_trait]
 pub trait LockBackend: Send + Sync + fmt::Debug {
     /// The failure domain this instance belongs to, e.g. `"127.0.0.1:6379"`.

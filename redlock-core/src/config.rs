@@ -25,7 +25,6 @@ pub struct Config {
     /// Fair mode's grace, when fair mode is on.
     pub(crate) fair: Option<Duration>,
     /// Off only in tests that prove their checkers catch work running past the deadline.
-    #[allow(dead_code)]
     pub(crate) deadline_guard: bool,
 }
 
@@ -131,6 +130,12 @@ pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
 pub const DEFAULT_INSTANCE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Default lease of locks taken without an explicit TTL.
 pub const DEFAULT_INTERNAL_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest delay between attempts accepted: one hour. Longer ones are almost certainly a
+/// unit mistake, and would make `lock` hang for as long.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+/// The longest fair-mode grace accepted: one minute. The grace delays the releaser's next
+/// acquire; a longer one is a unit mistake.
+pub const MAX_FAIR_GRACE: Duration = Duration::from_secs(60);
 
 impl LockManagerBuilder {
     /// A builder whose deadlines and sleeps use `clock` (tokio's in `redlock-fred`, a virtual one
@@ -185,7 +190,8 @@ impl LockManagerBuilder {
     }
 
     /// The range a random delay between attempts is drawn from (uniformly, so that clients
-    /// contending for one resource fall out of step). `min == max` and zero are allowed.
+    /// contending for one resource fall out of step). `min == max` and zero are allowed; `max`
+    /// is at most [`MAX_RETRY_DELAY`].
     pub fn retry_delay(mut self, min: Duration, max: Duration) -> Self {
         self.retry_delay = (min, max);
         self
@@ -197,7 +203,10 @@ impl LockManagerBuilder {
         self
     }
 
-    /// How long one call to one instance may take before it counts as failed.
+    /// How long one call to one instance may take before it counts as failed; it bounds every
+    /// round (acquire, extend, release, check). Must be shorter than the validity of
+    /// `internal_lock_timeout` (its TTL less the drift allowance), so that a renewal round fits
+    /// in the lease it renews.
     pub fn instance_timeout(mut self, timeout: Duration) -> Self {
         self.instance_timeout = timeout;
         self
@@ -232,8 +241,9 @@ impl LockManagerBuilder {
     /// Fair mode: after releasing a lock that someone was waiting for, this manager's next
     /// acquire of the same resource waits `grace` first, so the waiter gets its turn instead of
     /// the releaser winning again at once. A waiter that vanished delays the releaser by at most
-    /// `grace` ([`DEFAULT_FAIR_GRACE`](crate::DEFAULT_FAIR_GRACE) is 20 ms). Needs
-    /// `wake_on_release` and a backend that reports listeners; otherwise it has no effect.
+    /// `grace` ([`DEFAULT_FAIR_GRACE`](crate::DEFAULT_FAIR_GRACE) is 20 ms; at most
+    /// [`MAX_FAIR_GRACE`]). Needs `wake_on_release` (a build error otherwise) and a backend that
+    /// reports listeners (without one it has no effect).
     pub fn fair(mut self, grace: Duration) -> Self {
         self.fair = Some(grace);
         self
@@ -254,8 +264,11 @@ impl LockManagerBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] when there is no instance, two instances share an id,
-    /// `retry_count` is 0, the delay range has min > max, the drift factor is not in `[0, 1)`,
-    /// the instance timeout is zero, or `internal_lock_timeout` is not a usable TTL.
+    /// `retry_count` is 0, the delay range has min > max or max above [`MAX_RETRY_DELAY`], the
+    /// drift factor is not in `[0, 1)`, the instance timeout is zero or not shorter than the
+    /// validity of `internal_lock_timeout`, `internal_lock_timeout` is not a usable TTL, fair
+    /// mode is on without `wake_on_release` or with a grace above [`MAX_FAIR_GRACE`], or a
+    /// backend refuses the settings ([`LockBackend::check_config`]).
     pub fn build(self) -> Result<LockManager, Error> {
         let invalid = |what| Err(Error::invalid(what));
         if self.instances.is_empty() {
@@ -274,6 +287,28 @@ impl LockManagerBuilder {
         if min > max {
             return invalid(InvalidInput::RetryDelayRange { min, max });
         }
+        if max > MAX_RETRY_DELAY {
+            return invalid(InvalidInput::Setting {
+                setting: "retry_delay",
+                problem: format!("max {max:?} is longer than {MAX_RETRY_DELAY:?}"),
+            });
+        }
+        if let Some(grace) = self.fair {
+            if !self.wake_on_release {
+                return invalid(InvalidInput::Setting {
+                    setting: "fair",
+                    problem: "fair mode needs wake_on_release: a waiter that is not woken by \
+                              the release cannot take its turn"
+                        .into(),
+                });
+            }
+            if grace > MAX_FAIR_GRACE {
+                return invalid(InvalidInput::Setting {
+                    setting: "fair",
+                    problem: format!("grace {grace:?} is longer than {MAX_FAIR_GRACE:?}"),
+                });
+            }
+        }
         let Some(drift) = DriftPpm::from_factor(self.drift_factor) else {
             return invalid(InvalidInput::DriftFactor(self.drift_factor.to_string()));
         };
@@ -289,6 +324,17 @@ impl LockManagerBuilder {
                     })
                 },
             )?;
+        let validity = drift.validity(internal_lock_timeout, Duration::ZERO);
+        if self.instance_timeout >= validity {
+            return invalid(InvalidInput::Setting {
+                setting: "instance_timeout",
+                problem: format!(
+                    "{:?} must be shorter than the validity of internal_lock_timeout \
+                     ({validity:?}), or no renewal round fits in the lease it renews",
+                    self.instance_timeout
+                ),
+            });
+        }
         let config = Config {
             retry_count: self.retry_count,
             retry_delay_min: min,

@@ -1,21 +1,71 @@
 //! The backend conformance suite: one `async fn` per rule of the
-//! [`LockBackend` contract](crate::LockBackend#contract). Every backend runs it.
+//! [`LockBackend` contract](crate::LockBackend#contract) and of the
+//! [`ReleaseNotify` contract](crate::ReleaseNotify#contract). Every backend runs it.
 //!
 //! Each function panics (like `assert!`) when the backend breaks the rule. Keys are built from
 //! `namespace`, so runs against a shared server do not collide; pass something unique per run.
+//! Every rule deletes the keys it made, so the instance is left as it was found.
+//!
+//! Some rules need what a lock client cannot do, such as storing a list under a key; the test
+//! that runs the suite provides it through a [`Fixture`] with direct access to the instance.
 //!
 //! ```no_run
-//! # async fn demo(backend: &dyn redlock_core::LockBackend, clock: &dyn redlock_core::Clock) {
-//! redlock_core::conformance::run_all(backend, clock, b"my-test-run-42:").await;
-//! # }
+//! use redlock_core::conformance::{self, Fixture};
+//!
+//! async fn demo(
+//!     backend: &dyn redlock_core::LockBackend,
+//!     clock: &dyn redlock_core::Clock,
+//!     fixture: &dyn Fixture,
+//! ) {
+//!     conformance::run_all(backend, clock, fixture, b"my-test-run-42:").await;
+//! }
 //! ```
+//!
+//! A decorator (fault injection, metrics, ...) should pass the suite too, with its faults off,
+//! wrapped around a backend that passes: it shows the decorator forwards what it must.
 
 use std::time::Duration;
+
+use async_trait::async_trait;
 
 use crate::backend::LockBackend;
 use crate::runtime::Clock;
 
+mod notify;
+mod wrong_type;
+
+pub use notify::{
+    a_subscription_hears_every_later_release, dropping_a_subscription_unsubscribes,
+    release_and_notify_is_a_token_checked_release, release_notify_is_offered_as_declared,
+    releases_are_heard_per_key,
+};
+pub use wrong_type::another_type_is_an_error_and_left_alone;
+
 const LONG: Duration = Duration::from_secs(30);
+
+/// What the suite needs from the test that runs it, besides the backend: direct access to the
+/// instance behind the backend, for what a lock client cannot do.
+///
+/// A failure to do what is asked should panic (it fails the test, as an assertion would).
+#[async_trait]
+pub trait Fixture: Send + Sync {
+    /// Stores a value of a type other than a string under `key`, without expiry, as an
+    /// application's data would be (a Redis list, say). Replaces whatever `key` held.
+    async fn plant_other_type(&self, key: &[u8]);
+
+    /// Whether `key` still holds exactly what [`plant_other_type`](Self::plant_other_type)
+    /// stored there, still without expiry.
+    async fn other_type_intact(&self, key: &[u8]) -> bool;
+
+    /// Deletes `key`, whatever it holds.
+    async fn delete(&self, key: &[u8]);
+
+    /// Whether the backend is meant to announce releases
+    /// ([`LockBackend::release_notify`] returns `Some`). The suite checks that it does exactly
+    /// when this says so (a decorator that drops the capability is caught), and runs the
+    /// [`ReleaseNotify`](crate::ReleaseNotify) rules when it does.
+    fn announces_releases(&self) -> bool;
+}
 
 fn key(namespace: &[u8], name: &[u8]) -> Vec<u8> {
     let mut k = namespace.to_vec();
@@ -33,8 +83,13 @@ async fn must<T, E: std::fmt::Debug>(
     }
 }
 
-/// Runs every check below, in order.
-pub async fn run_all(backend: &dyn LockBackend, clock: &dyn Clock, namespace: &[u8]) {
+/// Runs every check of this module, in order.
+pub async fn run_all(
+    backend: &dyn LockBackend,
+    clock: &dyn Clock,
+    fixture: &dyn Fixture,
+    namespace: &[u8],
+) {
     round_trip(backend, namespace).await;
     acquire_is_exclusive(backend, namespace).await;
     foreign_token_is_never_released_or_extended(backend, namespace).await;
@@ -44,6 +99,14 @@ pub async fn run_all(backend: &dyn LockBackend, clock: &dyn Clock, namespace: &[
     ttl_expiry(backend, clock, namespace).await;
     extend_does_not_resurrect(backend, clock, namespace).await;
     extend_resets_ttl(backend, clock, namespace).await;
+    another_type_is_an_error_and_left_alone(backend, fixture, namespace).await;
+    release_notify_is_offered_as_declared(backend, fixture);
+    if fixture.announces_releases() {
+        release_and_notify_is_a_token_checked_release(backend, namespace).await;
+        a_subscription_hears_every_later_release(backend, clock, namespace).await;
+        releases_are_heard_per_key(backend, clock, namespace).await;
+        dropping_a_subscription_unsubscribes(backend, clock, namespace).await;
+    }
 }
 
 /// acquire → inspect shows the token with a TTL → release → absent.

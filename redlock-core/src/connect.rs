@@ -24,10 +24,10 @@ impl LockManager {
     /// - [`Error::Closed`]: the manager was closed.
     pub async fn connect(&self) -> Result<(), Error> {
         self.inner.ensure_open()?;
-        let instances = &self.inner.instances;
-        let start = self.inner.clock.now();
+        let instances = &self.inner.engine.instances;
+        let start = self.inner.engine.clock.now();
         let results = join_all(instances.iter().map(|b| b.connect())).await;
-        let elapsed = self.inner.clock.now().saturating_sub(start);
+        let elapsed = self.inner.engine.clock.now().saturating_sub(start);
         let mut failed = false;
         let reports = instances
             .iter()
@@ -47,6 +47,8 @@ impl LockManager {
             return Ok(());
         }
         Err(Error::Unavailable(Box::new(Failure {
+            // About no resource: the instances themselves.
+            resource: None,
             attempts: 1,
             quorum: round::quorum(instances.len()),
             instances: reports,

@@ -26,15 +26,15 @@ pub enum Error {
 
     /// Another client holds the resource: enough instances answered, but too many said no.
     /// Trying again later may succeed.
-    #[error("resource is held by another client")]
+    #[error("{} is held by another client", Named(.0))]
     Contended(#[source] Box<Failure>),
 
     /// Too few instances answered (errors or timeouts) to reach or refute a quorum.
-    #[error("too few instances answered to decide")]
+    #[error("{}: too few instances answered to decide", Named(.0))]
     Unavailable(#[source] Box<Failure>),
 
     /// A quorum was reached, but so slowly that no validity was left (elapsed + drift >= TTL).
-    #[error("quorum reached too late: no validity left")]
+    #[error("{}: quorum reached too late, no validity left", Named(.0))]
     ValidityExpired(#[source] Box<Failure>),
 
     /// The lock is no longer held by this client. Anything it protected may already be in
@@ -69,6 +69,19 @@ impl Error {
             self,
             Self::Contended(_) | Self::Unavailable(_) | Self::ValidityExpired(_)
         )
+    }
+
+    /// Names `resource` in the per-instance report, so that the message says which lock.
+    pub(crate) fn about(mut self, resource: &[u8]) -> Self {
+        let failure = match &mut self {
+            Self::Contended(f) | Self::Unavailable(f) | Self::ValidityExpired(f) => Some(&mut **f),
+            Self::Lost(l) => l.failure.as_deref_mut(),
+            _ => None,
+        };
+        if let Some(f) = failure {
+            f.resource = Some(resource.to_vec());
+        }
+        self
     }
 
     pub(crate) fn invalid(what: InvalidInput) -> Self {
@@ -117,6 +130,13 @@ pub enum InvalidInput {
     ResourceTooLong(usize),
     /// A token given to rehydrate a lock is empty or too long.
     Token(&'static str),
+    /// A manager setting is out of range or conflicts with another.
+    Setting {
+        /// The builder setting, e.g. `"instance_timeout"`.
+        setting: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// A backend-specific configuration problem (bad URL, unknown parameter, TLS not compiled
     /// in, ...).
     Config(String),
@@ -150,6 +170,7 @@ impl fmt::Display for InvalidInput {
                 crate::MAX_KEY_LEN
             ),
             Self::Token(reason) => write!(f, "token {reason}"),
+            Self::Setting { setting, problem } => write!(f, "{setting}: {problem}"),
             Self::Config(msg) => f.write_str(msg),
         }
     }
@@ -170,7 +191,7 @@ impl fmt::Display for LossReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Expired => "its validity ran out",
-            Self::NotHeld => "a quorum of instances no longer holds our token",
+            Self::NotHeld => "a quorum of instances does not hold this lock's token",
         })
     }
 }
@@ -211,7 +232,10 @@ pub struct InstanceReport {
 
 /// The per-instance report of a failed operation.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Failure {
+    /// The resource the operation was about, when known.
+    pub resource: Option<Vec<u8>>,
     /// How many attempts were made (acquire retries; 1 for other operations).
     pub attempts: u32,
     /// The quorum that was needed.
@@ -220,6 +244,23 @@ pub struct Failure {
     pub instances: Vec<InstanceReport>,
     /// How long the last attempt took on the manager's clock.
     pub elapsed: Duration,
+}
+
+/// Displays a failure's resource name for a message: quoted, lossy UTF-8, shortened.
+struct Named<'a>(&'a Failure);
+
+impl fmt::Display for Named<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 64;
+        match &self.0.resource {
+            None => f.write_str("the resource"),
+            Some(name) => {
+                let text = String::from_utf8_lossy(&name[..name.len().min(SHOWN)]);
+                let more = if name.len() > SHOWN { "…" } else { "" };
+                write!(f, "resource {:?}{more}", text.as_ref())
+            }
+        }
+    }
 }
 
 impl Failure {

@@ -43,6 +43,15 @@
 //! separates it from the next one. Extend follows the same rules with a fresh `T1`; release
 //! sends a compare-and-delete to every instance.
 //!
+//! # The deadline
+//!
+//! A lock is yours until its deadline, `T1 + ttl − drift` on the manager's monotonic clock.
+//! [`LockManager::with_lock`] checks it before every poll of the work and wakes at it, so the
+//! work is never polled after the deadline, whatever the renewal is doing; renewal starts early
+//! enough that a whole round fits before the deadline, and every renewal round is cut at it.
+//! Once [`Lock::is_valid`] returns `false` it stays `false`. See [`LockManager::with_lock`] for
+//! the exact promise and its limit (a step already running, a paused process).
+//!
 //! # What this lock does not protect against
 //!
 //! A Redlock lock is a lease: it is safe while its assumptions hold, and this library tells you
@@ -69,12 +78,15 @@ mod config;
 #[cfg(feature = "testing")]
 pub mod conformance;
 mod connect;
+mod engine;
 mod error;
+mod lease;
 mod lifecycle;
 mod lock;
 mod manager;
 mod round;
 mod runtime;
+mod scoped;
 mod validity;
 mod wait;
 
@@ -82,10 +94,11 @@ pub use backend::{BackendError, BackendErrorKind, KeyState, LockBackend, Release
 pub use config::{
     Config, LockManagerBuilder, DEFAULT_DRIFT_FACTOR, DEFAULT_INSTANCE_TIMEOUT,
     DEFAULT_INTERNAL_LOCK_TIMEOUT, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY_MAX,
-    DEFAULT_RETRY_DELAY_MIN,
+    DEFAULT_RETRY_DELAY_MIN, MAX_FAIR_GRACE, MAX_RETRY_DELAY,
 };
 pub use error::{Error, Failure, InstanceOutcome, InstanceReport, InvalidInput, Loss, LossReason};
-pub use lifecycle::{AutoExtend, LockWatch, OnLoss, RENEW_AFTER_PERCENT};
+pub use lease::RENEW_AFTER_PERCENT;
+pub use lifecycle::{AutoExtend, LockWatch, OnLoss};
 pub use lock::Lock;
 pub use manager::{ActiveLock, CloseReport, LockManager, MAX_KEY_LEN, MAX_TOKEN_LEN};
 pub use runtime::{Clock, OsRandom, RandomSource, SeededRandom, Spawner};

@@ -7,22 +7,16 @@
 //! [`Spawner`]: crate::Spawner
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::{select, Either};
-use futures::FutureExt;
+use futures::future::select;
 
 use crate::error::{Error, InvalidInput, LossReason};
 use crate::lock::{Lock, LockShared, Status};
 use crate::manager::{Inner, LockManager};
-
-/// Renewals happen once this share of the lease has passed since it was granted (aioredlock
-/// renews at 60 %), leaving 40 % of the lease for the renewal and its retries.
-pub const RENEW_AFTER_PERCENT: u32 = 60;
 
 /// What the scoped form does when the lock is lost while the work runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,7 +98,7 @@ impl LockWatch {
     pub fn remaining(&self) -> Duration {
         self.shared
             .state()
-            .remaining(self.manager.inner.clock.now())
+            .remaining(self.manager.inner.clock().now())
     }
 
     /// Whether validity is left.
@@ -124,7 +118,11 @@ impl LockWatch {
     /// As [`Lock::check`].
     pub async fn check(&self) -> Result<Duration, Error> {
         self.manager.inner.ensure_open()?;
-        self.manager.inner.check(&self.shared).await
+        self.manager
+            .inner
+            .check(&self.shared)
+            .await
+            .map_err(|e| e.about(&self.shared.resource))
     }
 }
 
@@ -150,12 +148,12 @@ impl Future for StatusChange<'_> {
 
 /// Sleeps until `until` on the manager's clock, or until the lock's status changes.
 async fn sleep_or_change(shared: &LockShared, inner: &Inner, until: Duration) {
-    let now = inner.clock.now();
+    let now = inner.clock().now();
     if until <= now {
         return;
     }
     let change = pin!(StatusChange { shared });
-    drop(select(change, inner.clock.sleep(until - now)).await);
+    drop(select(change, inner.clock().sleep(until - now)).await);
 }
 
 /// Completes with the reason once the lock is lost: marked lost by an extend or check, or its
@@ -164,14 +162,14 @@ pub(crate) async fn wait_lost(shared: &LockShared, inner: &Inner) -> LossReason 
     loop {
         let (status, deadline) = {
             let state = shared.state();
-            (state.status, state.deadline)
+            (state.status, state.lease.deadline())
         };
         match status {
             Status::Lost(reason) => return reason,
             Status::Released => futures::future::pending::<()>().await,
             Status::Held => {}
         }
-        if inner.clock.now() >= deadline {
+        if inner.clock().now() >= deadline {
             drop(inner.lose(shared, LossReason::Expired, None));
             continue;
         }
@@ -180,6 +178,10 @@ pub(crate) async fn wait_lost(shared: &LockShared, inner: &Inner) -> LossReason 
 }
 
 /// Renews the lock until it is released (`Ok`) or lost (`Err`).
+///
+/// Renewal starts at the lease's `renew_at` (60 % in, or earlier so that a whole round fits
+/// before the deadline), every extend round is cut at the deadline, and the loss is reported at
+/// the deadline at the latest.
 pub(crate) async fn keep_alive(
     shared: &LockShared,
     inner: &Inner,
@@ -188,24 +190,24 @@ pub(crate) async fn keep_alive(
     let mut renewals: u32 = 0;
     loop {
         inner.ensure_open()?;
-        let (status, granted_at, ttl, deadline) = {
+        let (status, lease, ttl) = {
             let s = shared.state();
-            (s.status, s.granted_at, s.ttl, s.deadline)
+            (s.status, s.lease, s.ttl)
         };
         match status {
             Status::Released => return Ok(()),
             Status::Lost(reason) => return Err(Error::lost(reason, None)),
             Status::Held => {}
         }
-        let now = inner.clock.now();
-        if now >= deadline {
+        let now = inner.clock().now();
+        if !lease.is_valid(now) {
             return Err(inner.lose(shared, LossReason::Expired, None));
         }
         let may_renew = max_renewals.is_none_or(|max| renewals < max);
         let renew_at = if may_renew {
-            granted_at + ttl * RENEW_AFTER_PERCENT / 100
+            lease.renew_at()
         } else {
-            deadline
+            lease.deadline()
         };
         if now < renew_at {
             sleep_or_change(shared, inner, renew_at).await;
@@ -217,13 +219,13 @@ pub(crate) async fn keep_alive(
             Err(e @ (Error::Lost(_) | Error::Closed | Error::InvalidInput(_))) => return Err(e),
             Err(_) => {
                 // Unavailable or too slow: try again soon, but well before the deadline.
-                let left = deadline.saturating_sub(inner.clock.now());
+                let now = inner.clock().now();
+                let left = lease.remaining(now);
                 let pause = inner
                     .retry_delay()
                     .min(left / 3)
                     .max(Duration::from_millis(1));
-                let until = inner.clock.now() + pause;
-                sleep_or_change(shared, inner, until).await;
+                sleep_or_change(shared, inner, now.saturating_add(pause)).await;
             }
         }
     }
@@ -306,79 +308,5 @@ impl LockManager {
             drop(keep_alive(&shared, &manager.inner, options.max_renewals).await);
         }));
         Ok(lock)
-    }
-
-    /// Runs `work` while holding `resource`, the Rust counterpart of aioredlock's
-    /// `async with await lock_manager.lock(...)`: acquires with the `internal_lock_timeout` lease,
-    /// keeps the lock alive alongside the work (in the same task: no spawn), releases it when the
-    /// work ends (also on panic, which is then resumed), and returns the work's output.
-    ///
-    /// If the lock is lost meanwhile, the work is stopped (its future dropped) and this returns
-    /// [`Error::Lost`]; see [`with_lock_opts`](Self::with_lock_opts) to let it run instead.
-    ///
-    /// # Errors
-    /// As [`lock`](Self::lock) when acquiring fails; [`Error::Lost`] when the lock was lost
-    /// during the work, or found lost when releasing; [`Error::Closed`].
-    pub async fn with_lock<F, Fut, T>(
-        &self,
-        resource: impl AsRef<[u8]>,
-        work: F,
-    ) -> Result<T, Error>
-    where
-        F: FnOnce(LockWatch) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        self.with_lock_opts(resource, AutoExtend::default(), work)
-            .await
-    }
-
-    /// [`with_lock`](Self::with_lock) with options: lease, renewal cap, and what to do on loss.
-    ///
-    /// With [`OnLoss::KeepRunning`] the work always runs to completion and its output is
-    /// returned; it learns of a loss through its [`LockWatch`].
-    ///
-    /// # Errors
-    /// As [`with_lock`](Self::with_lock).
-    pub async fn with_lock_opts<F, Fut, T>(
-        &self,
-        resource: impl AsRef<[u8]>,
-        options: AutoExtend,
-        work: F,
-    ) -> Result<T, Error>
-    where
-        F: FnOnce(LockWatch) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        let lease = options
-            .lease
-            .unwrap_or(self.inner.config.internal_lock_timeout);
-        let lock = self.lock(resource, lease).await?;
-        let work = AssertUnwindSafe(work(lock.watch())).catch_unwind();
-        let renew = keep_alive(&lock.shared, &self.inner, options.max_renewals);
-        let (outcome, lost) = match options.on_loss {
-            OnLoss::Cancel => match select(pin!(work), pin!(renew)).await {
-                Either::Left((outcome, _)) => (Some(outcome), None),
-                Either::Right((renewed, _)) => (None, renewed.err()),
-            },
-            OnLoss::KeepRunning => {
-                let mut work = pin!(work);
-                match select(work.as_mut(), pin!(renew)).await {
-                    Either::Left((outcome, _)) => (Some(outcome), None),
-                    // Lost (or closed): the work goes on without renewals.
-                    Either::Right((renewed, _)) => (Some(work.await), renewed.err()),
-                }
-            }
-        };
-        let released = lock.release().await;
-        match outcome {
-            Some(Err(panic)) => std::panic::resume_unwind(panic),
-            None => Err(lost.unwrap_or(Error::Released)),
-            Some(Ok(out)) => match (options.on_loss, released) {
-                (OnLoss::Cancel, Err(e @ Error::Lost(_))) => Err(e),
-                // The work ran under the lock; an instance that did not answer the release keeps
-                // the key until its TTL, which harms no one.
-                _ => Ok(out),
-            },
-        }
     }
 }

@@ -1,11 +1,13 @@
 //! The handle of an acquired lock.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
 
 use crate::error::{Error, LossReason};
+use crate::lease::Lease;
 use crate::manager::LockManager;
 
 /// A lock held on a quorum of instances, until [`remaining`](Self::remaining) reaches zero.
@@ -19,6 +21,11 @@ use crate::manager::LockManager;
 /// `redlock-mock`), the release is sent in the background; without one the lock expires by its
 /// TTL. Either way its renewals stop. Prefer [`release`](Self::release) (it reports a lost lock)
 /// or the scoped form [`LockManager::with_lock`].
+///
+/// A handle rebuilt by [`LockManager::get_lock`] is *borrowed* until [`adopt`](Self::adopt)ed:
+/// dropping it sends nothing, and closing the manager leaves the lock to its owner.
+#[must_use = "dropping a Lock releases it at once; bind it (`let lock = ...`) for as long as the \
+              resource is used, or use LockManager::with_lock"]
 pub struct Lock {
     pub(crate) shared: Arc<LockShared>,
     pub(crate) manager: LockManager,
@@ -29,6 +36,9 @@ pub(crate) struct LockShared {
     pub(crate) resource: Box<[u8]>,
     pub(crate) key: Box<[u8]>,
     pub(crate) token: Box<[u8]>,
+    /// Whether the manager owns the lock (registered; released on drop and close), as opposed
+    /// to a borrowed handle from `get_lock`.
+    pub(crate) owned: AtomicBool,
     state: Mutex<LockState>,
 }
 
@@ -42,14 +52,10 @@ pub(crate) enum Status {
 #[derive(Debug)]
 pub(crate) struct LockState {
     pub(crate) status: Status,
-    /// When the lock must be considered gone, on the manager's clock.
-    pub(crate) deadline: Duration,
-    /// The validity granted by the last successful acquire or extend.
-    pub(crate) validity: Duration,
+    /// The current lease: every deadline and renewal time is read from it.
+    pub(crate) lease: Lease,
     /// The lease used by [`Lock::extend`].
     pub(crate) ttl: Duration,
-    /// When the current lease was granted (start of the acquire or extend that granted it).
-    pub(crate) granted_at: Duration,
     /// Tasks waiting for the status to leave `Held`.
     pub(crate) wakers: Vec<Waker>,
 }
@@ -57,21 +63,10 @@ pub(crate) struct LockState {
 impl LockState {
     pub(crate) fn remaining(&self, now: Duration) -> Duration {
         match self.status {
-            Status::Held => self.deadline.saturating_sub(now),
+            Status::Held => self.lease.remaining(now),
             Status::Released | Status::Lost(_) => Duration::ZERO,
         }
     }
-}
-
-/// A lease granted by a successful acquire or extend.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Grant {
-    /// The lease asked for.
-    pub(crate) ttl: Duration,
-    /// The start (T1) of the round that granted it.
-    pub(crate) granted_at: Duration,
-    /// `ttl − elapsed − drift`.
-    pub(crate) validity: Duration,
 }
 
 impl LockShared {
@@ -80,20 +75,19 @@ impl LockShared {
         resource: &[u8],
         key: Box<[u8]>,
         token: Box<[u8]>,
-        grant: Grant,
-        deadline: Duration,
+        ttl: Duration,
+        lease: Lease,
     ) -> Self {
         Self {
             id,
             resource: resource.into(),
             key,
             token,
+            owned: AtomicBool::new(false),
             state: Mutex::new(LockState {
                 status: Status::Held,
-                deadline,
-                validity: grant.validity,
-                ttl: grant.ttl,
-                granted_at: grant.granted_at,
+                lease,
+                ttl,
                 wakers: Vec::new(),
             }),
         }
@@ -154,7 +148,7 @@ impl Lock {
     /// granted: `ttl − elapsed − drift`.
     #[must_use]
     pub fn validity(&self) -> Duration {
-        self.shared.state().validity
+        self.shared.state().lease.validity()
     }
 
     /// Validity left now, on the manager's clock; zero once released, lost or expired. Purely
@@ -162,7 +156,7 @@ impl Lock {
     /// say.
     #[must_use]
     pub fn remaining(&self) -> Duration {
-        let now = self.manager.inner.clock.now();
+        let now = self.manager.inner.clock().now();
         self.shared.state().remaining(now)
     }
 
@@ -170,6 +164,24 @@ impl Lock {
     #[must_use]
     pub fn is_valid(&self) -> bool {
         !self.remaining().is_zero()
+    }
+
+    /// Whether this manager owns the lock: it releases it when the handle is dropped and when
+    /// the manager is closed. Locks from [`LockManager::lock`] are owned; handles from
+    /// [`LockManager::get_lock`] are borrowed until [`adopt`](Self::adopt)ed.
+    #[must_use]
+    pub fn is_owned(&self) -> bool {
+        self.shared.owned.load(Ordering::Acquire)
+    }
+
+    /// Makes this manager the owner of a borrowed handle (from [`LockManager::get_lock`]):
+    /// from now on dropping it releases the lock, closing the manager releases it, and it is
+    /// listed by [`LockManager::active_locks`]. Only adopt a lock whose previous owner has
+    /// stopped using it. Adopting an owned, released or lost handle changes nothing.
+    pub fn adopt(&self) {
+        if self.shared.state().status == Status::Held {
+            self.manager.inner.register(&self.shared);
+        }
     }
 
     /// The manager this lock belongs to.
@@ -204,7 +216,10 @@ impl Lock {
         let inner = &self.manager.inner;
         inner.ensure_open()?;
         let ttl = inner.ttl(ttl)?;
-        inner.extend(&self.shared, ttl).await
+        inner
+            .extend(&self.shared, ttl)
+            .await
+            .map_err(|e| e.about(&self.shared.resource))
     }
 
     /// Releases the lock on every instance (aioredlock's `unlock`).
@@ -222,7 +237,10 @@ impl Lock {
     pub async fn release(&self) -> Result<(), Error> {
         let inner = &self.manager.inner;
         inner.ensure_open()?;
-        inner.release(&self.shared).await
+        inner
+            .release(&self.shared)
+            .await
+            .map_err(|e| e.about(&self.shared.resource))
     }
 
     /// Asks the instances whether a quorum still holds this lock's token, and returns the
@@ -235,7 +253,10 @@ impl Lock {
     pub async fn check(&self) -> Result<Duration, Error> {
         let inner = &self.manager.inner;
         inner.ensure_open()?;
-        inner.check(&self.shared).await
+        inner
+            .check(&self.shared)
+            .await
+            .map_err(|e| e.about(&self.shared.resource))
     }
 }
 
@@ -247,9 +268,9 @@ impl Drop for Lock {
             return;
         }
         let inner = &self.manager.inner;
-        inner.unregister(self.shared.id);
-        match (&inner.spawner, inner.ensure_open()) {
-            (Some(spawner), Ok(())) => {
+        inner.unregister(&self.shared);
+        match (&inner.spawner, inner.ensure_open(), self.is_owned()) {
+            (Some(spawner), Ok(()), true) => {
                 let shared = Arc::clone(&self.shared);
                 let manager = self.manager.clone();
                 spawner.spawn(Box::pin(async move {
@@ -257,7 +278,8 @@ impl Drop for Lock {
                     drop(manager.inner.release(&shared).await);
                 }));
             }
-            // Stop renewals; the keys expire by their TTL.
+            // Stop renewals; the keys expire by their TTL (or stay with their owner, for a
+            // borrowed handle).
             _ => self.shared.mark_released(),
         }
     }
@@ -270,7 +292,8 @@ impl fmt::Debug for Lock {
             .field("resource", &String::from_utf8_lossy(&self.shared.resource))
             .field("token", &String::from_utf8_lossy(&self.shared.token))
             .field("status", &state.status)
-            .field("validity", &state.validity)
+            .field("validity", &state.lease.validity())
+            .field("owned", &self.is_owned())
             .finish()
     }
 }

@@ -52,6 +52,7 @@ impl<T> Round<T> {
 
     pub(crate) fn into_failure(self, attempts: u32, instances: &[Arc<dyn LockBackend>]) -> Failure {
         Failure {
+            resource: None,
             attempts,
             quorum: self.quorum,
             instances: instances
@@ -158,9 +159,19 @@ where
         if pending == 0 || (wait == Wait::UntilDecided && decided(yes, no, failed, n, quorum)) {
             return Poll::Ready(());
         }
-        let timer = timer.get_or_insert_with(|| {
-            clock.sleep(limit.saturating_sub(clock.now().saturating_sub(start)))
-        });
+        if timer.is_none() {
+            let left = limit.saturating_sub(clock.now().saturating_sub(start));
+            // A limit already reached (a round cut at a deadline that has come) waits for
+            // nothing: not even one turn of a timer.
+            if left.is_zero() {
+                timed_out = true;
+                return Poll::Ready(());
+            }
+            timer = Some(clock.sleep(left));
+        }
+        let Some(timer) = timer.as_mut() else {
+            return Poll::Pending;
+        };
         if timer.as_mut().poll(cx).is_ready() {
             timed_out = true;
             return Poll::Ready(());

@@ -2,16 +2,18 @@
 //! release is announced (when the backends can announce it), and, in fair mode, let a waiter go
 //! first after releasing.
 
+use std::collections::HashMap;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::{select, Either};
 use futures::stream::{BoxStream, SelectAll, StreamExt};
 use futures::FutureExt;
 
-use crate::manager::Inner;
+use crate::engine::Engine;
 use crate::round::{self, Verdict, Wait};
+use crate::runtime::Clock;
 
 /// Most yield entries kept for fair mode before expired ones are swept.
 const YIELD_SWEEP_AT: usize = 1024;
@@ -23,7 +25,7 @@ pub(crate) struct Waiter {
     subscriptions: Option<SelectAll<BoxStream<'static, usize>>>,
 }
 
-impl Inner {
+impl Engine {
     /// Subscribes to releases of `key` on every instance that supports it, for at most `limit`.
     /// Instances that fail or have not answered by then are simply not heard from.
     async fn subscribe_all(
@@ -63,17 +65,17 @@ impl Inner {
         &self,
         key: &[u8],
         waiter: &mut Waiter,
-        contended: bool,
+        listen: bool,
         until: Duration,
     ) -> bool {
-        let quorum = round::quorum(self.instances.len());
+        let quorum = self.quorum();
         let left = || until.saturating_sub(self.clock.now());
-        if !(contended && self.config.wake_on_release) {
+        if !listen {
             self.clock.sleep(left()).await;
             return false;
         }
         if waiter.subscriptions.is_none() {
-            let limit = left().min(self.config.instance_timeout);
+            let limit = left().min(self.instance_timeout);
             let subscriptions = self.subscribe_all(key, limit).await;
             let listening = subscriptions.len() >= quorum;
             waiter.subscriptions = Some(subscriptions);
@@ -123,36 +125,59 @@ impl Inner {
         );
         woke
     }
-
-    /// Fair mode: after a release that a waiter heard, this manager's next acquire of the same
-    /// key waits the fair grace so the waiter can take its turn.
-    pub(crate) fn note_release(&self, key: &[u8], heard: bool) {
-        let Some(grace) = self.config.fair.filter(|_| heard) else {
-            return;
-        };
-        let now = self.clock.now();
-        let mut yields = self.yields();
-        if yields.len() >= YIELD_SWEEP_AT {
-            yields.retain(|_, until| *until > now);
-        }
-        yields.insert(Arc::from(key), now + grace);
-    }
-
-    /// Fair mode: waits out a pending yield for `key`.
-    pub(crate) async fn yield_to_waiters(&self, key: &[u8]) {
-        if self.config.fair.is_none() {
-            return;
-        }
-        let until = self.yields().remove(key);
-        if let Some(until) = until {
-            let now = self.clock.now();
-            if until > now {
-                self.clock.sleep(until - now).await;
-            }
-        }
-    }
 }
 
 /// How long fair mode lets a waiter go first, by default. It bounds how long a waiter that
 /// vanished right after the release can delay the releaser.
 pub const DEFAULT_FAIR_GRACE: Duration = Duration::from_millis(20);
+
+/// Fair mode's memory: keys this manager released while someone waited, and until when it lets
+/// them go first.
+#[derive(Debug, Default)]
+pub(crate) struct Fairness {
+    grace: Option<Duration>,
+    yields: Mutex<HashMap<Arc<[u8]>, Duration>>,
+}
+
+impl Fairness {
+    /// Fair mode with `grace`, or off.
+    pub(crate) fn new(grace: Option<Duration>) -> Self {
+        Self {
+            grace,
+            yields: Mutex::default(),
+        }
+    }
+
+    fn yields(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<[u8]>, Duration>> {
+        // Entries are inserted or removed whole.
+        self.yields.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// After a release that a waiter heard, this manager's next acquire of the same key waits
+    /// the grace so the waiter can take its turn.
+    pub(crate) fn note_release(&self, clock: &dyn Clock, key: &[u8], heard: bool) {
+        let Some(grace) = self.grace.filter(|_| heard) else {
+            return;
+        };
+        let now = clock.now();
+        let mut yields = self.yields();
+        if yields.len() >= YIELD_SWEEP_AT {
+            yields.retain(|_, until| *until > now);
+        }
+        yields.insert(Arc::from(key), now.saturating_add(grace));
+    }
+
+    /// Waits out a pending yield for `key`.
+    pub(crate) async fn yield_to_waiters(&self, clock: &dyn Clock, key: &[u8]) {
+        if self.grace.is_none() {
+            return;
+        }
+        let until = self.yields().remove(key);
+        if let Some(until) = until {
+            let now = clock.now();
+            if until > now {
+                clock.sleep(until - now).await;
+            }
+        }
+    }
+}

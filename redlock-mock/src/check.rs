@@ -59,6 +59,11 @@ pub enum ViolationKind {
     Stalled,
     /// Invariant 5: the same seed gave a different history.
     Nondeterministic,
+    /// A scoped job was polled at or after its lease's deadline (see [`PollLog`](crate::PollLog)).
+    PolledPastDeadline,
+    /// A scoped job was polled at or after a rival was granted its resource (see
+    /// [`PollLog`](crate::PollLog)).
+    PolledAfterRivalGrant,
 }
 
 /// One broken invariant, with enough detail to find it in the history.

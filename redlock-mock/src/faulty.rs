@@ -4,7 +4,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use redlock_core::{async_trait, BackendError, BackendErrorKind, Clock, KeyState, LockBackend};
+use futures::stream::BoxStream;
+use redlock_core::{
+    async_trait, BackendError, BackendErrorKind, Clock, Config, KeyState, LockBackend,
+    ReleaseNotify,
+};
 
 /// Wraps a backend and injects faults into every call, switched at run time through its
 /// [`Faults`] handle.
@@ -12,6 +16,15 @@ use redlock_core::{async_trait, BackendError, BackendErrorKind, Clock, KeyState,
 /// Latency is spent on the given clock before the call reaches the inner backend
 /// (request in flight) and after it applied (reply in flight), half each way, so a caller that
 /// gives up mid-way may leave the write applied, like a real network.
+///
+/// Everything the inner backend offers is passed through: its
+/// [`check_config`](LockBackend::check_config), [`close`](LockBackend::close), and its release
+/// announcements. When the inner backend implements [`ReleaseNotify`], so does the decorator,
+/// and [`release_and_notify`](ReleaseNotify::release_and_notify) and
+/// [`subscribe`](ReleaseNotify::subscribe) are calls like the others: they count, and every
+/// fault applies to them (a subscription whose acknowledgement is lost is made on the instance
+/// and dropped, so unsubscribed, when the caller gives up). A subscription already made keeps
+/// hearing releases whatever faults are switched on later.
 #[derive(Debug, Clone)]
 pub struct FaultyBackend<B> {
     inner: B,
@@ -147,7 +160,15 @@ impl<B: LockBackend> FaultyBackend<B> {
     }
 }
 
+fn no_announcements() -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Other,
+        "the inner backend does not announce releases",
+    )
+}
+
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl<B: LockBackend> LockBackend for FaultyBackend<B> {
     fn id(&self) -> &str {
         self.inner.id()
@@ -169,7 +190,50 @@ impl<B: LockBackend> LockBackend for FaultyBackend<B> {
         self.call(self.inner.inspect(key)).await
     }
 
+    fn check_config(&self, config: &Config) -> Result<(), String> {
+        self.inner.check_config(config)
+    }
+
+    fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
+        // Announcements must go through the faults too, so the inner one is not handed out.
+        self.inner
+            .release_notify()
+            .map(|_| self as &dyn ReleaseNotify)
+    }
+
+    async fn connect(&self) -> Result<(), BackendError> {
+        self.inner.connect().await
+    }
+
     async fn close(&self) -> Result<(), BackendError> {
         self.inner.close().await
+    }
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<B: LockBackend> ReleaseNotify for FaultyBackend<B> {
+    async fn release_and_notify(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        self.call(async {
+            match self.inner.release_notify() {
+                Some(notify) => notify.release_and_notify(key, token).await,
+                None => Err(no_announcements()),
+            }
+        })
+        .await
+    }
+
+    async fn subscribe(&self, key: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        self.call(async {
+            match self.inner.release_notify() {
+                Some(notify) => notify.subscribe(key).await,
+                None => Err(no_announcements()),
+            }
+        })
+        .await
     }
 }

@@ -73,6 +73,57 @@
 //!
 //! See `examples/worker_lock_loss.rs` for a worker tested against a fault script.
 //!
+//! # Checking that a scoped job stops in time
+//!
+//! [`with_lock`](redlock_core::LockManager::with_lock) promises to stop the job (drop its
+//! future) once the lock is lost. To check that for your own job, wrap it in a [`PollLog`]
+//! inside the closure: every poll of the job is recorded with the holder's clock, true time
+//! and what its [`LockWatch`](redlock_core::LockWatch) had left, and [`PollLog::check`] reports
+//! any poll at or after the lease's deadline, or at or after a rival's traced grant of the same
+//! resource. Inject the faults you care about while it runs:
+//!
+//! ```
+//! use std::time::Duration;
+//! use redlock_mock::{PollLog, World};
+//!
+//! let world = World::builder().seed(7).instances(3).clients(2).build()?;
+//! let log = PollLog::new(&world, 0);
+//! let (w, job_log) = (world.clone(), log.clone());
+//! let holder = world.spawn_client(0, async move {
+//!     let (nemesis, job_world) = (w.clone(), w.clone());
+//!     w.client(0)
+//!         .with_lock("job", |watch| {
+//!             // Renewals stall: the holder loses every instance 2 s into its job.
+//!             w.spawn(async move {
+//!                 nemesis.sleep(Duration::from_secs(2)).await;
+//!                 nemesis.isolate(0);
+//!             })
+//!             .detach();
+//!             job_log.wrap(watch, async move {
+//!                 loop {
+//!                     job_world.sleep(Duration::from_millis(3)).await; // one write per wake
+//!                 }
+//!             })
+//!         })
+//!         .await
+//! });
+//! let w = world.clone();
+//! let rival = world.spawn_client(1, async move {
+//!     let traced = w.traced(1);
+//!     while traced.lock("job", Duration::from_secs(10)).await.is_err() {
+//!         w.sleep(Duration::from_millis(5)).await;
+//!     }
+//! });
+//! let (result, ()) = world.run(futures::future::join(holder, rival));
+//! assert!(result.is_err()); // the lock was lost and the job stopped
+//! let report = log.check();
+//! assert!(report.is_clean(), "{report}"); // and never polled once it should not have been
+//! # Ok::<(), redlock_core::Error>(())
+//! ```
+//!
+//! The [`deadline`] module runs this check over seeded families whose renewals stall
+//! (partitions, hung instances, slow links, fast instance clocks).
+//!
 //! # What the simulation assumes
 //!
 //! Redlock is safe while instance clock rates stay within the drift factor of the client's and
@@ -86,11 +137,13 @@
 
 pub mod check;
 mod clock;
+pub mod deadline;
 mod executor;
 mod faulty;
 pub mod history;
 mod memory;
 mod net;
+pub mod polls;
 mod skew;
 pub mod sweep;
 mod trace;
@@ -103,6 +156,7 @@ pub use faulty::{Faults, FaultyBackend};
 pub use history::{History, OpKind, OpRecord, Outcome};
 pub use memory::MemoryBackend;
 pub use net::{Latency, LinkBackend, NotifyStats, ServerStatus};
+pub use polls::{PollLog, PollRecord, PollReport, Polled};
 pub use skew::SkewedClock;
 pub use trace::{TracedClient, TracedLock};
 pub use world::{World, WorldBuilder};

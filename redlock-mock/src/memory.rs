@@ -137,6 +137,24 @@ impl MemoryBackend {
         );
     }
 
+    /// Whether `key` holds a list stored by [`put_list`](Self::put_list), still without
+    /// expiry: what the conformance suite's fixture checks after the lock commands refused it.
+    #[must_use]
+    pub fn holds_list(&self, key: &[u8]) -> bool {
+        matches!(
+            self.store().get(key),
+            Some(Entry {
+                value: Value::List,
+                expires_at: None,
+            })
+        )
+    }
+
+    /// Deletes `key` whatever it holds.
+    pub fn delete(&self, key: &[u8]) {
+        self.store().remove(key);
+    }
+
     /// Stores a plain string without expiry, as another writer might.
     pub fn put(&self, key: &[u8], value: &[u8]) {
         self.store().insert(

@@ -19,7 +19,8 @@ use futures::stream::{BoxStream, Stream};
 use rand::rngs::StdRng;
 use rand::Rng;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Clock, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Clock, Config, KeyState, LockBackend,
+    ReleaseNotify,
 };
 
 use crate::clock::{Sleep, VirtualClock};
@@ -745,6 +746,7 @@ impl Drop for Subscription {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl LockBackend for LinkBackend {
     fn id(&self) -> &str {
         &self.id
@@ -772,12 +774,31 @@ impl LockBackend for LinkBackend {
         }
     }
 
+    fn check_config(&self, config: &Config) -> Result<(), String> {
+        // Whatever the instance behind the link would refuse, the link refuses.
+        let server = self.net.lock().servers[self.instance].backend.clone();
+        server.check_config(config)
+    }
+
     fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
         Some(self)
+    }
+
+    async fn connect(&self) -> Result<(), BackendError> {
+        // Nothing to set up: the link exists from the start, and its faults show on the calls
+        // that cross it.
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<(), BackendError> {
+        // Nothing to tear down: the link is the simulation's, and the instance serves the other
+        // clients on. Not forwarded to the instance's store for that reason.
+        Ok(())
     }
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl ReleaseNotify for LinkBackend {
     async fn release_and_notify(
         &self,

@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Config, KeyState, LockBackend, ReleaseNotify,
 };
 
 use crate::check::{CheckReport, Violation, ViolationKind};
@@ -582,6 +582,7 @@ fn contention(seed: u64, bug: Option<Bug>, slot: &Mutex<Option<World>>) -> Resul
 pub struct UncheckedRelease(pub Arc<dyn LockBackend>);
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl LockBackend for UncheckedRelease {
     fn id(&self) -> &str {
         self.0.id()
@@ -606,14 +607,27 @@ impl LockBackend for UncheckedRelease {
         self.0.inspect(key).await
     }
 
+    fn check_config(&self, config: &Config) -> Result<(), String> {
+        self.0.check_config(config)
+    }
+
     fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
         // Announcing releases the same broken way keeps the only difference from the healthy
         // contention family the bug itself.
         self.0.release_notify().map(|_| self as &dyn ReleaseNotify)
     }
+
+    async fn connect(&self) -> Result<(), BackendError> {
+        self.0.connect().await
+    }
+
+    async fn close(&self) -> Result<(), BackendError> {
+        self.0.close().await
+    }
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl ReleaseNotify for UncheckedRelease {
     async fn release_and_notify(
         &self,

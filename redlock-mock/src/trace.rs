@@ -218,7 +218,6 @@ impl Drop for TracedLock {
 impl TracedLock {
     /// The underlying lock (for [`Lock::remaining`], [`Lock::token`], ...). Calls made on it
     /// directly are not recorded.
-    #[must_use]
     pub fn lock(&self) -> &Lock {
         &self.lock
     }

@@ -60,6 +60,8 @@ pub struct WorldBuilder {
     configure: Option<Configure>,
     configure_client: Option<ConfigureClient>,
     wrap: Option<Wrap>,
+    #[cfg(feature = "testing")]
+    deadline_guard: bool,
 }
 
 impl fmt::Debug for WorldBuilder {
@@ -132,6 +134,16 @@ impl WorldBuilder {
         self
     }
 
+    /// **Testing only** (feature `testing`): every client's manager is built with
+    /// [`LockManagerBuilder::without_deadline_guard`], which brings back the scoped form's old
+    /// bug (its job polled past the lease's deadline). For proving a checker such as
+    /// [`PollLog`](crate::PollLog) catches that bug; never use it anywhere else.
+    #[cfg(feature = "testing")]
+    pub fn without_deadline_guard(mut self) -> Self {
+        self.deadline_guard = false;
+        self
+    }
+
     /// Builds the world at true time zero.
     ///
     /// # Errors
@@ -179,6 +191,10 @@ impl WorldBuilder {
                     sim: sim.clone(),
                     gate: Arc::clone(&gate),
                 }));
+            #[cfg(feature = "testing")]
+            if !self.deadline_guard {
+                builder = builder.without_deadline_guard();
+            }
             if let Some(configure) = &self.configure {
                 builder = configure(builder);
             }
@@ -265,6 +281,8 @@ impl World {
             configure: None,
             configure_client: None,
             wrap: None,
+            #[cfg(feature = "testing")]
+            deadline_guard: true,
         }
     }
 

@@ -1,42 +1,142 @@
-//! The in-memory backend meets the LockBackend contract.
+//! The in-memory backend meets the LockBackend and ReleaseNotify contracts: directly, through
+//! `Arc<dyn LockBackend>`, through a `FaultyBackend` with its faults off, and through the
+//! simulated network links of a `World`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use redlock_core::{conformance, LockBackend};
-use redlock_mock::{MemoryBackend, Simulation};
+use redlock_core::conformance::{self, Fixture};
+use redlock_core::{async_trait, Clock, LockBackend};
+use redlock_mock::{FaultyBackend, MemoryBackend, Simulation, World};
+
+/// Direct access to the instance behind the backend under test.
+struct MemoryFixture(MemoryBackend);
+
+#[async_trait]
+impl Fixture for MemoryFixture {
+    async fn plant_other_type(&self, key: &[u8]) {
+        self.0.put_list(key);
+    }
+
+    async fn other_type_intact(&self, key: &[u8]) -> bool {
+        self.0.holds_list(key)
+    }
+
+    async fn delete(&self, key: &[u8]) {
+        self.0.delete(key);
+    }
+
+    fn announces_releases(&self) -> bool {
+        true
+    }
+}
+
+/// Runs the suite over `wrap(instance)` on a fresh simulation.
+fn passes(wrap: impl FnOnce(MemoryBackend, &Arc<dyn Clock>) -> Arc<dyn LockBackend>) {
+    let sim = Simulation::new();
+    let clock = sim.clock_arc();
+    let memory = MemoryBackend::new("mem-0", Arc::clone(&clock));
+    let backend = wrap(memory.clone(), &clock);
+    let fixture = MemoryFixture(memory.clone());
+    sim.run(conformance::run_all(
+        backend.as_ref(),
+        clock.as_ref(),
+        &fixture,
+        b"conformance:",
+    ));
+    assert!(memory.is_empty(), "the suite cleans up after itself");
+}
 
 #[test]
 fn memory_backend_passes_the_conformance_suite() {
     let sim = Simulation::new();
     let clock = sim.clock_arc();
     let backend = MemoryBackend::new("mem-0", Arc::clone(&clock));
+    let fixture = MemoryFixture(backend.clone());
     sim.run(conformance::run_all(
         &backend,
         clock.as_ref(),
+        &fixture,
         b"conformance:",
     ));
     assert!(backend.is_empty(), "the suite cleans up after itself");
 }
 
 #[test]
-fn a_list_under_the_key_is_a_wrongtype_error() {
-    let sim = Simulation::new();
-    let clock = sim.clock_arc();
-    let backend = MemoryBackend::new("mem-0", clock);
-    backend.put_list(b"app:data");
-    sim.run(async {
-        for result in [
-            backend
-                .acquire(b"app:data", b"t", std::time::Duration::from_secs(1))
-                .await,
-            backend
-                .extend(b"app:data", b"t", std::time::Duration::from_secs(1))
-                .await,
-            backend.release(b"app:data", b"t").await,
-        ] {
-            let err = result.unwrap_err();
-            assert_eq!(err.kind(), redlock_core::BackendErrorKind::WrongType);
-        }
-        assert!(backend.inspect(b"app:data").await.is_err());
+fn an_arc_dyn_backend_passes_the_conformance_suite() {
+    passes(|memory, _| Arc::new(Arc::new(memory) as Arc<dyn LockBackend>));
+}
+
+#[test]
+fn a_boxed_dyn_backend_passes_the_conformance_suite() {
+    passes(|memory, _| Arc::new(Box::new(memory) as Box<dyn LockBackend>));
+}
+
+#[test]
+fn a_faulty_backend_with_faults_off_passes_the_conformance_suite() {
+    passes(|memory, clock| Arc::new(FaultyBackend::new(memory, Arc::clone(clock))));
+}
+
+#[test]
+fn a_faulty_backend_over_an_arc_dyn_backend_passes_the_conformance_suite() {
+    passes(|memory, clock| {
+        let inner: Arc<dyn LockBackend> = Arc::new(memory);
+        Arc::new(FaultyBackend::new(inner, Arc::clone(clock)))
     });
+}
+
+/// Client 0's link to instance 0 of a two-client world (a [`redlock_mock::LinkBackend`]), as
+/// its manager got it.
+fn world_link(latency: redlock_mock::Latency) -> (World, Arc<dyn LockBackend>) {
+    let link: Arc<Mutex<Option<Arc<dyn LockBackend>>>> = Arc::default();
+    let slot = Arc::clone(&link);
+    let world = World::builder()
+        .seed(7)
+        .instances(3)
+        .clients(2)
+        .latency(latency)
+        .wrap_backends(move |c, i, backend| {
+            if (c, i) == (0, 0) {
+                *slot.lock().unwrap() = Some(Arc::clone(&backend));
+            }
+            backend
+        })
+        .build()
+        .expect("a valid world");
+    let link = link
+        .lock()
+        .unwrap()
+        .take()
+        .expect("client 0's link to instance 0");
+    (world, link)
+}
+
+#[test]
+fn a_world_link_passes_the_conformance_suite() {
+    use redlock_mock::Latency;
+    use std::time::Duration;
+    for latency in [
+        Latency::Fixed(Duration::ZERO),
+        Latency::Uniform {
+            min: Duration::from_millis(1),
+            max: Duration::from_millis(5),
+        },
+    ] {
+        let (world, link) = world_link(latency);
+        let clock = world.clock();
+        let fixture = MemoryFixture(world.instance(0).clone());
+        world.run(conformance::run_all(
+            link.as_ref(),
+            &clock,
+            &fixture,
+            b"conformance:",
+        ));
+        assert!(
+            world.instance(0).is_empty(),
+            "{latency:?}: left keys behind"
+        );
+        assert!(
+            world.notify_stats().subscriptions > 0,
+            "{latency:?}: the announcement rules did not run over the link"
+        );
+    }
 }

@@ -7,10 +7,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redlock::mock::{Faults, FaultyBackend, MemoryBackend, Simulation};
-use redlock::{
-    async_trait, BackendError, Clock, Error, Failure, InstanceOutcome, KeyState, LockBackend,
-    LockManager, LockManagerBuilder, SeededRandom,
+use futures::stream::BoxStream;
+use redlock_lease::mock::{Faults, FaultyBackend, MemoryBackend, Simulation};
+use redlock_lease::{
+    async_trait, BackendError, BackendErrorKind, Clock, Config, Error, Failure, InstanceOutcome,
+    KeyState, LockBackend, LockManager, LockManagerBuilder, ReleaseNotify, SeededRandom,
 };
 
 /// TTL used unless a test needs another: its drift is 102 ms, so validity at zero elapsed time
@@ -169,7 +170,7 @@ pub struct Call {
     pub at: Duration,
     pub op: &'static str,
     pub instance: String,
-    /// Empty for `inspect`.
+    /// Empty for `inspect` and `subscribe`.
     pub token: Vec<u8>,
 }
 
@@ -228,6 +229,7 @@ pub fn times_of(log: &Mutex<Vec<Call>>, op: &str) -> Vec<Duration> {
 }
 
 #[async_trait]
+#[deny(clippy::missing_trait_methods)]
 impl LockBackend for Recorder {
     fn id(&self) -> &str {
         self.inner.id()
@@ -251,5 +253,52 @@ impl LockBackend for Recorder {
     async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
         self.note("inspect", &[]);
         self.inner.inspect(key).await
+    }
+
+    fn check_config(&self, config: &Config) -> Result<(), String> {
+        self.inner.check_config(config)
+    }
+
+    fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
+        // Announcements are calls too: handing out the inner one would leave them unlogged.
+        self.inner
+            .release_notify()
+            .map(|_| self as &dyn ReleaseNotify)
+    }
+
+    async fn connect(&self) -> Result<(), BackendError> {
+        self.inner.connect().await
+    }
+
+    async fn close(&self) -> Result<(), BackendError> {
+        self.inner.close().await
+    }
+}
+
+fn no_announcements() -> BackendError {
+    BackendError::new(BackendErrorKind::Other, "no release announcements")
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl ReleaseNotify for Recorder {
+    async fn release_and_notify(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        self.note("release_and_notify", token);
+        match self.inner.release_notify() {
+            Some(notify) => notify.release_and_notify(key, token).await,
+            None => Err(no_announcements()),
+        }
+    }
+
+    async fn subscribe(&self, key: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        self.note("subscribe", &[]);
+        match self.inner.release_notify() {
+            Some(notify) => notify.subscribe(key).await,
+            None => Err(no_announcements()),
+        }
     }
 }

@@ -26,6 +26,7 @@
 //! through a [`Proxy`]: [`stall`](Proxy::stall) / [`resume`](Proxy::resume) and
 //! [`drop_replies`](Proxy::drop_replies).
 
+mod fixture;
 mod proxy;
 mod resp;
 mod sentinel;
@@ -37,6 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use fixture::ServerFixture;
 pub use proxy::Proxy;
 pub use resp::{Conn, Reply};
 pub use sentinel::{GroupOptions, SentinelGroup, SentinelProcess};

@@ -1,0 +1,392 @@
+//! The quorum engine: one acquire, extend, release or inspect round over the instances, judged
+//! against the quorum and turned into a [`Lease`] or a verdict with its [`Failure`].
+//!
+//! It knows nothing of retries, handles, the registry, spawning, fair mode or randomness: those
+//! belong to the manager. That keeps the safety-relevant arithmetic in one place that can be
+//! tested on the in-memory backend without a manager.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryFutureExt};
+
+use crate::backend::{KeyState, LockBackend};
+use crate::error::{Error, Failure};
+use crate::lease::Lease;
+use crate::round::{self, Round, Verdict, Wait};
+use crate::runtime::Clock;
+use crate::validity::DriftPpm;
+
+/// The instances and the settings a round needs.
+pub(crate) struct Engine {
+    pub(crate) instances: Box<[Arc<dyn LockBackend>]>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) drift: DriftPpm,
+    pub(crate) instance_timeout: Duration,
+}
+
+/// A round that granted nothing: its verdict and what each instance did.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    /// `Quorum` here means a quorum agreed, but too slowly to leave validity.
+    pub(crate) verdict: Verdict,
+    pub(crate) failure: Failure,
+}
+
+impl Rejected {
+    /// The error an acquire reports after `attempts` attempts, this one the last.
+    pub(crate) fn into_acquire_error(mut self, attempts: u32) -> Error {
+        self.failure.attempts = attempts;
+        let failure = Box::new(self.failure);
+        match self.verdict {
+            Verdict::Quorum => Error::ValidityExpired(failure),
+            Verdict::Refused => Error::Contended(failure),
+            Verdict::Undecided => Error::Unavailable(failure),
+        }
+    }
+}
+
+impl Engine {
+    /// The number of instances a lock must be held on.
+    pub(crate) fn quorum(&self) -> usize {
+        round::quorum(self.instances.len())
+    }
+
+    /// The per-instance report of `round`, as the outcome of `attempts` attempts.
+    pub(crate) fn failure<T>(&self, round: Round<T>, attempts: u32) -> Failure {
+        round.into_failure(attempts, &self.instances)
+    }
+
+    /// The time limit of a round whose answers are only useful while `ttl` leaves validity.
+    fn limit(&self, ttl: Duration) -> Duration {
+        self.instance_timeout
+            .min(self.drift.validity(ttl, Duration::ZERO))
+    }
+
+    /// The lease a round granted, or why not.
+    fn judge(&self, t1: Duration, ttl: Duration, round: Round<bool>) -> Result<Lease, Rejected> {
+        let verdict = round.verdict();
+        if verdict == Verdict::Quorum {
+            if let Some(lease) =
+                Lease::granted(t1, ttl, round.elapsed, self.drift, self.instance_timeout)
+            {
+                return Ok(lease);
+            }
+        }
+        Err(Rejected {
+            verdict,
+            failure: self.failure(round, 1),
+        })
+    }
+
+    /// One acquire attempt: `key = token` for `ttl` on a quorum, within validity. A failed
+    /// attempt may have left keys anywhere: the caller releases them.
+    pub(crate) async fn acquire(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<Lease, Rejected> {
+        let t1 = self.clock.now();
+        let round = round::run(
+            &self.instances,
+            self.clock.as_ref(),
+            self.limit(ttl),
+            Wait::UntilDecided,
+            |b| b.acquire(key, token, ttl),
+            |acquired| *acquired,
+        )
+        .await;
+        self.judge(t1, ttl, round)
+    }
+
+    /// One extend round: a fresh lease of `ttl` on a quorum. With `cut_at` (the current lease's
+    /// deadline), the round stops waiting then: a round that cannot finish before the deadline
+    /// cannot extend the lease, and a holder must not be kept waiting past it.
+    pub(crate) async fn extend(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl: Duration,
+        cut_at: Option<Duration>,
+    ) -> Result<Lease, Rejected> {
+        let t1 = self.clock.now();
+        let limit = match cut_at {
+            Some(deadline) => self.limit(ttl).min(deadline.saturating_sub(t1)),
+            None => self.limit(ttl),
+        };
+        let round = round::run(
+            &self.instances,
+            self.clock.as_ref(),
+            limit,
+            Wait::UntilDecided,
+            |b| b.extend(key, token, ttl),
+            |extended| *extended,
+        )
+        .await;
+        self.judge(t1, ttl, round)
+    }
+
+    /// Releases on every instance, waiting for all of them up to the per-instance timeout; with
+    /// `announce`, through [`ReleaseNotify`](crate::ReleaseNotify) where supported, so waiters
+    /// wake at once. Each answer is `(released, a waiter heard it)`.
+    pub(crate) fn release<'a>(
+        &'a self,
+        key: &'a [u8],
+        token: &'a [u8],
+        announce: bool,
+    ) -> BoxFuture<'a, Round<(bool, bool)>> {
+        round::run(
+            &self.instances,
+            self.clock.as_ref(),
+            self.instance_timeout,
+            Wait::ForAll,
+            move |b| match b.release_notify().filter(|_| announce) {
+                Some(n) => n.release_and_notify(key, token),
+                None => b.release(key, token).map_ok(|r| (r, false)).boxed(),
+            },
+            |(released, _)| *released,
+        )
+        .boxed()
+    }
+
+    /// Reads `key` on the instances until `is_yes` has a verdict.
+    pub(crate) async fn inspect<Y>(&self, key: &[u8], is_yes: Y) -> Round<Option<KeyState>>
+    where
+        Y: Fn(&Option<KeyState>) -> bool,
+    {
+        round::run(
+            &self.instances,
+            self.clock.as_ref(),
+            self.instance_timeout,
+            Wait::UntilDecided,
+            |b| b.inspect(key),
+            is_yes,
+        )
+        .await
+    }
+
+    /// Rehydrates a lock from its token: the lease is what a quorum of instances still grants
+    /// it (the quorum-th longest remaining TTL; `fallback` for a key without expiry), less the
+    /// drift allowance, measured from the start of this round.
+    pub(crate) async fn rehydrate(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        fallback: Duration,
+    ) -> Result<Lease, Rejected> {
+        let t1 = self.clock.now();
+        let round = self
+            .inspect(key, |s| s.as_ref().is_some_and(|s| s.value == token))
+            .await;
+        let verdict = round.verdict();
+        if verdict == Verdict::Quorum {
+            let mut left: Vec<Duration> = round
+                .answers
+                .iter()
+                .filter_map(|a| match a {
+                    Some(Ok(Some(s))) if s.value == token => Some(s.ttl.unwrap_or(fallback)),
+                    _ => None,
+                })
+                .collect();
+            // The lock stands while a quorum of keys does: until the quorum-th longest expires.
+            left.sort_unstable_by(|a, b| b.cmp(a));
+            let held_for = left[self.quorum() - 1];
+            if let Some(lease) = Lease::granted(
+                t1,
+                held_for,
+                round.elapsed,
+                self.drift,
+                self.instance_timeout,
+            ) {
+                return Ok(lease);
+            }
+        }
+        Err(Rejected {
+            verdict,
+            failure: self.failure(round, 1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine alone, on a minimal in-crate backend: no manager, no runtime.
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use futures::executor::block_on;
+
+    use super::*;
+    use crate::backend::BackendError;
+
+    /// A clock that stands still unless told; sleeping never completes, so a round that would
+    /// wait shows up as a hang instead of passing by accident.
+    #[derive(Debug, Default)]
+    struct StillClock(Mutex<Duration>);
+
+    impl Clock for StillClock {
+        fn now(&self) -> Duration {
+            *self.0.lock().unwrap()
+        }
+        fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
+            futures::future::pending().boxed()
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Mode {
+        Up,
+        Down,
+        /// Never answers.
+        Hung,
+    }
+    use Mode::{Down, Hung, Up};
+
+    #[derive(Debug)]
+    struct Map {
+        id: String,
+        keys: Mutex<HashMap<Vec<u8>, Vec<u8>>>,
+        mode: Mode,
+    }
+
+    impl Map {
+        fn backend(i: usize, mode: Mode) -> Arc<dyn LockBackend> {
+            Arc::new(Self {
+                id: format!("m{i}"),
+                keys: Mutex::default(),
+                mode,
+            })
+        }
+        async fn check(&self) -> Result<(), BackendError> {
+            match self.mode {
+                Up => Ok(()),
+                Down => Err(BackendError::new(
+                    crate::BackendErrorKind::Connection,
+                    "down",
+                )),
+                Hung => futures::future::pending().await,
+            }
+        }
+    }
+
+    #[async_trait]
+    impl LockBackend for Map {
+        fn id(&self) -> &str {
+            &self.id
+        }
+        async fn acquire(&self, k: &[u8], t: &[u8], _: Duration) -> Result<bool, BackendError> {
+            self.check().await?;
+            let mut keys = self.keys.lock().unwrap();
+            let held = keys.get(k).is_some_and(|v| v != t);
+            if !held {
+                keys.insert(k.to_vec(), t.to_vec());
+            }
+            Ok(!held)
+        }
+        async fn extend(&self, k: &[u8], t: &[u8], _: Duration) -> Result<bool, BackendError> {
+            self.check().await?;
+            Ok(self.keys.lock().unwrap().get(k).is_some_and(|v| v == t))
+        }
+        async fn release(&self, k: &[u8], t: &[u8]) -> Result<bool, BackendError> {
+            self.check().await?;
+            let mut keys = self.keys.lock().unwrap();
+            let ours = keys.get(k).is_some_and(|v| v == t);
+            if ours {
+                keys.remove(k);
+            }
+            Ok(ours)
+        }
+        async fn inspect(&self, k: &[u8]) -> Result<Option<KeyState>, BackendError> {
+            self.check().await?;
+            Ok(self.keys.lock().unwrap().get(k).map(|v| KeyState {
+                value: v.clone(),
+                ttl: Some(Duration::from_secs(5)),
+            }))
+        }
+    }
+
+    fn engine(modes: &[Mode]) -> Engine {
+        Engine {
+            instances: modes
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| Map::backend(i, m))
+                .collect(),
+            clock: Arc::new(StillClock::default()),
+            drift: DriftPpm(10_000),
+            instance_timeout: Duration::from_millis(100),
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_quorum_grants_a_lease_from_the_round_start() {
+        let e = engine(&[Up, Up, Down]);
+        let lease = block_on(e.acquire(b"k", b"t", TTL)).unwrap();
+        assert_eq!(lease.validity(), Duration::from_millis(9_898));
+        assert_eq!(lease.deadline(), Duration::from_millis(9_898));
+    }
+
+    #[test]
+    fn a_minority_is_undecided_and_a_holder_refuses() {
+        let e = engine(&[Up, Down, Down]);
+        let err = block_on(e.acquire(b"k", b"t", TTL)).unwrap_err();
+        assert_eq!(err.verdict, Verdict::Undecided);
+        assert!(matches!(err.into_acquire_error(1), Error::Unavailable(_)));
+
+        let e = engine(&[Up, Up, Up]);
+        block_on(e.acquire(b"k", b"rival", TTL)).unwrap();
+        let err = block_on(e.acquire(b"k", b"t", TTL)).unwrap_err();
+        assert_eq!(err.verdict, Verdict::Refused);
+        assert_eq!(err.failure.quorum, 2);
+        assert!(matches!(err.into_acquire_error(1), Error::Contended(_)));
+    }
+
+    #[test]
+    fn extend_needs_our_token_and_release_removes_it() {
+        let e = engine(&[Up, Up, Up]);
+        assert_eq!(
+            block_on(e.extend(b"k", b"t", TTL, None))
+                .unwrap_err()
+                .verdict,
+            Verdict::Refused
+        );
+        block_on(e.acquire(b"k", b"t", TTL)).unwrap();
+        block_on(e.extend(b"k", b"t", TTL, Some(Duration::from_secs(1)))).unwrap();
+        let round = block_on(e.release(b"k", b"t", false));
+        assert_eq!(round.verdict(), Verdict::Quorum);
+        assert_eq!(
+            block_on(e.inspect(b"k", Option::is_some)).verdict(),
+            Verdict::Refused
+        );
+    }
+
+    #[test]
+    fn an_extend_cut_at_a_passed_deadline_grants_nothing() {
+        // The deadline is now: the round may not wait at all. Two hung instances leave the
+        // answer open, and the round must not sleep (this clock never wakes a sleeper).
+        let e = engine(&[Up, Hung, Hung]);
+        let err = block_on(e.extend(b"k", b"t", TTL, Some(Duration::ZERO))).unwrap_err();
+        assert_eq!(err.verdict, Verdict::Undecided);
+    }
+
+    #[test]
+    fn rehydration_takes_the_quorum_th_longest_ttl() {
+        let e = engine(&[Up, Up, Up]);
+        block_on(e.acquire(b"k", b"t", TTL)).unwrap();
+        let lease = block_on(e.rehydrate(b"k", b"t", TTL)).unwrap();
+        // Every instance reports 5 s left: validity 5 s − 1 % − 2 ms.
+        assert_eq!(lease.validity(), Duration::from_millis(4_948));
+        assert_eq!(
+            block_on(e.rehydrate(b"k", b"other", TTL))
+                .unwrap_err()
+                .verdict,
+            Verdict::Refused
+        );
+    }
+}

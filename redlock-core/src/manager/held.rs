@@ -1,0 +1,133 @@
+//! The manager's side of a held lock: extend, release and check, and how their rounds change
+//! the handle's lease and status.
+
+use std::time::Duration;
+
+use super::Inner;
+use crate::error::{Error, LossReason};
+use crate::lock::{LockShared, Status};
+use crate::round::Verdict;
+
+impl Inner {
+    /// One extend round: a fresh lease of `ttl` on a quorum, within validity, cut at the current
+    /// deadline.
+    pub(crate) async fn extend(&self, shared: &LockShared, ttl: Duration) -> Result<(), Error> {
+        let deadline = {
+            let state = shared.state();
+            match state.status {
+                Status::Released => return Err(Error::Released),
+                Status::Lost(reason) => return Err(Error::lost(reason, None)),
+                Status::Held => {}
+            }
+            if !state.lease.is_valid(self.clock().now()) {
+                drop(state);
+                return Err(self.lose(shared, LossReason::Expired, None));
+            }
+            state.lease.deadline()
+        };
+        let guard = self.config.deadline_guard;
+        let cut_at = guard.then_some(deadline);
+        let granted = self
+            .engine
+            .extend(&shared.key, &shared.token, ttl, cut_at)
+            .await;
+        match granted {
+            Ok(lease) => {
+                let mut state = shared.state();
+                match state.status {
+                    // The lease still ran when the new one came: a lock that was allowed to
+                    // expire, even for a moment, has been reported invalid and stays lost.
+                    Status::Held if !guard || state.lease.is_valid(self.clock().now()) => {
+                        state.lease = lease;
+                        state.ttl = ttl;
+                        Ok(())
+                    }
+                    Status::Held => {
+                        drop(state);
+                        Err(self.lose(shared, LossReason::Expired, None))
+                    }
+                    // A release that completed while we were extending wins: never revive a lock.
+                    Status::Released => Err(Error::Released),
+                    Status::Lost(reason) => Err(Error::lost(reason, None)),
+                }
+            }
+            Err(rejected) => match rejected.verdict {
+                Verdict::Quorum => Err(Error::ValidityExpired(Box::new(rejected.failure))),
+                Verdict::Refused => {
+                    Err(self.lose(shared, LossReason::NotHeld, Some(rejected.failure)))
+                }
+                // Cut at the deadline: the lease ran out while the round was open.
+                Verdict::Undecided if guard && self.clock().now() >= deadline => {
+                    Err(self.lose(shared, LossReason::Expired, Some(rejected.failure)))
+                }
+                Verdict::Undecided => Err(Error::Unavailable(Box::new(rejected.failure))),
+            },
+        }
+    }
+
+    /// Sends the release to every instance and reports whether the lock was still ours.
+    pub(crate) async fn release(&self, shared: &LockShared) -> Result<(), Error> {
+        let prior = shared.state().status;
+        if prior == Status::Released {
+            return Err(Error::Released);
+        }
+        let announce = self.config.wake_on_release;
+        let round = self
+            .engine
+            .release(&shared.key, &shared.token, announce)
+            .await;
+        let heard = round
+            .answers
+            .iter()
+            .any(|a| matches!(a, Some(Ok((_, true)))));
+        self.fairness.note_release(self.clock(), &shared.key, heard);
+        // Judged on the deadline, not the status: a concurrent extend or check that ran into
+        // this very release's deletes marks the lock lost, but it was ours until now.
+        let expired = !shared.state().lease.is_valid(self.clock().now());
+        let verdict = round.verdict();
+        if verdict == Verdict::Undecided && prior == Status::Held && !expired {
+            // Unknown whether the keys are gone: keep the handle so the caller can retry.
+            return Err(Error::Unavailable(Box::new(self.engine.failure(round, 1))));
+        }
+        let result = match (prior, verdict) {
+            (Status::Lost(reason), _) => Err(Error::lost(reason, None)),
+            _ if expired => Err(Error::lost(LossReason::Expired, None)),
+            (_, Verdict::Quorum) => Ok(()),
+            _ => Err(Error::lost(
+                LossReason::NotHeld,
+                Some(self.engine.failure(round, 1)),
+            )),
+        };
+        shared.mark_released();
+        self.unregister(shared);
+        result
+    }
+
+    /// Whether a quorum still holds our token, and the validity left.
+    pub(crate) async fn check(&self, shared: &LockShared) -> Result<Duration, Error> {
+        match shared.state().status {
+            Status::Released => return Err(Error::Released),
+            Status::Lost(reason) => return Err(Error::lost(reason, None)),
+            Status::Held => {}
+        }
+        let round = self
+            .engine
+            .inspect(&shared.key, |s| {
+                s.as_ref().is_some_and(|s| *s.value == *shared.token)
+            })
+            .await;
+        let remaining = shared.state().remaining(self.clock().now());
+        if remaining.is_zero() {
+            return Err(self.lose(shared, LossReason::Expired, None));
+        }
+        match round.verdict() {
+            Verdict::Quorum => Ok(remaining),
+            Verdict::Refused => Err(self.lose(
+                shared,
+                LossReason::NotHeld,
+                Some(self.engine.failure(round, 1)),
+            )),
+            Verdict::Undecided => Err(Error::Unavailable(Box::new(self.engine.failure(round, 1)))),
+        }
+    }
+}
