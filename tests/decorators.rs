@@ -78,6 +78,10 @@ impl<B: LockBackend> LockBackend for Counting<B> {
             .map(|_| self as &dyn ReleaseNotify)
     }
 
+    async fn connect(&self) -> Result<(), BackendError> {
+        self.inner.connect().await
+    }
+
     async fn close(&self) -> Result<(), BackendError> {
         self.inner.close().await
     }

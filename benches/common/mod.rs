@@ -143,6 +143,7 @@ impl Floor {
             let connection = ConnectionConfig {
                 connection_timeout: Duration::from_secs(1),
                 internal_command_timeout: Duration::from_secs(1),
+                max_command_attempts: 1,
                 tcp: TcpConfig {
                     nodelay: Some(true),
                     ..TcpConfig::default()

@@ -114,6 +114,23 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Connects now, if this backend connects at all, and checks that the instance can serve
+    /// locks (reachable, credentials accepted, a version that supports the operations). Waits
+    /// at most the backend's own connection timeout. The default has nothing to check and
+    /// returns `Ok`.
+    ///
+    /// The manager calls it on every instance at once in
+    /// [`LockManager::connect`](crate::LockManager::connect), so configuration mistakes show
+    /// up at start-up instead of as failed votes later.
+    ///
+    /// # Errors
+    /// [`BackendError`] saying why the instance cannot serve (its [`kind`](BackendError::kind)
+    /// tells which: [`Auth`](BackendErrorKind::Auth), [`Connection`](BackendErrorKind::Connection),
+    /// [`Incompatible`](BackendErrorKind::Incompatible), ...).
+    async fn connect(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Closes connections. Later calls may fail with [`BackendErrorKind::Closed`].
     ///
     /// # Errors
@@ -176,8 +193,13 @@ pub enum BackendErrorKind {
     /// The key holds a value of another type (Redis `WRONGTYPE`).
     WrongType,
     /// The server refused the command (`READONLY`, `OOM`, `NOSCRIPT` after a failed reload,
-    /// authentication, ...).
+    /// ...).
     Server,
+    /// The server refused our credentials (wrong password, unknown user, or none given where
+    /// one is required).
+    Auth,
+    /// The server cannot run this backend's operations (a version too old, say).
+    Incompatible,
     /// The reply could not be understood.
     Protocol,
     /// The backend was closed.

@@ -77,6 +77,7 @@ mod backend;
 mod config;
 #[cfg(feature = "testing")]
 pub mod conformance;
+mod connect;
 mod engine;
 mod error;
 mod lease;

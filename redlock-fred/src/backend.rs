@@ -3,102 +3,35 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::bytes::Bytes;
 use fred::bytes_utils::Str;
-use fred::clients::{Client, SubscriberClient};
-use fred::error::ErrorKind;
+use fred::clients::Client;
+use fred::error::Error as FredError;
 use fred::interfaces::{ClientLike, EventInterface, KeysInterface};
-use fred::types::config::{
-    Config as FredConfig, ConnectionConfig, PerformanceConfig, ReconnectPolicy, Server,
-    ServerConfig, TcpConfig,
+use fred::types::config::Options;
+use fred::types::{
+    ClientState, ClusterHash, ConnectHandle, CustomCommand, Expiration, SetOptions, Value,
 };
-use fred::types::{ClusterHash, ConnectHandle, CustomCommand, Expiration, SetOptions, Value};
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Error, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, KeyState, LockBackend, ReleaseNotify,
 };
 
-use crate::config::Instance;
+use crate::build::Parts;
+use crate::health::Health;
 use crate::notify::Notifier;
+use crate::runtime::check_context;
 use crate::scripts::{self, Script};
-
-/// How the backend talks to its server.
-///
-/// # Default
-/// | setting | default | why |
-/// | --- | --- | --- |
-/// | `command_timeout` | 90 ms | just under the manager's default 100 ms per-instance timeout |
-/// | `connection_timeout` | 1 s | also bounds `AUTH`/`SELECT`/Sentinel queries while connecting |
-/// | `reconnect_max_delay` | 1 s | exponential backoff from 10 ms, forever, so a restarted server rejoins |
-///
-/// The command timeout must stay *below* the manager's per-instance timeout: fred marks a command
-/// that timed out on its own clock and never writes it, while a command merely abandoned by the
-/// manager stays queued and is written after a reconnect, leaving a ghost lock key for a whole
-/// TTL. [`RedisManagerBuilder`](crate::RedisManagerBuilder) keeps the two in step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[must_use]
-pub struct ConnectionOptions {
-    command_timeout: Duration,
-    connection_timeout: Duration,
-    reconnect_max_delay: Duration,
-}
-
-impl Default for ConnectionOptions {
-    fn default() -> Self {
-        Self {
-            command_timeout: Duration::from_millis(90),
-            connection_timeout: Duration::from_secs(1),
-            reconnect_max_delay: Duration::from_secs(1),
-        }
-    }
-}
-
-impl ConnectionOptions {
-    /// The defaults.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The command timeout for a manager whose per-instance timeout is `instance_timeout`:
-    /// 10 % (at least 1 ms) shorter, so fred's timeout fires first.
-    pub fn for_instance_timeout(mut self, instance_timeout: Duration) -> Self {
-        let margin = (instance_timeout / 10).max(Duration::from_millis(1));
-        self.command_timeout = instance_timeout
-            .saturating_sub(margin)
-            .max(Duration::from_millis(1));
-        self
-    }
-
-    /// fred's timeout for every command (zero is raised to 1 ms: fred reads zero as "none").
-    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
-        self.command_timeout = timeout.max(Duration::from_millis(1));
-        self
-    }
-
-    /// Timeout of one connection attempt, including TLS and the handshake commands.
-    pub fn with_connection_timeout(mut self, timeout: Duration) -> Self {
-        self.connection_timeout = timeout.max(Duration::from_millis(1));
-        self
-    }
-
-    /// Longest delay between reconnection attempts.
-    pub fn with_reconnect_max_delay(mut self, delay: Duration) -> Self {
-        self.reconnect_max_delay = delay.max(Duration::from_millis(10));
-        self
-    }
-
-    /// fred's command timeout.
-    #[must_use]
-    pub fn command_timeout(&self) -> Duration {
-        self.command_timeout
-    }
-}
 
 enum Connection {
     NotStarted,
-    Running(ConnectHandle),
+    Running {
+        /// fred's connection task, when the backend started it (`None`: the application's).
+        task: Option<ConnectHandle>,
+        listener: tokio::task::JoinHandle<()>,
+    },
     Closed,
 }
 
@@ -106,12 +39,27 @@ enum Connection {
 /// [`LockBackend`].
 ///
 /// Holds one fred client, whose single connection pipelines concurrent calls. The connection is
-/// made lazily, by the first call, on the tokio runtime running that call (keep that runtime
-/// alive for the backend's life); a call made before it is up waits at most the command
-/// timeout. Dropped connections are re-made in the background with exponential backoff.
+/// made lazily, by the first call (or [`LockBackend::connect`]), on the tokio runtime running
+/// that call: keep that runtime alive for the backend's life, since the connection's tasks run
+/// on it (once it is shut down every call fails with an error saying so). A call made before
+/// the connection is up waits at most the command timeout. Dropped connections are re-made in
+/// the background with exponential backoff.
 ///
-/// Each operation is one Lua script, sent with `EVALSHA` and re-sent as `EVAL` when the server
-/// answers `NOSCRIPT` (after a restart, a failover or `SCRIPT FLUSH`).
+/// Every call must come from a tokio runtime with timers (`enable_all`); elsewhere it fails
+/// at once with an error saying so, never a panic.
+///
+/// Each operation is one command or Lua script, sent once: fred does not re-send a command
+/// whose connection dropped (see [`ConnectionOptions`](crate::ConnectionOptions)). Scripts go
+/// as `EVALSHA`, and as `EVAL` when the server answers `NOSCRIPT` (after a restart, a failover
+/// or `SCRIPT FLUSH`).
+///
+/// A failed call says what a person can act on: [`BackendError::kind`] is
+/// [`Auth`](BackendErrorKind::Auth) (the server's reply in the message),
+/// [`Connection`](BackendErrorKind::Connection) (refused, timed out connecting, lost),
+/// [`Timeout`](BackendErrorKind::Timeout) (connected, but no reply in time),
+/// [`Incompatible`](BackendErrorKind::Incompatible) (Redis older than 7.0, checked once per
+/// connection), [`Protocol`](BackendErrorKind::Protocol), [`Server`](BackendErrorKind::Server)
+/// or [`WrongType`](BackendErrorKind::WrongType).
 pub struct RedisBackend {
     id: String,
     sentinel: bool,
@@ -124,8 +72,7 @@ pub struct RedisBackend {
     command_timeout: Duration,
     connection: Mutex<Connection>,
     rediscovering: Arc<AtomicBool>,
-    /// Secrets scrubbed from every error message, in case a server or fred echoes one.
-    secrets: Vec<String>,
+    health: Arc<Health>,
 }
 
 impl fmt::Debug for RedisBackend {
@@ -138,150 +85,31 @@ impl fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    /// A backend for `instance`, with default [`ConnectionOptions`]. Does not connect.
-    ///
-    /// # Errors
-    /// As [`with_options`](Self::with_options).
-    pub fn new(instance: impl Into<Instance>) -> Result<Self, Error> {
-        Self::with_options(instance, &ConnectionOptions::default())
-    }
-
-    /// A backend for `instance`. Parses and validates; does not connect.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] ([`InvalidInput::Config`](redlock_core::InvalidInput::Config)):
-    /// a malformed URL or unknown parameter, a Sentinel without addresses, TLS asked for but the
-    /// `tls` feature not compiled in, an unusable CA certificate.
-    pub fn with_options(
-        instance: impl Into<Instance>,
-        options: &ConnectionOptions,
-    ) -> Result<Self, Error> {
-        let instance = instance.into().resolve()?;
-        let mut config = FredConfig {
-            // Retry the first connection like any later one: an instance that is down when the
-            // manager starts must rejoin when it comes up.
-            fail_fast: false,
-            ..FredConfig::default()
-        };
-        let mut secrets = Vec::new();
-        let (id, sentinel, tls) = match instance {
-            Instance::Redis(c) => {
-                config.server = ServerConfig::Centralized {
-                    server: Server::new(c.host.clone(), c.port),
-                };
-                config.username = c.username.clone();
-                config.password = c.password.clone();
-                config.database = (c.db != 0).then_some(c.db);
-                secrets.extend(c.password.clone());
-                (c.id(), false, c.tls)
-            }
-            Instance::Unix(u) => {
-                config.server = ServerConfig::Unix {
-                    path: u.path.clone(),
-                };
-                config.username = u.username.clone();
-                config.password = u.password.clone();
-                config.database = (u.db != 0).then_some(u.db);
-                secrets.extend(u.password.clone());
-                (u.id(), false, None)
-            }
-            Instance::Sentinel(s) => {
-                s.validate()?;
-                config.server = ServerConfig::Sentinel {
-                    hosts: s
-                        .sentinels
-                        .iter()
-                        .map(|(h, p)| Server::new(h.clone(), *p))
-                        .collect(),
-                    service_name: s.master.clone(),
-                    username: s.sentinel_username.clone(),
-                    password: s.sentinel_password.clone(),
-                };
-                config.username = s.username.clone();
-                config.password = s.password.clone();
-                config.database = (s.db != 0).then_some(s.db);
-                secrets.extend(s.password.clone());
-                secrets.extend(s.sentinel_password.clone());
-                (s.id(), true, s.tls)
-            }
-            Instance::Url(_) => unreachable!("resolve() parses URLs"),
-        };
-        if let Some(tls) = tls {
-            #[cfg(feature = "tls")]
-            {
-                config.tls = Some(tls.to_fred()?);
-            }
-            #[cfg(not(feature = "tls"))]
-            {
-                let _ = tls;
-                return Err(crate::tls::tls_not_compiled(&format!("instance {id}")));
-            }
-        }
-        secrets.retain(|s| !s.is_empty());
-
-        let perf = PerformanceConfig {
-            default_command_timeout: options.command_timeout,
-            ..PerformanceConfig::default()
-        };
-        let connection = ConnectionConfig {
-            connection_timeout: options.connection_timeout,
-            internal_command_timeout: options.connection_timeout,
-            tcp: TcpConfig {
-                nodelay: Some(true),
-                ..TcpConfig::default()
-            },
-            ..ConnectionConfig::default()
-        };
-        let max_delay = u32::try_from(options.reconnect_max_delay.as_millis()).unwrap_or(u32::MAX);
-        let mut policy = ReconnectPolicy::new_exponential(0, 10, max_delay, 2);
-        policy.set_jitter(20);
-        let subscriber = SubscriberClient::new(
-            config.clone(),
-            Some(perf.clone()),
-            Some(connection.clone()),
-            Some(policy.clone()),
-        );
-        let client = Client::new(config, Some(perf), Some(connection), Some(policy));
-        Ok(Self {
-            id,
-            sentinel,
-            client,
-            notifier: Notifier::new(subscriber),
+    pub(crate) fn from_parts(parts: Parts) -> Self {
+        let health = Arc::new(Health::new(
+            parts.id.clone(),
+            parts.command_timeout,
+            parts.connection_timeout,
+            parts.secrets,
+        ));
+        Self {
+            id: parts.id,
+            sentinel: parts.sentinel,
+            client: parts.client,
+            notifier: Notifier::new(parts.subscriber),
             cached: Arc::new(AtomicU8::new(0)),
-            command_timeout: options.command_timeout,
+            command_timeout: parts.command_timeout,
             connection: Mutex::new(Connection::NotStarted),
             rediscovering: Arc::new(AtomicBool::new(false)),
-            secrets,
-        })
+            health,
+        }
     }
 
     /// The underlying fred client, for commands of your own on the same connection. It is
-    /// connected by the first lock operation (or [`connect`](Self::connect)).
+    /// connected by the first lock operation (or [`LockBackend::connect`]).
     #[must_use]
     pub fn client(&self) -> &Client {
         &self.client
-    }
-
-    /// Starts connecting now instead of on the first call, and waits up to `timeout` for the
-    /// connection. Connecting goes on in the background either way.
-    ///
-    /// # Errors
-    /// [`BackendError`] ([`BackendErrorKind::Timeout`]) when the connection is not up within
-    /// `timeout`, [`BackendErrorKind::Closed`] after close, or
-    /// [`BackendErrorKind::Other`] outside a tokio runtime.
-    pub async fn connect(&self, timeout: Duration) -> Result<(), BackendError> {
-        self.ensure_started()?;
-        if self.client.is_connected() {
-            return Ok(());
-        }
-        match tokio::time::timeout(timeout, self.client.wait_for_connect()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.map_error(e, "connect")),
-            Err(_) => Err(BackendError::new(
-                BackendErrorKind::Timeout,
-                format!("{}: not connected within {timeout:?}", self.id),
-            )),
-        }
     }
 
     fn lock_connection(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -289,21 +117,33 @@ impl RedisBackend {
         self.connection.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn ensure_started(&self) -> Result<(), BackendError> {
+    fn other(&self, op: &str, why: &str) -> BackendError {
+        BackendError::new(BackendErrorKind::Other, format!("{}: {op}: {why}", self.id))
+    }
+
+    /// Checks the calling context and the connection, and connects on first use.
+    fn ensure_started(&self, op: &str) -> Result<(), BackendError> {
+        check_context().map_err(|problem| self.other(op, problem.message()))?;
         let mut connection = self.lock_connection();
-        match *connection {
-            Connection::Running(_) => Ok(()),
+        match &*connection {
+            Connection::Running { task: Some(task), .. } if task.is_finished() => Err(self.other(
+                op,
+                "the connection's task has ended, which happens when the tokio runtime it was started on shuts down: a backend stays on the runtime of its first call, so build the manager in the runtime that uses it, or keep that runtime alive",
+            )),
+            Connection::Running { .. } => {
+                drop(connection);
+                match self.health.incompatible(&self.client, op) {
+                    Some(error) => Err(error),
+                    None => Ok(()),
+                }
+            }
             Connection::Closed => Err(BackendError::new(
                 BackendErrorKind::Closed,
-                format!("{}: backend closed", self.id),
+                format!("{}: {op}: backend closed", self.id),
             )),
             Connection::NotStarted => {
-                if tokio::runtime::Handle::try_current().is_err() {
-                    return Err(BackendError::new(
-                        BackendErrorKind::Other,
-                        format!("{}: the fred backend needs a tokio runtime", self.id),
-                    ));
-                }
+                // Listening first: the first attempt's failure must be heard.
+                let listener = self.health.listen(&self.client);
                 // A new connection may reach a server with an empty script cache (restart,
                 // failover): go back to EVAL until each script is cached again.
                 let cached = Arc::clone(&self.cached);
@@ -311,7 +151,10 @@ impl RedisBackend {
                     cached.store(0, Ordering::Release);
                     async { Ok(()) }
                 }));
-                *connection = Connection::Running(self.client.connect());
+                // A client the application already connected stays the application's.
+                let task = (self.client.state() == ClientState::Disconnected)
+                    .then(|| self.client.connect());
+                *connection = Connection::Running { task, listener };
                 Ok(())
             }
         }
@@ -323,64 +166,32 @@ impl RedisBackend {
 
     /// Asks the sentinels again for the master, in the background, once at a time.
     fn rediscover(&self) {
-        if !self.sentinel || self.rediscovering.swap(true, Ordering::AcqRel) {
+        if !self.sentinel
+            || check_context().is_err()
+            || self.rediscovering.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let client = self.client.clone();
         let flag = Arc::clone(&self.rediscovering);
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            flag.store(false, Ordering::Release);
-            return;
-        };
-        drop(handle.spawn(async move {
+        drop(tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), client.force_reconnection()).await;
             flag.store(false, Ordering::Release);
         }));
     }
 
-    fn scrub(&self, text: &str) -> String {
-        let mut text = text.to_owned();
-        for secret in &self.secrets {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), "<redacted>");
-            }
+    fn map_error(&self, error: &FredError, op: &str) -> BackendError {
+        if error.details().starts_with("READONLY") {
+            // The master we know was demoted (failover): find the new one.
+            self.rediscover();
         }
-        text
-    }
-
-    fn map_error(&self, error: fred::error::Error, op: &str) -> BackendError {
-        let details = error.details();
-        let first = details.split_whitespace().next().unwrap_or("");
-        let kind = match first {
-            "WRONGTYPE" => BackendErrorKind::WrongType,
-            "READONLY" => {
-                // The master we know was demoted (failover): find the new one.
-                self.rediscover();
-                BackendErrorKind::Server
-            }
-            _ => match error.kind() {
-                ErrorKind::IO | ErrorKind::Routing | ErrorKind::Sentinel => {
-                    BackendErrorKind::Connection
-                }
-                ErrorKind::Canceled if self.is_closed() => BackendErrorKind::Closed,
-                ErrorKind::Canceled => BackendErrorKind::Connection,
-                ErrorKind::Timeout => BackendErrorKind::Timeout,
-                ErrorKind::Auth => BackendErrorKind::Server,
-                ErrorKind::Protocol | ErrorKind::Parse => BackendErrorKind::Protocol,
-                #[cfg(feature = "tls")]
-                ErrorKind::Tls => BackendErrorKind::Connection,
-                _ if !first.is_empty() && first.bytes().all(|b| b.is_ascii_uppercase()) => {
-                    // A Redis error code: OOM, BUSY, LOADING, MASTERDOWN, NOAUTH, ERR, ...
-                    BackendErrorKind::Server
-                }
-                _ => BackendErrorKind::Other,
-            },
-        };
-        let cause = FredCause {
-            kind: format!("{:?}", error.kind()),
-            message: self.scrub(details),
-        };
-        BackendError::new(kind, format!("{}: {op} failed", self.id)).with_source(cause)
+        if error.is_canceled() && self.is_closed() {
+            return BackendError::new(
+                BackendErrorKind::Closed,
+                format!("{}: {op}: backend closed", self.id),
+            );
+        }
+        self.health.command_error(&self.client, error, op)
     }
 
     async fn run(
@@ -389,9 +200,9 @@ impl RedisBackend {
         key: &[u8],
         args: &[Value],
     ) -> Result<Value, BackendError> {
-        self.ensure_started()?;
+        self.ensure_started(script.name)?;
         let key = Value::Bytes(Bytes::copy_from_slice(key));
-        let command = |head: Str| {
+        let command_args = |head: Str| {
             let mut command = Vec::with_capacity(3 + args.len());
             command.extend([Value::String(head), Value::Integer(1), key.clone()]);
             command.extend_from_slice(args);
@@ -399,17 +210,29 @@ impl RedisBackend {
         };
         // Custom commands are pipelined; fred's own EVALSHA is not (it waits for each reply),
         // which would serialize every lock call on the connection.
+        let custom = |name: &'static str, head: Str| {
+            self.send(move |timeout| {
+                let command = CustomCommand::new_static(name, ClusterHash::FirstKey, false);
+                let args = command_args(head.clone());
+                async move {
+                    match timeout {
+                        None => self.client.custom::<Value, Value>(command, args).await,
+                        Some(t) => {
+                            self.client
+                                .with_options(&timeout_options(t))
+                                .custom::<Value, Value>(command, args)
+                                .await
+                        }
+                    }
+                }
+            })
+        };
         let eval = || async {
-            let eval = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
-            let body = Str::from_static(script.body);
-            let reply = self
-                .client
-                .custom::<Value, Value>(eval, command(body))
-                .await;
+            let reply = custom("EVAL", Str::from_static(script.body)).await;
             if reply.is_ok() {
                 self.cached.fetch_or(script.bit, Ordering::AcqRel);
             }
-            reply.map_err(|e| self.map_error(e, script.name))
+            reply.map_err(|e| self.map_error(&e, script.name))
         };
         if self.cached.load(Ordering::Acquire) & script.bit == 0 {
             // Not known to be cached on this connection's server: EVAL, in one write. An
@@ -418,12 +241,7 @@ impl RedisBackend {
             // would silently miss the call.
             return eval().await;
         }
-        let evalsha = CustomCommand::new_static("EVALSHA", ClusterHash::FirstKey, false);
-        match self
-            .client
-            .custom::<Value, Value>(evalsha, command(script.sha.clone()))
-            .await
-        {
+        match custom("EVALSHA", script.sha.clone()).await {
             Ok(v) => Ok(v),
             Err(e) if e.details().starts_with("NOSCRIPT") => {
                 // The script cache was emptied (restart, failover, SCRIPT FLUSH): every script
@@ -431,8 +249,37 @@ impl RedisBackend {
                 self.cached.store(0, Ordering::Release);
                 eval().await
             }
-            Err(e) => Err(self.map_error(e, script.name)),
+            Err(e) => Err(self.map_error(&e, script.name)),
         }
+    }
+
+    /// Runs `call` (given `None`: fred's default timeout), and again if fred failed it without
+    /// writing it: that happens to a command that reaches fred's router between the loss of a
+    /// connection and the start of its reconnection ("Failed to route command"). Never written,
+    /// it is sent once the connection is back: no re-send, and still within one command
+    /// timeout counted from the first try (`call` gets what is left), so nothing is written
+    /// after the manager stopped waiting. Any other failure is returned as it is.
+    async fn send<T, F, Fut>(&self, call: F) -> Result<T, FredError>
+    where
+        F: Fn(Option<Duration>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, FredError>>,
+    {
+        let deadline = Instant::now() + self.command_timeout;
+        let mut result = call(None).await;
+        while matches!(&result, Err(e) if never_written(e)) {
+            self.health
+                .wait_up(
+                    &self.client,
+                    deadline.saturating_duration_since(Instant::now()),
+                )
+                .await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            result = call(Some(left)).await;
+        }
+        result
     }
 
     fn code(&self, value: Value, op: &str) -> Result<bool, BackendError> {
@@ -466,6 +313,18 @@ impl RedisBackend {
     }
 }
 
+/// fred failed the command before writing it: it found no connection to write it to.
+fn never_written(error: &FredError) -> bool {
+    error.details().starts_with("Failed to route command")
+}
+
+fn timeout_options(timeout: Duration) -> Options {
+    Options {
+        timeout: Some(timeout),
+        ..Options::default()
+    }
+}
+
 fn millis(ttl: Duration) -> Value {
     Value::Integer(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
 }
@@ -487,21 +346,33 @@ impl LockBackend for RedisBackend {
         // a plain client (BENCHMARKS.md). A key of another type still answers WRONGTYPE, and a
         // replica READONLY. Only a key that already holds our token (a re-sent request) needs the
         // script, which resets the expiry atomically.
-        self.ensure_started()?;
+        self.ensure_started("acquire")?;
         let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        let set = self.client.set::<Value, _, _>(
-            Bytes::copy_from_slice(key),
-            Bytes::copy_from_slice(tok),
-            Some(Expiration::PX(ms)),
-            Some(SetOptions::NX),
-            true,
-        );
+        let set = self.send(|timeout| {
+            let (key, tok) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(tok));
+            let (expiry, nx) = (Some(Expiration::PX(ms)), Some(SetOptions::NX));
+            async move {
+                match timeout {
+                    None => {
+                        self.client
+                            .set::<Value, _, _>(key, tok, expiry, nx, true)
+                            .await
+                    }
+                    Some(t) => {
+                        self.client
+                            .with_options(&timeout_options(t))
+                            .set::<Value, _, _>(key, tok, expiry, nx, true)
+                            .await
+                    }
+                }
+            }
+        });
         match set.await {
             Ok(Value::Null) => return Ok(true),
             Ok(Value::Bytes(held)) if held.as_ref() != tok => return Ok(false),
             Ok(Value::String(held)) if held.as_bytes() != tok => return Ok(false),
             Ok(_) => {}
-            Err(e) => return Err(self.map_error(e, "acquire")),
+            Err(e) => return Err(self.map_error(&e, "acquire")),
         }
         let reply = self
             .run(&scripts::ACQUIRE, key, &[token(tok), millis(ttl)])
@@ -554,9 +425,10 @@ impl LockBackend for RedisBackend {
         // still written after a reconnect and leaves a ghost lock.
         if self.command_timeout >= config.instance_timeout() {
             return Err(format!(
-                "{}: fred's command timeout {:?} must be shorter than the manager's instance                  timeout {:?} (build through redlock_fred::manager, or set                  ConnectionOptions::for_instance_timeout)",
+                "{}: fred's command timeout {:?} must be shorter than the manager's instance timeout {:?}; give the backend ConnectionOptions::new().for_instance_timeout({:?}) (redlock_fred::manager does this itself)",
                 self.id,
                 self.command_timeout,
+                config.instance_timeout(),
                 config.instance_timeout()
             ));
         }
@@ -567,13 +439,29 @@ impl LockBackend for RedisBackend {
         Some(self)
     }
 
+    async fn connect(&self) -> Result<(), BackendError> {
+        self.ensure_started("connect")?;
+        self.health.wait_connected(&self.client).await
+    }
+
     async fn close(&self) -> Result<(), BackendError> {
-        self.notifier.close().await;
+        // Outside a usable runtime fred's QUIT would panic on its timer: only stop the tasks.
+        let usable = check_context().is_ok();
+        if usable {
+            self.notifier.close().await;
+        }
         let previous = std::mem::replace(&mut *self.lock_connection(), Connection::Closed);
-        if let Connection::Running(handle) = previous {
-            // QUIT waits for a writable connection; a dead server must not hold up close.
-            let _ = tokio::time::timeout(Duration::from_millis(500), self.client.quit()).await;
-            handle.abort();
+        if let Connection::Running { task, listener } = previous {
+            if let Some(task) = task {
+                if usable {
+                    // QUIT waits for a writable connection; a dead server must not hold up
+                    // close.
+                    let _ =
+                        tokio::time::timeout(Duration::from_millis(500), self.client.quit()).await;
+                }
+                task.abort();
+            }
+            listener.abort();
         }
         Ok(())
     }
@@ -600,14 +488,9 @@ impl ReleaseNotify for RedisBackend {
     }
 
     async fn subscribe(&self, key: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
-        if self.is_closed() {
-            return Err(BackendError::new(
-                BackendErrorKind::Closed,
-                format!("{}: backend closed", self.id),
-            ));
-        }
+        self.ensure_started("subscribe")?;
         self.notifier
-            .subscribe(key, |e| self.map_error(e, "subscribe"))
+            .subscribe(key, |e| self.map_error(&e, "subscribe"))
             .await
     }
 }
@@ -615,25 +498,13 @@ impl ReleaseNotify for RedisBackend {
 impl Drop for RedisBackend {
     fn drop(&mut self) {
         // The connection task reconnects forever; without this it would outlive the backend.
-        if let Connection::Running(handle) =
+        if let Connection::Running { task, listener } =
             std::mem::replace(&mut *self.lock_connection(), Connection::Closed)
         {
-            handle.abort();
+            if let Some(task) = task {
+                task.abort();
+            }
+            listener.abort();
         }
     }
 }
-
-/// fred's error, with secrets scrubbed from its message.
-#[derive(Debug)]
-struct FredCause {
-    kind: String,
-    message: String,
-}
-
-impl fmt::Display for FredCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.message, self.kind)
-    }
-}
-
-impl std::error::Error for FredCause {}

@@ -7,7 +7,8 @@ use redlock_core::{
     Error, LockBackend, LockManager, LockManagerBuilder, RandomSource, DEFAULT_INSTANCE_TIMEOUT,
 };
 
-use crate::backend::{ConnectionOptions, RedisBackend};
+use crate::backend::RedisBackend;
+use crate::build::ConnectionOptions;
 use crate::config::Instance;
 use crate::runtime::{TokioClock, TokioSpawner};
 
@@ -49,7 +50,9 @@ where
 ///
 /// Connections are made lazily: building touches no network, and each instance connects on
 /// the first call that needs it (inside the caller's tokio runtime). An instance that is down
-/// then is retried in the background and counts as a failed vote meanwhile.
+/// then is retried in the background and counts as a failed vote meanwhile. To find a wrong
+/// password, a wrong address or a server too old at start-up instead, call
+/// [`LockManager::connect`] on the built manager: it checks every instance at once.
 #[derive(Debug)]
 #[must_use]
 pub struct RedisManagerBuilder {
@@ -155,8 +158,15 @@ impl RedisManagerBuilder {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for an instance that does not parse or validate (see
-    /// [`RedisBackend::with_options`]). Touches no network.
+    /// [`RedisBackend::with_options`]), or an instance timeout of 1 ms or less (fred's own
+    /// timeout must run out first). Touches no network.
     pub fn into_core(self) -> Result<LockManagerBuilder, Error> {
+        let timeout = self.instance_timeout;
+        if !timeout.is_zero() && timeout <= Duration::from_millis(1) {
+            return Err(crate::config::config_error(format!(
+                "instance timeout {timeout:?} is too short for Redis: fred's command timeout (1 ms at least) must run out before it, so give at least 2 ms"
+            )));
+        }
         let options = self
             .options
             .clone()

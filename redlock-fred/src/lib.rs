@@ -44,11 +44,30 @@
 //!
 //! fred's own command timeout is set just below the manager's per-instance timeout. A command
 //! that times out in fred is never written; a command the manager merely stops waiting for would
-//! be written after the next reconnect and leave a lock key nobody releases until its TTL.
+//! be written after the next reconnect and leave a lock key nobody releases until its TTL. fred
+//! also sends each command at most once: a command whose connection drops before its reply
+//! fails (the instance's vote is "no answer") instead of being sent again after the reconnect.
+//!
+//! # Failures
+//!
+//! An instance that cannot answer says why, in its [`BackendError`](redlock_core::BackendError)
+//! (in [`Error::failure`](redlock_core::Error::failure)'s per-instance report): authentication
+//! refused (with the server's reply), connection refused, timed out connecting, no reply to a
+//! command in time, a server older than Redis 7.0, a protocol error. [`LockManager::connect`]
+//! checks every instance at once at start-up.
+//!
+//! Every call must come from a tokio runtime with timers (`enable_all`), and the runtime of the
+//! first call must stay up while the manager is used (the connections run on it). Elsewhere a
+//! call fails with an error saying which of these is missing, never a panic.
+//!
+//! [`LockManager::connect`]: redlock_core::LockManager::connect
 //!
 //! # Security
 //!
-//! Passwords never appear in `Debug`, `Display` or error messages of this crate. TLS (the
+//! Passwords are [`Secret`]s from parsing to fred's configuration: they never appear in
+//! `Debug`, `Display` or error messages of this crate, nor do the values of URL parameters other
+//! than the known harmless ones (a `sentinelPassword`, a misspelt parameter). User information
+//! and socket paths in URLs are percent-decoded (`+` is a plus sign, `%2B` too). TLS (the
 //! default `tls` feature, rustls) verifies certificates unless told otherwise
 //! ([`Tls::danger_accept_invalid_certs`], `ssl_cert_reqs=CERT_NONE`). Without the feature,
 //! a TLS configuration is an error, never a silent plaintext connection.
@@ -59,21 +78,27 @@
 //! - `harness`: [`harness`], real `redis-server` processes for tests and benchmarks.
 
 mod backend;
+mod build;
 mod builder;
 mod config;
+mod health;
 mod notify;
+mod parse;
 mod runtime;
 mod scripts;
+mod secret;
 mod sentinel;
 mod tls;
 
 #[cfg(feature = "harness")]
 pub mod harness;
 
-pub use backend::{ConnectionOptions, RedisBackend};
+pub use backend::RedisBackend;
+pub use build::ConnectionOptions;
 pub use builder::{manager, RedisManagerBuilder};
 pub use config::{Instance, RedisConfig, UnixSocket, DEFAULT_PORT, DEFAULT_SENTINEL_PORT};
 pub use runtime::{TokioClock, TokioSpawner};
+pub use secret::Secret;
 pub use sentinel::Sentinel;
 pub use tls::Tls;
 

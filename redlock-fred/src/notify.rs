@@ -73,15 +73,21 @@ impl Notifier {
 
     /// Connects the subscriber and starts dispatching its messages, once.
     fn ensure_started(&self) -> Result<(), BackendError> {
-        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
-        if started.is_some() {
-            return Ok(());
-        }
-        if tokio::runtime::Handle::try_current().is_err() {
+        if let Err(problem) = crate::runtime::check_context() {
             return Err(BackendError::new(
                 BackendErrorKind::Other,
-                "release notifications need a tokio runtime",
+                format!("release notifications: {}", problem.message()),
             ));
+        }
+        let mut started = self.started.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tasks) = started.as_ref() {
+            if tasks.connection.is_finished() {
+                return Err(BackendError::new(
+                    BackendErrorKind::Other,
+                    "release notifications: the subscriber's task has ended (its tokio runtime shut down)",
+                ));
+            }
+            return Ok(());
         }
         let connection = self.subscriber.connect();
         let resubscribe = self.subscriber.manage_subscriptions();

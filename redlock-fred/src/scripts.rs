@@ -3,8 +3,9 @@
 //! Each returns an integer code rather than raising: a script error reaches the client as an
 //! opaque string (`ERR ... script: ...`), while a code can be matched. `GET` goes through
 //! `redis.pcall` so a key holding another type (a list, a hash) is reported as [`WRONG_TYPE`]
-//! instead of a script error. Every script is idempotent for the same token, because fred may
-//! re-send a command whose connection dropped before the reply arrived.
+//! instead of a script error. Every script is idempotent for the same token, so a request that
+//! arrives twice (sent again by a caller who never heard the first reply) does no harm; fred itself
+//! is configured never to re-send.
 //!
 //! Every script starts with a `#!lua` shebang without flags (Redis 7+), which declares it may
 //! write. A replica then refuses it up front with `READONLY`, instead of running it: without the
@@ -21,6 +22,7 @@ pub(crate) const WRONG_TYPE: i64 = -1;
 
 /// One script with its SHA1, for `EVALSHA`.
 pub(crate) struct Script {
+    /// The operation, for messages.
     pub(crate) name: &'static str,
     /// This script's bit in a backend's set of scripts known to be cached on the server.
     pub(crate) bit: u8,
@@ -30,9 +32,9 @@ pub(crate) struct Script {
 }
 
 macro_rules! script {
-    ($name:ident, $bit:expr, $body:expr) => {
+    ($name:ident, $op:expr, $bit:expr, $body:expr) => {
         pub(crate) static $name: Script = Script {
-            name: stringify!($name),
+            name: $op,
             bit: 1 << $bit,
             body: $body,
             sha: LazyLock::new(|| Str::from(fred::util::sha1_hash($body))),
@@ -43,6 +45,7 @@ macro_rules! script {
 // ARGV[1] = token, ARGV[2] = ttl in ms. 1 = acquired (fresh, or already ours: expiry reset).
 script!(
     ACQUIRE,
+    "acquire",
     0,
     r"#!lua
 local v = redis.pcall('GET', KEYS[1])
@@ -61,6 +64,7 @@ return 0"
 // Never SET: an absent key stays absent (a lost lock is not resurrected).
 script!(
     EXTEND,
+    "extend",
     1,
     r"#!lua
 local v = redis.pcall('GET', KEYS[1])
@@ -74,6 +78,7 @@ return 0"
 
 script!(
     RELEASE,
+    "release",
     2,
     r"#!lua
 local v = redis.pcall('GET', KEYS[1])
@@ -89,6 +94,7 @@ return 0"
 // 1 = released and nobody listened, 0 = not ours.
 script!(
     RELEASE_NOTIFY,
+    "release",
     3,
     r"#!lua
 local v = redis.pcall('GET', KEYS[1])
@@ -104,6 +110,7 @@ return 0"
 // 0 = absent; otherwise {value, pttl}. One script so the value and the TTL belong together.
 script!(
     INSPECT,
+    "inspect",
     4,
     r"#!lua
 local v = redis.pcall('GET', KEYS[1])

@@ -10,15 +10,14 @@
 //! master then does not hold our token. The manager's extend and release report that as a loss
 //! when a quorum is affected; see the core crate's notes on servers that lose keys.
 
-use std::fmt;
-
 use redlock_core::Error;
 
-use crate::config::{config_error, redacted, tcp_id, Instance};
+use crate::config::{check_address, config_error, tcp_id, Instance};
+use crate::secret::Secret;
 
 /// The master of a Sentinel group, found through one or more sentinels.
 ///
-/// `Debug` never shows passwords.
+/// `Debug` never shows passwords (they are [`Secret`]s).
 ///
 /// ```
 /// use redlock_fred::Sentinel;
@@ -27,7 +26,7 @@ use crate::config::{config_error, redacted, tcp_id, Instance};
 /// let s = Sentinel::new([("localhost", 26379)], "leader").with_db(3);
 /// assert_eq!(s.master, "leader");
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Sentinel {
     /// Sentinel addresses, tried in order.
     pub sentinels: Vec<(String, u16)>,
@@ -38,11 +37,11 @@ pub struct Sentinel {
     /// ACL user name on the master.
     pub username: Option<String>,
     /// Password on the master.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// ACL user name on the sentinels.
     pub sentinel_username: Option<String>,
     /// Password on the sentinels (`requirepass` in the sentinel configuration).
-    pub sentinel_password: Option<String>,
+    pub sentinel_password: Option<Secret>,
     /// TLS, used towards the sentinels and the master alike.
     pub tls: Option<crate::Tls>,
 }
@@ -77,7 +76,7 @@ impl Sentinel {
             Instance::Sentinel(s) => Ok(s),
             _ => Err(config_error(format!(
                 "`{}` is not a Sentinel URL: add master=NAME (or use redis-sentinel://…?sentinelServiceName=NAME)",
-                crate::config::redact_url(url)
+                crate::parse::redact_url(url)
             ))),
         }
     }
@@ -89,16 +88,16 @@ impl Sentinel {
         self
     }
 
-    /// Authenticates to the master with `password` (default user) .
+    /// Authenticates to the master with `password` (default user).
     #[must_use]
-    pub fn with_password(mut self, password: impl Into<String>) -> Self {
+    pub fn with_password(mut self, password: impl Into<Secret>) -> Self {
         self.password = Some(password.into());
         self
     }
 
     /// Authenticates to the master as ACL user `username`.
     #[must_use]
-    pub fn with_auth(mut self, username: impl Into<String>, password: impl Into<String>) -> Self {
+    pub fn with_auth(mut self, username: impl Into<String>, password: impl Into<Secret>) -> Self {
         self.username = Some(username.into());
         self.password = Some(password.into());
         self
@@ -109,7 +108,7 @@ impl Sentinel {
     pub fn with_sentinel_auth(
         mut self,
         username: Option<String>,
-        password: impl Into<String>,
+        password: impl Into<Secret>,
     ) -> Self {
         self.sentinel_username = username;
         self.sentinel_password = Some(password.into());
@@ -142,22 +141,14 @@ impl Sentinel {
         if self.master.is_empty() {
             return Err(config_error("Sentinel master name is empty"));
         }
+        for (host, port) in &self.sentinels {
+            check_address(
+                host,
+                *port,
+                &format!("a sentinel of master `{}`", self.master),
+            )?;
+        }
         Ok(())
-    }
-}
-
-impl fmt::Debug for Sentinel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sentinel")
-            .field("sentinels", &self.sentinels)
-            .field("master", &self.master)
-            .field("db", &self.db)
-            .field("username", &self.username)
-            .field("password", &redacted(&self.password))
-            .field("sentinel_username", &self.sentinel_username)
-            .field("sentinel_password", &redacted(&self.sentinel_password))
-            .field("tls", &self.tls)
-            .finish()
     }
 }
 

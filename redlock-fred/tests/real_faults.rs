@@ -210,7 +210,8 @@ async fn client_kill_resets_connections_and_the_lock_recovers() {
             "our connection was open and got killed"
         );
     }
-    // fred notices the reset and reconnects; the idempotent scripts make its re-send harmless.
+    // fred reconnects; a command caught by the reset fails (fred sends each command once)
+    // and is tried again here.
     eventually(Duration::from_secs(5), || lock.extend())
         .await
         .expect("extend after reconnect");

@@ -152,7 +152,27 @@ fn a_fred_timeout_not_below_the_instance_timeout_is_refused_at_build() {
     match built {
         Err(redlock_core::Error::InvalidInput(redlock_core::InvalidInput::Config(msg))) => {
             assert!(msg.contains("command timeout"), "{msg}");
+            assert!(msg.contains("for_instance_timeout(50ms)"), "{msg}");
+            assert!(!msg.contains("  "), "no runs of spaces: {msg}");
         }
         other => panic!("expected a config error, got {other:?}"),
     }
+}
+
+#[test]
+fn an_instance_timeout_too_short_for_fred_is_refused_by_the_redis_builder() {
+    for timeout in [Duration::from_millis(1), Duration::from_micros(500)] {
+        let error = redlock_fred::manager(["redis://127.0.0.1:1"])
+            .instance_timeout(timeout)
+            .build()
+            .expect_err("too short");
+        let text = error.to_string();
+        assert!(text.contains("at least 2 ms"), "{text}");
+        // Built through redlock_fred::manager: no advice to build through it.
+        assert!(!text.contains("redlock_fred::manager"), "{text}");
+    }
+    redlock_fred::manager(["redis://127.0.0.1:1"])
+        .instance_timeout(Duration::from_millis(2))
+        .build()
+        .expect("2 ms leaves fred 1 ms");
 }

@@ -617,6 +617,10 @@ impl LockBackend for UncheckedRelease {
         self.0.release_notify().map(|_| self as &dyn ReleaseNotify)
     }
 
+    async fn connect(&self) -> Result<(), BackendError> {
+        self.0.connect().await
+    }
+
     async fn close(&self) -> Result<(), BackendError> {
         self.0.close().await
     }

@@ -75,6 +75,13 @@ impl LockBackend for Picky {
         }
     }
 
+    async fn connect(&self) -> Result<(), BackendError> {
+        Err(BackendError::new(
+            BackendErrorKind::Auth,
+            "picky refuses to connect",
+        ))
+    }
+
     async fn close(&self) -> Result<(), BackendError> {
         *self.closed.lock().unwrap() += 1;
         self.inner.close().await
@@ -82,7 +89,7 @@ impl LockBackend for Picky {
 }
 
 #[test]
-fn check_config_and_close_reach_the_inner_backend() {
+fn check_config_connect_and_close_reach_the_inner_backend() {
     let sim = Simulation::new();
     let clock = sim.clock_arc();
     let faulty = Arc::new(FaultyBackend::new(
@@ -98,6 +105,8 @@ fn check_config_and_close_reach_the_inner_backend() {
         }
         other => panic!("the inner backend's check was bypassed: {other:?}"),
     }
+    let refused = sim.run(faulty.connect()).expect_err("picky refuses");
+    assert_eq!(refused.kind(), BackendErrorKind::Auth);
     sim.run(faulty.close()).unwrap();
     assert_eq!(*faulty.inner().closed.lock().unwrap(), 1);
 }

@@ -266,6 +266,10 @@ impl LockBackend for Recorder {
             .map(|_| self as &dyn ReleaseNotify)
     }
 
+    async fn connect(&self) -> Result<(), BackendError> {
+        self.inner.connect().await
+    }
+
     async fn close(&self) -> Result<(), BackendError> {
         self.inner.close().await
     }

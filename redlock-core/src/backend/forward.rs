@@ -56,6 +56,10 @@ macro_rules! forward {
                 (**self).release_notify()
             }
 
+            async fn connect(&self) -> Result<(), BackendError> {
+                (**self).connect().await
+            }
+
             async fn close(&self) -> Result<(), BackendError> {
                 (**self).close().await
             }
@@ -135,6 +139,10 @@ mod tests {
             self.note("release_notify");
             Some(self)
         }
+        async fn connect(&self) -> Result<(), BackendError> {
+            self.note("connect");
+            Ok(())
+        }
         async fn close(&self) -> Result<(), BackendError> {
             self.note("close");
             Ok(())
@@ -170,10 +178,11 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 10] = [
+    const EVERY_METHOD: [&str; 11] = [
         "acquire",
         "check_config",
         "close",
+        "connect",
         "extend",
         "id",
         "inspect",
@@ -209,6 +218,7 @@ mod tests {
                 (true, true)
             );
             assert!(notify.subscribe(b"k").await.is_ok());
+            backend.connect().await.unwrap();
             backend.close().await.unwrap();
         });
     }

@@ -306,8 +306,8 @@ impl SentinelGroup {
             self.sentinels.iter().map(|p| ("127.0.0.1", p.port)),
             self.options.master_name.clone(),
         );
-        s.password = self.options.master_password.clone();
-        s.sentinel_password = self.options.sentinel_password.clone();
+        s.password = self.options.master_password.clone().map(Into::into);
+        s.sentinel_password = self.options.sentinel_password.clone().map(Into::into);
         s
     }
 

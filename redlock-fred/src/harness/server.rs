@@ -10,6 +10,22 @@ use super::resp::{Conn, Reply};
 use super::tls::TlsFiles;
 use super::{binary, free_port, signal, wait_until, TempDir};
 
+/// `text` as one double-quoted argument of redis.conf, every byte but letters and digits
+/// escaped, so passwords with spaces, quotes, `#` or any byte survive the config parser.
+fn conf_quote(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() * 4 + 2);
+    quoted.push('"');
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() {
+            quoted.push(char::from(b));
+        } else {
+            let _ = write!(quoted, "\\x{b:02x}");
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
 /// How to start a [`RedisServer`].
 ///
 /// # Default
@@ -139,12 +155,15 @@ impl RedisServer {
             let _ = writeln!(c, "appendonly no");
         }
         if let Some(password) = &self.options.password {
+            let password = conf_quote(password);
             let _ = writeln!(c, "requirepass {password}\nmasterauth {password}");
         }
         if let Some((user, password)) = &self.options.acl_user {
             let _ = writeln!(
                 c,
-                "user default off\nuser {user} on >{password} ~* &* +@all"
+                "user default off\nuser {} on {} ~* &* +@all",
+                conf_quote(user),
+                conf_quote(&format!(">{password}"))
             );
         }
         if let (Some(tls_port), Some(files)) = (self.tls_port, &self.tls_files) {
@@ -159,7 +178,7 @@ impl RedisServer {
         if let Some((port, master_password)) = &self.options.replica_of {
             let _ = writeln!(c, "replicaof 127.0.0.1 {port}");
             if let Some(pw) = master_password {
-                let _ = writeln!(c, "masterauth {pw}");
+                let _ = writeln!(c, "masterauth {}", conf_quote(pw));
             }
         }
         c
