@@ -289,3 +289,25 @@ fn extend_and_release_racing_leave_no_key() {
         assert_eq!(c.keys_holding(&token), 0, "offset {offset}: a late write");
     }
 }
+
+#[test]
+fn a_retried_release_whose_first_deletes_landed_is_a_release_not_a_loss() {
+    // The deletes reach every instance, but the replies are lost: the first release cannot tell
+    // and keeps the handle; the retry finds the keys gone, which is its own doing.
+    let c = Cluster::new(3);
+    let manager = c.manager(1);
+    let lock = c.sim.run(manager.lock("res", TTL)).expect("lock");
+    for f in &c.faults {
+        f.set_lose_replies(true);
+    }
+    let err = c.sim.run(lock.release()).expect_err("no answer");
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert_eq!(c.with_key(b"res"), 0, "the deletes landed");
+    for f in &c.faults {
+        f.heal();
+    }
+    c.sim
+        .run(lock.release())
+        .expect("released until this very release: not Lost");
+    assert!(matches!(c.sim.run(lock.release()), Err(Error::Released)));
+}

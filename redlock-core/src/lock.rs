@@ -42,6 +42,8 @@ pub(crate) struct LockShared {
     /// Counted among the manager's local holders of the key (see the local queue) until it is
     /// released, lost or dropped.
     pub(crate) held_here: AtomicBool,
+    /// A release round went out for this lock.
+    pub(crate) release_sent: AtomicBool,
     state: Mutex<LockState>,
 }
 
@@ -88,6 +90,7 @@ impl LockShared {
             token,
             owned: AtomicBool::new(false),
             held_here: AtomicBool::new(false),
+            release_sent: AtomicBool::new(false),
             state: Mutex::new(LockState {
                 status: Status::Held,
                 lease,

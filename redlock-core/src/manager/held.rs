@@ -1,6 +1,7 @@
 //! The manager's side of a held lock: extend, release and check, and how their rounds change
 //! the handle's lease and status.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::Inner;
@@ -71,6 +72,9 @@ impl Inner {
         if prior == Status::Released {
             return Err(Error::Released);
         }
+        // A release round already went out for this handle (it came back undecided): its deletes
+        // may have landed since, so "not held" now is most likely our own doing.
+        let sent_before = shared.release_sent.swap(true, Ordering::AcqRel);
         let announce = self.config.wake_on_release;
         let round = self
             .engine
@@ -93,6 +97,9 @@ impl Inner {
             (Status::Lost(reason), _) => Err(Error::lost(reason, None)),
             _ if expired => Err(Error::lost(LossReason::Expired, None)),
             (_, Verdict::Quorum) => Ok(()),
+            // Held until the first release went out, and a quorum no longer holds it: the
+            // first round's deletes landed, their answers were lost.
+            (Status::Held, Verdict::Refused) if sent_before => Ok(()),
             _ => Err(Error::lost(
                 LossReason::NotHeld,
                 Some(self.engine.failure(round, 1)),
