@@ -99,14 +99,12 @@ fn a_release_dropped_after_its_deletes_landed_still_completes_cleanly() {
         }
     });
     assert_eq!(c.with_key(b"res"), 0, "the deletes landed at 10 ms");
-    // The handle never heard back. Releasing again finds no token anywhere, and the client
-    // cannot tell its own earlier deletes from a loss: it reports Lost (the conservative
-    // answer) and ends released, rather than Unavailable or a success it cannot know.
+    // The handle never heard back. Releasing again finds no token anywhere: the first release
+    // went out while the lock was valid, so the keys that are gone are its own deletes (or, at
+    // worst, vanished after the holder had let go). It reports the release, not a loss: a Lost
+    // here would be a false alarm about a lock that was held until it was released.
     let again = c.sim.run(lock.release());
-    assert!(
-        matches!(again, Err(redlock_lease::Error::Lost(_))),
-        "{again:?}"
-    );
+    assert!(matches!(again, Ok(())), "{again:?}");
     assert!(matches!(
         c.sim.run(lock.release()),
         Err(redlock_lease::Error::Released)
