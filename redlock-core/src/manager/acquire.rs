@@ -85,11 +85,11 @@ impl Inner {
         let (held_here, releases) = place.local_state();
         if held_here && patience != Patience::NoWait {
             // Another task of this manager holds the key: an attempt now would only be refused.
-            // Wait for its release (heard locally at once, or announced), or one retry delay.
+            // Wait for its release, heard locally at once (no subscription needed), or one retry
+            // delay (its lease may run out without a release).
             let until = self.clock().now().saturating_add(self.retry_delay());
             let until = last_start.map_or(until, |last| until.min(last));
-            let listen = self.config.wake_on_release;
-            let wait = engine.wait_for_retry(&key, &mut waiter, listen, until);
+            let wait = engine.wait_for_retry(&key, &mut waiter, false, until);
             let _woke = select(pin!(wait), place.released_since(releases)).await;
         }
         loop {
