@@ -96,7 +96,7 @@ async fn soak(subject: &Arc<Subject>, tag: &str, total: u64, every: u64) -> Soak
                         failures.lock().unwrap().add(e);
                     }
                     let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n % every == 0 {
+                    if n.is_multiple_of(every) {
                         samples.lock().unwrap().push(sample(n));
                     }
                 }

@@ -3,39 +3,65 @@
 //! ```text
 //! cargo run --example quickstart                       # three in-memory instances
 //! cargo run --example quickstart -- redis://127.0.0.1:7001 redis://127.0.0.1:7002 redis://127.0.0.1:7003
+//! cargo run --example quickstart --no-default-features # in-memory only: no Redis client, no TLS
 //! ```
+//!
+//! The in-memory instances run on `redlock-mock`'s virtual time: the run is instant and prints
+//! the same figures every time. In your own project they come from the `mock` feature
+//! (`redlock_lease::mock`) or from `redlock-mock` as a dev-dependency.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redlock_lease::fred::{TokioClock, TokioSpawner};
-use redlock_lease::mock::MemoryBackend;
-use redlock_lease::{Clock, Error, LockManager};
+use redlock_lease::{Error, LockManager};
+use redlock_mock::{MemoryBackend, Simulation};
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+type Failure = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), Failure> {
     let urls: Vec<String> = std::env::args().skip(1).collect();
-    let manager = if urls.is_empty() {
+    if urls.is_empty() {
         println!("using 3 in-memory instances (pass redis:// URLs to use Redis)");
-        let clock: Arc<dyn Clock> = Arc::new(TokioClock);
-        LockManager::builder(Arc::clone(&clock))
-            .spawner(Arc::new(TokioSpawner))
+        let sim = Simulation::new();
+        let clock = sim.clock_arc();
+        let manager = LockManager::builder(Arc::clone(&clock))
+            .spawner(sim.spawner())
             .instances(MemoryBackend::cluster(3, &clock))
-            .build()?
+            .build()?;
+        Ok(sim.try_run(demo(manager))??)
     } else {
-        println!("using {} Redis instance(s)", urls.len());
+        redis(urls)
+    }
+}
+
+#[cfg(feature = "fred")]
+fn redis(urls: Vec<String>) -> Result<(), Failure> {
+    println!("using {} Redis instance(s)", urls.len());
+    // The Redis backend runs on tokio; its calls need a runtime with timers (`enable_all`).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
         // Every aioredlock connection form works here: redis://, rediss://, unix sockets,
         // aioredlock's Sentinel URLs (redis://host:26379/4?master=leader), redis-sentinel://.
-        redlock_lease::fred::manager(urls).build()?
-    };
+        let manager = redlock_lease::fred::manager(urls).build()?;
+        Ok(demo(manager).await?)
+    })
+}
 
+#[cfg(not(feature = "fred"))]
+fn redis(_urls: Vec<String>) -> Result<(), Failure> {
+    Err("built without the `fred` feature (on by default): no Redis backend".into())
+}
+
+async fn demo(manager: LockManager) -> Result<(), Error> {
     assert!(!manager.is_locked("resource_name").await?);
 
     let lock = match manager.lock("resource_name", Duration::from_secs(10)).await {
         Ok(lock) => lock,
         Err(e) => {
             println!("Lock not acquired: {e}");
-            return Err(e.into());
+            return Err(e);
         }
     };
     println!(

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{ms, Cluster, TTL};
-use redlock_lease::mock::{MemoryBackend, Simulation};
 use redlock_lease::{Error, InvalidInput, LockBackend, LockManager, MAX_KEY_LEN, MAX_TTL};
+use redlock_mock::{MemoryBackend, Simulation};
 
 fn invalid<T: std::fmt::Debug>(result: Result<T, Error>) -> InvalidInput {
     match result {

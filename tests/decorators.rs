@@ -10,12 +10,11 @@ use std::time::Duration;
 
 use common::{ms, TTL};
 use futures::stream::BoxStream;
-use redlock_fred::RedisBackend;
-use redlock_lease::mock::{FaultyBackend, MemoryBackend, Simulation};
 use redlock_lease::{
-    async_trait, BackendError, BackendErrorKind, Clock, Config, Error, InvalidInput, KeyState,
-    LockBackend, LockManager, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Clock, Config, KeyState, LockBackend, LockManager,
+    ReleaseNotify,
 };
+use redlock_mock::{FaultyBackend, MemoryBackend, Simulation};
 
 /// What a user might write: counts the calls that reach the instance, forwards everything.
 #[derive(Debug)]
@@ -179,45 +178,53 @@ fn faulty_backend_wraps_an_arc_dyn_backend() {
     }
 }
 
-/// How a test puts a backend behind its decorators.
-type Wrap<'a> = Box<dyn FnOnce(RedisBackend) -> Arc<dyn LockBackend> + 'a>;
+/// The fred backend's own check, through decorators (the `fred` feature, on by default).
+#[cfg(feature = "fred")]
+mod over_redis {
+    use super::*;
+    use redlock_lease::fred::RedisBackend;
+    use redlock_lease::{Error, InvalidInput};
 
-/// The fred backend refuses a manager whose per-instance timeout is not above fred's own
-/// command timeout (90 ms by default); decorated, it still must.
-fn build_over_redis(
-    clock: &Arc<dyn Clock>,
-    wrap: impl FnOnce(RedisBackend) -> Arc<dyn LockBackend>,
-) -> Result<(), Error> {
-    // Never connects: the check runs at build, without the network.
-    let redis = RedisBackend::new(("127.0.0.1", 1)).expect("a valid address");
-    LockManager::builder(Arc::clone(clock))
-        .instance(wrap(redis))
-        .instance_timeout(ms(50))
-        .build()
-        .map(drop)
-}
+    /// How a test puts a backend behind its decorators.
+    type Wrap<'a> = Box<dyn FnOnce(RedisBackend) -> Arc<dyn LockBackend> + 'a>;
 
-#[test]
-fn decorated_redis_backends_keep_their_timeout_check() {
-    let clock: Arc<dyn Clock> = Simulation::new().clock_arc();
-    let wraps: [(&str, Wrap<'_>); 4] = [
-        ("plain", Box::new(|r| Arc::new(r))),
-        (
-            "FaultyBackend",
-            Box::new(|r| Arc::new(FaultyBackend::new(r, Arc::clone(&clock)))),
-        ),
-        ("Counting", Box::new(|r| Arc::new(Counting::new(r)))),
-        (
-            "Counting<Arc<dyn>>",
-            Box::new(|r| Arc::new(Counting::new(Arc::new(r) as Arc<dyn LockBackend>))),
-        ),
-    ];
-    for (name, wrap) in wraps {
-        match build_over_redis(&clock, wrap) {
-            Err(Error::InvalidInput(InvalidInput::Config(message))) => {
-                assert!(message.contains("command timeout"), "{name}: {message}");
+    /// The fred backend refuses a manager whose per-instance timeout is not above fred's own
+    /// command timeout (90 ms by default); decorated, it still must.
+    fn build_over_redis(
+        clock: &Arc<dyn Clock>,
+        wrap: impl FnOnce(RedisBackend) -> Arc<dyn LockBackend>,
+    ) -> Result<(), Error> {
+        // Never connects: the check runs at build, without the network.
+        let redis = RedisBackend::new(("127.0.0.1", 1)).expect("a valid address");
+        LockManager::builder(Arc::clone(clock))
+            .instance(wrap(redis))
+            .instance_timeout(ms(50))
+            .build()
+            .map(drop)
+    }
+
+    #[test]
+    fn decorated_redis_backends_keep_their_timeout_check() {
+        let clock: Arc<dyn Clock> = Simulation::new().clock_arc();
+        let wraps: [(&str, Wrap<'_>); 4] = [
+            ("plain", Box::new(|r| Arc::new(r))),
+            (
+                "FaultyBackend",
+                Box::new(|r| Arc::new(FaultyBackend::new(r, Arc::clone(&clock)))),
+            ),
+            ("Counting", Box::new(|r| Arc::new(Counting::new(r)))),
+            (
+                "Counting<Arc<dyn>>",
+                Box::new(|r| Arc::new(Counting::new(Arc::new(r) as Arc<dyn LockBackend>))),
+            ),
+        ];
+        for (name, wrap) in wraps {
+            match build_over_redis(&clock, wrap) {
+                Err(Error::InvalidInput(InvalidInput::Config(message))) => {
+                    assert!(message.contains("command timeout"), "{name}: {message}");
+                }
+                other => panic!("{name}: the fred backend's check was bypassed: {other:?}"),
             }
-            other => panic!("{name}: the fred backend's check was bypassed: {other:?}"),
         }
     }
 }

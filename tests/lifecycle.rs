@@ -342,7 +342,7 @@ fn renewal_count_is_exact_across_many_leases() {
 
 #[test]
 fn a_client_paused_past_its_lease_loses_the_scoped_lock_and_its_work_stops() {
-    use redlock_lease::mock::World;
+    use redlock_mock::World;
     let world = World::builder()
         .seed(7)
         .instances(5)
@@ -422,7 +422,7 @@ fn release_dropped_at_every_point_leaves_a_releasable_handle() {
 
 #[test]
 fn a_restart_that_hands_the_lock_to_a_rival_is_reported_at_the_next_renewal() {
-    use redlock_lease::mock::World;
+    use redlock_mock::World;
     // Redlock's assumption broken on purpose: a majority restarts empty at once, so a rival can
     // win while the holder's lease still runs. The scoped form cannot prevent the overlap; it
     // must notice it at the next renewal and stop the work.

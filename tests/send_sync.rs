@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use redlock_lease::mock::{FaultyBackend, MemoryBackend, Simulation, VirtualClock};
 use redlock_lease::{Error, Failure, Lock, LockManager, LockManagerBuilder, SeededRandom};
+use redlock_mock::{FaultyBackend, MemoryBackend, Simulation, VirtualClock};
 
 fn send_sync<T: Send + Sync>() {}
 fn send<T: Send>(_: &T) {}

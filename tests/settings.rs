@@ -35,7 +35,7 @@ fn pick<T: Copy>(rng: &SeededRandom, from: &[T]) -> T {
 /// Half the time a workable value, otherwise an edge, so that most managers build and the edges
 /// still meet each other.
 fn setting(rng: &SeededRandom, workable: Duration) -> Duration {
-    if rng.next_u64() % 2 == 0 {
+    if rng.next_u64().is_multiple_of(2) {
         workable
     } else {
         nudge(rng, pick(rng, DURATIONS))
@@ -79,8 +79,11 @@ fn every_accepted_setting_works_within_its_bound() {
         let timeout = setting(&rng, ms(100));
         let internal = setting(&rng, ms(10_000));
         let drift = pick(&rng, &[0.01, 0.01, 0.0, 0.5, 0.999, 1.0, -0.5, f64::NAN]);
-        let wake = rng.next_u64() % 4 != 0;
-        let fair = (rng.next_u64() % 3 == 0).then(|| setting(&rng, ms(20)));
+        let wake = !rng.next_u64().is_multiple_of(4);
+        let fair = rng
+            .next_u64()
+            .is_multiple_of(3)
+            .then(|| setting(&rng, ms(20)));
         let ttl = setting(&rng, ms(1_000));
         let mut builder = c
             .builder(seed)

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redlock_lease::mock::{MemoryBackend, Simulation};
 use redlock_lease::{Clock, Error, LockBackend, LockManager, LockManagerBuilder, SeededRandom};
+use redlock_mock::{MemoryBackend, Simulation};
 
 const TTL: Duration = Duration::from_secs(10);
 const HOLD: Duration = Duration::from_millis(20);

@@ -15,9 +15,9 @@ use fred::types::config::{
 };
 use fred::types::{ClusterHash, CustomCommand, Expiration, SetOptions, Value};
 use futures::future::join_all;
-use redlock_lease::fred::harness::RedisServer;
 use redlock_lease::fred::{ConnectionOptions, RedisBackend};
 use redlock_lease::{LockBackend, LockManager, DEFAULT_INSTANCE_TIMEOUT};
+use redlock_testkit::RedisServer;
 
 /// aioredlock's default lease.
 pub const TTL: Duration = Duration::from_secs(10);
@@ -56,7 +56,7 @@ impl Flavour {
 }
 
 pub fn start_servers(n: usize) -> Vec<RedisServer> {
-    redlock_lease::fred::harness::require_redis();
+    redlock_testkit::require_redis();
     (0..n).map(|_| RedisServer::start()).collect()
 }
 

@@ -72,10 +72,12 @@
 //! older than the newest one it has seen (a monotonically increasing token, checked by the
 //! resource itself). Redlock tokens are random, so keep a counter at the resource, or use the
 //! lock only where an occasional double holder is harmless (efficiency, not correctness).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod config;
 #[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod conformance;
 mod connect;
 mod engine;
@@ -136,3 +138,8 @@ mod send_sync {
         is_send(&l.check());
     }
 }
+
+/// The README's examples, compiled by `cargo test --doc` (never part of the docs).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

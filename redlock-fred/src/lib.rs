@@ -74,8 +74,8 @@
 //!
 //! # Features
 //!
-//! - `tls` (default): TLS through rustls.
-//! - `harness`: [`harness`], real `redis-server` processes for tests and benchmarks.
+//! - `tls` (default): TLS through rustls with the ring provider. Without it, a TLS
+//!   configuration is refused when the manager is built.
 
 mod backend;
 mod build;
@@ -90,9 +90,6 @@ mod secret;
 mod sentinel;
 mod tls;
 
-#[cfg(feature = "harness")]
-pub mod harness;
-
 pub use backend::RedisBackend;
 pub use build::ConnectionOptions;
 pub use builder::{manager, RedisManagerBuilder};
@@ -104,3 +101,8 @@ pub use tls::Tls;
 
 /// The fred client this backend is built on, for commands of your own.
 pub use fred;
+
+/// The README's examples, compiled by `cargo test --doc` (never part of the docs).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

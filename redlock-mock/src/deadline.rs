@@ -78,33 +78,32 @@ impl Stall {
 
 /// Whether the holder's manager keeps the scoped form's deadline guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Guard {
+pub(crate) enum Guard {
     /// The manager as shipped.
     #[default]
     On,
-    /// **Testing only** (feature `testing`): built with
-    /// [`WorldBuilder::without_deadline_guard`](crate::WorldBuilder::without_deadline_guard), to
-    /// prove the checker catches a job polled past its deadline.
-    #[cfg(feature = "testing")]
+    /// Built without the guard, to prove the checker catches a job polled past its deadline
+    /// (this crate's unit tests).
+    #[cfg(test)]
     Off,
 }
 
-/// The test that replays `seed` of `stall` with `guard`.
-fn test_name(stall: Stall, guard: Guard) -> &'static str {
-    match guard {
-        Guard::On => stall.test_name(),
-        #[cfg(feature = "testing")]
-        Guard::Off => "checker_catches_the_job_polled_past_its_deadline",
-    }
+/// The command line that replays `seed` of `stall`.
+#[must_use]
+pub fn reproduce(stall: Stall, seed: u64) -> String {
+    reproduce_guarded(stall, Guard::On, seed)
 }
 
 /// The command line that replays `seed` of `stall` with `guard`.
-#[must_use]
-pub fn reproduce(stall: Stall, guard: Guard, seed: u64) -> String {
-    format!(
-        "REDLOCK_SIM_SEED={seed} cargo test -p redlock-mock --test deadline -- {} --nocapture",
-        test_name(stall, guard)
-    )
+fn reproduce_guarded(stall: Stall, guard: Guard, seed: u64) -> String {
+    let test = match guard {
+        Guard::On => format!("--test deadline -- {}", stall.test_name()),
+        #[cfg(test)]
+        Guard::Off => {
+            "--lib -- deadline::tests::checker_catches_the_job_polled_past_its_deadline".to_owned()
+        }
+    };
+    format!("REDLOCK_SIM_SEED={seed} cargo test -p redlock-mock {test} --nocapture")
 }
 
 /// The result of one seed.
@@ -114,8 +113,7 @@ pub struct StallRun {
     pub seed: u64,
     /// The family.
     pub stall: Stall,
-    /// Whether the deadline guard was on.
-    pub guard: Guard,
+    guard: Guard,
     /// Instances.
     pub instances: usize,
     /// The holder's lease.
@@ -145,7 +143,7 @@ impl StallRun {
     /// The one-line command that replays this seed.
     #[must_use]
     pub fn reproduce(&self) -> String {
-        reproduce(self.stall, self.guard, self.seed)
+        reproduce_guarded(self.stall, self.guard, self.seed)
     }
 }
 
@@ -187,7 +185,11 @@ struct Slot {
 /// Runs one seed. Panics inside the simulation are caught and reported as violations, never
 /// propagated.
 #[must_use]
-pub fn run_seed(stall: Stall, guard: Guard, seed: u64) -> StallRun {
+pub fn run_seed(stall: Stall, seed: u64) -> StallRun {
+    run_seed_guarded(stall, Guard::On, seed)
+}
+
+fn run_seed_guarded(stall: Stall, guard: Guard, seed: u64) -> StallRun {
     let slot = Mutex::new(Slot::default());
     let outcome = catch_unwind(AssertUnwindSafe(|| scenario(stall, guard, seed, &slot)));
     let slot = slot.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -298,9 +300,18 @@ impl fmt::Display for StallSummary {
     }
 }
 
-/// Runs `stall` with `guard` over `seeds` on `threads` OS threads (each seed is deterministic
-/// on its own, so the split changes no result), keeping the runs `keep` selects.
+/// Runs `stall` over `seeds` on `threads` OS threads (each seed is deterministic on its own, so
+/// the split changes no result), keeping the runs `keep` selects.
 pub fn sweep(
+    stall: Stall,
+    seeds: Range<u64>,
+    threads: usize,
+    keep: impl Fn(&StallRun) -> bool + Sync,
+) -> StallSummary {
+    sweep_guarded(stall, Guard::On, seeds, threads, keep)
+}
+
+fn sweep_guarded(
     stall: Stall,
     guard: Guard,
     seeds: Range<u64>,
@@ -318,7 +329,7 @@ pub fn sweep(
                     if seed >= seeds.end {
                         break;
                     }
-                    let run = run_seed(stall, guard, seed);
+                    let run = run_seed_guarded(stall, guard, seed);
                     local.add(&run);
                     if keep(&run) {
                         local.kept.push(run);
@@ -422,7 +433,7 @@ fn scenario(stall: Stall, guard: Guard, seed: u64, slot: &Mutex<Slot>) -> Result
         .configure_client(|k, b| if k == RIVAL { b.retry_count(1) } else { b });
     let builder = match guard {
         Guard::On => builder,
-        #[cfg(feature = "testing")]
+        #[cfg(test)]
         Guard::Off => builder.without_deadline_guard(),
     };
     let world = builder.build().map_err(|e| e.to_string())?;
@@ -539,3 +550,6 @@ fn scenario(stall: Stall, guard: Guard, seed: u64, slot: &Mutex<Slot>) -> Result
     slot.lock().unwrap_or_else(|e| e.into_inner()).completed = completed;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,18 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::stream::BoxStream;
 use rand::rngs::StdRng;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
-use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Config, KeyState, LockBackend, ReleaseNotify,
-};
+use redlock_core::BackendErrorKind;
 
 use crate::check::{CheckReport, Violation, ViolationKind};
 use crate::history::{Entry, History};
 use crate::net::{Latency, NotifyStats};
-use crate::world::{derive, World};
+use crate::world::{derive, World, WorldBuilder};
 
 /// A family of seeded runs.
 ///
@@ -44,13 +41,16 @@ pub enum Family {
     Adversarial,
     /// Tight contention within the Redlock assumptions: holders keep their lease to the last
     /// moment (or past it), rivals poll; clocks skewed close to what the drift factor covers.
-    /// No invariant may break. The healthy twin of [`Family::Buggy`].
+    /// No invariant may break. This crate's unit tests run it against deliberately broken
+    /// clients too, to prove that the checkers catch them.
     Contention,
-    /// The contention family against a deliberately broken client, to prove the checkers.
+    /// The contention family against a deliberately broken client (unit tests only).
+    #[cfg(test)]
     Buggy(Bug),
 }
 
-/// A known Redlock bug, reintroduced on purpose.
+/// A known Redlock bug, reintroduced on purpose (unit tests only).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bug {
     /// Drift factor 0 while instance clocks run up to 1 % fast: validity is not shortened for
@@ -95,16 +95,20 @@ impl SeedRun {
 #[must_use]
 pub fn reproduce(seed: u64, family: Family) -> String {
     let test = match family {
-        Family::Standard => "standard_family_keeps_every_invariant",
-        Family::Fair => "fair_family_keeps_every_invariant",
-        Family::Adversarial => "adversarial_family_is_caught",
-        Family::Contention => "contention_family_keeps_every_invariant",
-        Family::Buggy(Bug::NoDriftCompensation) => "checker_catches_missing_drift_compensation",
+        Family::Standard => "--test sweep -- standard_family_keeps_every_invariant",
+        Family::Fair => "--test sweep -- fair_family_keeps_every_invariant",
+        Family::Adversarial => "--test sweep -- adversarial_family_is_caught",
+        Family::Contention => "--test sweep -- contention_family_keeps_every_invariant",
+        #[cfg(test)]
+        Family::Buggy(Bug::NoDriftCompensation) => {
+            "--lib -- sweep::tests::checker_catches_missing_drift_compensation"
+        }
+        #[cfg(test)]
         Family::Buggy(Bug::ReleaseWithoutTokenCheck) => {
-            "checker_catches_release_without_token_check"
+            "--lib -- sweep::tests::checker_catches_release_without_token_check"
         }
     };
-    format!("REDLOCK_SIM_SEED={seed} cargo test -p redlock-mock --test sweep -- {test} --nocapture")
+    format!("REDLOCK_SIM_SEED={seed} cargo test -p redlock-mock {test} --nocapture")
 }
 
 impl fmt::Display for SeedRun {
@@ -132,8 +136,9 @@ pub fn run_seed(family: Family, seed: u64) -> SeedRun {
     let outcome = catch_unwind(AssertUnwindSafe(move || match family {
         Family::Standard => standard(seed, false, &slot),
         Family::Fair => standard(seed, true, &slot),
-        Family::Contention => contention(seed, None, &slot),
-        Family::Buggy(bug) => contention(seed, Some(bug), &slot),
+        Family::Contention => contention(seed, &slot, |world| world),
+        #[cfg(test)]
+        Family::Buggy(bug) => contention(seed, &slot, |world| bug.reintroduce(world)),
         Family::Adversarial => adversarial(seed, &slot),
     }));
     let world = world_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -504,16 +509,17 @@ async fn workload(
 /// Holders keep the lease to its last moment (sometimes past it, then release late), rivals
 /// poll every 1 % of the TTL. Instances run 0.4–0.5 % fast and clients 0.4–0.5 % slow: a rate
 /// ratio just under the 1 % the default drift factor covers, so only a broken client overlaps.
-fn contention(seed: u64, bug: Option<Bug>, slot: &Mutex<Option<World>>) -> Result<(), String> {
+/// `tamper` gets the world's builder last (the unit tests break the clients with it).
+fn contention(
+    seed: u64,
+    slot: &Mutex<Option<World>>,
+    tamper: impl FnOnce(WorldBuilder) -> WorldBuilder,
+) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(derive(seed, 0xC0DE));
     let n = rng.random_range(1..=7usize);
     let c = rng.random_range(2..=3usize);
     let ttl = ms(rng.random_range(500..=2_000u64));
-    let drift_factor = match bug {
-        Some(Bug::NoDriftCompensation) => 0.0,
-        _ => redlock_core::DEFAULT_DRIFT_FACTOR,
-    };
-    let mut builder = World::builder()
+    let builder = World::builder()
         .seed(seed)
         .instances(n)
         .clients(c)
@@ -521,15 +527,8 @@ fn contention(seed: u64, bug: Option<Bug>, slot: &Mutex<Option<World>>) -> Resul
             min: Duration::ZERO,
             max: ms(1),
         })
-        .configure(move |b| {
-            b.retry_count(1)
-                .instance_timeout(ms(10))
-                .drift_factor(drift_factor)
-        });
-    if bug == Some(Bug::ReleaseWithoutTokenCheck) {
-        builder = builder.wrap_backends(|_, _, link| Arc::new(UncheckedRelease(link)));
-    }
-    let world = builder.build().map_err(|e| e.to_string())?;
+        .configure(move |b| b.retry_count(1).instance_timeout(ms(10)));
+    let world = tamper(builder).build().map_err(|e| e.to_string())?;
     *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(world.clone());
     for i in 0..n {
         world.set_instance_rate(i, rng.random_range(4_000..=5_000));
@@ -574,87 +573,6 @@ fn contention(seed: u64, bug: Option<Bug>, slot: &Mutex<Option<World>>) -> Resul
         .try_run(futures::future::join_all(handles))
         .map(drop)
         .map_err(|e| e.to_string())
-}
-
-/// Releases by reading the key and deleting whatever token it holds: the race of a `GET`
-/// followed by a `DEL` without a script.
-#[derive(Debug)]
-pub struct UncheckedRelease(pub Arc<dyn LockBackend>);
-
-#[async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl LockBackend for UncheckedRelease {
-    fn id(&self) -> &str {
-        self.0.id()
-    }
-
-    async fn acquire(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
-        self.0.acquire(key, token, ttl).await
-    }
-
-    async fn extend(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
-        self.0.extend(key, token, ttl).await
-    }
-
-    async fn release(&self, key: &[u8], _token: &[u8]) -> Result<bool, BackendError> {
-        match self.0.inspect(key).await? {
-            Some(state) => self.0.release(key, &state.value).await,
-            None => Ok(false),
-        }
-    }
-
-    async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
-        self.0.inspect(key).await
-    }
-
-    fn check_config(&self, config: &Config) -> Result<(), String> {
-        self.0.check_config(config)
-    }
-
-    fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
-        // Announcing releases the same broken way keeps the only difference from the healthy
-        // contention family the bug itself.
-        self.0.release_notify().map(|_| self as &dyn ReleaseNotify)
-    }
-
-    async fn connect(&self) -> Result<(), BackendError> {
-        self.0.connect().await
-    }
-
-    async fn close(&self) -> Result<(), BackendError> {
-        self.0.close().await
-    }
-}
-
-#[async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl ReleaseNotify for UncheckedRelease {
-    async fn release_and_notify(
-        &self,
-        key: &[u8],
-        _token: &[u8],
-    ) -> Result<(bool, bool), BackendError> {
-        let Some(notify) = self.0.release_notify() else {
-            return Err(BackendError::new(
-                BackendErrorKind::Other,
-                "no release announcements",
-            ));
-        };
-        match self.0.inspect(key).await? {
-            Some(state) => notify.release_and_notify(key, &state.value).await,
-            None => Ok((false, false)),
-        }
-    }
-
-    async fn subscribe(&self, key: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
-        match self.0.release_notify() {
-            Some(notify) => notify.subscribe(key).await,
-            None => Err(BackendError::new(
-                BackendErrorKind::Other,
-                "no release announcements",
-            )),
-        }
-    }
 }
 
 /// One scripted break of an assumption, with random N, TTL, subsets and timing.
@@ -752,3 +670,6 @@ async fn followup(w: &World, lock: &crate::trace::TracedLock, rng: &mut StdRng) 
         let _ = lock.check().await;
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -60,7 +60,7 @@ pub struct WorldBuilder {
     configure: Option<Configure>,
     configure_client: Option<ConfigureClient>,
     wrap: Option<Wrap>,
-    #[cfg(feature = "testing")]
+    #[cfg(test)]
     deadline_guard: bool,
 }
 
@@ -134,12 +134,11 @@ impl WorldBuilder {
         self
     }
 
-    /// **Testing only** (feature `testing`): every client's manager is built with
-    /// [`LockManagerBuilder::without_deadline_guard`], which brings back the scoped form's old
-    /// bug (its job polled past the lease's deadline). For proving a checker such as
-    /// [`PollLog`](crate::PollLog) catches that bug; never use it anywhere else.
-    #[cfg(feature = "testing")]
-    pub fn without_deadline_guard(mut self) -> Self {
+    /// Every client's manager is built with `LockManagerBuilder::without_deadline_guard`, which
+    /// brings back the scoped form's old bug (its job polled past the lease's deadline): this
+    /// crate's unit tests prove with it that [`PollLog`](crate::PollLog) catches that bug.
+    #[cfg(test)]
+    pub(crate) fn without_deadline_guard(mut self) -> Self {
         self.deadline_guard = false;
         self
     }
@@ -191,7 +190,7 @@ impl WorldBuilder {
                     sim: sim.clone(),
                     gate: Arc::clone(&gate),
                 }));
-            #[cfg(feature = "testing")]
+            #[cfg(test)]
             if !self.deadline_guard {
                 builder = builder.without_deadline_guard();
             }
@@ -281,7 +280,7 @@ impl World {
             configure: None,
             configure_client: None,
             wrap: None,
-            #[cfg(feature = "testing")]
+            #[cfg(test)]
             deadline_guard: true,
         }
     }

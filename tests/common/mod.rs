@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::stream::BoxStream;
-use redlock_lease::mock::{Faults, FaultyBackend, MemoryBackend, Simulation};
 use redlock_lease::{
     async_trait, BackendError, BackendErrorKind, Clock, Config, Error, Failure, InstanceOutcome,
     KeyState, LockBackend, LockManager, LockManagerBuilder, ReleaseNotify, SeededRandom,
 };
+use redlock_mock::{Faults, FaultyBackend, MemoryBackend, Simulation};
 
 /// TTL used unless a test needs another: its drift is 102 ms, so validity at zero elapsed time
 /// is 9 898 ms.

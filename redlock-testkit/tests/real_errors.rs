@@ -7,8 +7,8 @@ use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use redlock_core::{BackendError, BackendErrorKind, Error, InstanceOutcome, LockBackend};
-use redlock_fred::harness::{require_redis, RedisServer, ServerOptions};
 use redlock_fred::{ConnectionOptions, RedisBackend, RedisConfig};
+use redlock_testkit::{require_redis, RedisServer, ServerOptions};
 
 const TTL: Duration = Duration::from_secs(10);
 

@@ -77,7 +77,7 @@ impl Shared {
 /// and joins its threads.
 ///
 /// ```no_run
-/// use redlock_fred::harness::{Proxy, RedisServer};
+/// use redlock_testkit::{Proxy, RedisServer};
 ///
 /// let server = RedisServer::start();
 /// let proxy = Proxy::start(server.port());
@@ -354,7 +354,7 @@ mod tests {
     use std::time::Duration;
 
     use super::{Direction, Proxy};
-    use crate::harness::wait_until;
+    use crate::wait_until;
 
     const WAIT: Duration = Duration::from_secs(10);
     const UP: usize = Direction::Up as usize;

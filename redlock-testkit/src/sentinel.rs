@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::resp::{Conn, Reply};
 use super::server::{RedisServer, ServerOptions};
 use super::{binary, free_port, wait_until, TempDir};
-use crate::Sentinel;
+use redlock_fred::Sentinel;
 
 /// How to start a [`SentinelGroup`].
 ///

@@ -1,4 +1,9 @@
-//! Real `redis-server` and Sentinel processes for tests and benchmarks (feature `harness`).
+//! Test support for the redlock-lease workspace: real `redis-server` and Sentinel processes,
+//! a fault-injecting TCP proxy and the conformance suite's fixture for them. Not published:
+//! it spawns processes and panics by design, which no library crate should ship.
+//!
+//! This crate's own `tests/` hold every test that needs a real server (`cargo test -p
+//! redlock-testkit`); the published crates' tests run without it.
 //!
 //! Every process listens on a free loopback port (never 6379, where a shared server may run),
 //! lives in its own temporary directory, and is killed by pid when its handle drops, also when
@@ -8,7 +13,7 @@
 //! that cannot run must fail, not skip.
 //!
 //! ```no_run
-//! use redlock_fred::harness::RedisServer;
+//! use redlock_testkit::RedisServer;
 //!
 //! let mut server = RedisServer::start();
 //! let url = server.url();

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use redlock_core::{Error, InvalidInput, LockBackend};
-use redlock_fred::harness::{require_redis, RedisServer, ServerOptions};
 use redlock_fred::{Instance, RedisBackend, RedisConfig, Tls};
+use redlock_testkit::{require_redis, RedisServer, ServerOptions};
 
 const TTL: Duration = Duration::from_secs(10);
 const SECRET: &str = "pw-7c1f-do-not-print";

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redlock_core::{Error, InstanceOutcome, LockBackend};
-use redlock_fred::harness::{require_redis, wait_until, GroupOptions, RedisServer, SentinelGroup};
 use redlock_fred::{RedisBackend, Sentinel};
+use redlock_testkit::{require_redis, wait_until, GroupOptions, RedisServer, SentinelGroup};
 
 const TTL: Duration = Duration::from_secs(30);
 

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use redlock_core::{conformance, LockBackend};
-use redlock_fred::harness::{RedisServer, SentinelGroup, ServerFixture, ServerOptions};
 use redlock_fred::{Instance, RedisBackend, RedisConfig, Tls, TokioClock, UnixSocket};
+use redlock_testkit::{RedisServer, SentinelGroup, ServerFixture, ServerOptions};
 
 async fn run(instance: impl Into<Instance>, fixture: ServerFixture<'_>, namespace: &[u8]) {
     let backend = RedisBackend::new(instance).expect("valid instance");

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use redlock_core::Error;
-use redlock_fred::harness::{require_redis, RedisServer, SentinelGroup, ServerOptions};
 use redlock_fred::{Instance, RedisConfig, Sentinel};
+use redlock_testkit::{require_redis, RedisServer, SentinelGroup, ServerOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_usage_against_mixed_instances() -> Result<(), Error> {
@@ -74,9 +74,7 @@ async fn readme_usage_against_mixed_instances() -> Result<(), Error> {
                         c.cmd(&["SELECT", db.as_str()])?;
                         c.cmd(&["GET", "resource_name"])
                     })
-                    .is_ok_and(|r| {
-                        r == redlock_fred::harness::Reply::Bulk(Some(lock.token().to_vec()))
-                    })
+                    .is_ok_and(|r| r == redlock_testkit::Reply::Bulk(Some(lock.token().to_vec())))
             })
         })
         .count();

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redlock_core::{BackendErrorKind, Error, InstanceOutcome, Lock, LockBackend, LockManager};
-use redlock_fred::harness::{require_redis, RedisServer, ServerOptions};
 use redlock_fred::{ConnectionOptions, RedisBackend, TokioClock};
+use redlock_testkit::{require_redis, RedisServer, ServerOptions};
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -344,10 +344,7 @@ async fn key_holding_a_list_is_wrongtype_and_left_alone() {
         "inspect reports WRONGTYPE too"
     );
     for s in &servers {
-        assert_eq!(
-            s.cmd(&["LLEN", "app-data"]),
-            redlock_fred::harness::Reply::Int(2)
-        );
+        assert_eq!(s.cmd(&["LLEN", "app-data"]), redlock_testkit::Reply::Int(2));
     }
     let backend = RedisBackend::new(servers[0].url()).expect("backend");
     for result in [

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use redlock_core::Error;
-use redlock_fred::harness::{require_redis, RedisServer, Reply};
+use redlock_testkit::{require_redis, RedisServer, Reply};
 
 fn servers(n: usize) -> Vec<RedisServer> {
     require_redis();

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use redlock_fred::harness::{require_redis, wait_until, RedisServer, Reply};
+use redlock_testkit::{require_redis, wait_until, RedisServer, Reply};
 
 /// Local subscribers of the release channel of `key` on `server` (PUBSUB NUMSUB).
 fn listeners(server: &RedisServer, key: &str) -> i64 {

@@ -1,14 +1,13 @@
 //! The conformance suite against a real `redis-server` through `FaultyBackend` with its faults
 //! off: the decorator passes through everything the fred backend offers (release announcements
-//! over pub/sub included). The plain runs are in redlock-fred's tests.
+//! over pub/sub included). The plain runs are in `real_conformance.rs`.
 
 use std::sync::Arc;
 
-use redlock_fred::harness::{RedisServer, ServerFixture};
+use redlock_core::{conformance, LockBackend};
 use redlock_fred::{RedisBackend, TokioClock};
-use redlock_lease::conformance;
-use redlock_lease::mock::FaultyBackend;
-use redlock_lease::LockBackend;
+use redlock_mock::FaultyBackend;
+use redlock_testkit::{RedisServer, ServerFixture};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_faulty_backend_over_redis_passes_the_conformance_suite() {

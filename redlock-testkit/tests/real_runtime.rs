@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use redlock_core::{BackendErrorKind, Error, InstanceOutcome, LockBackend, LockManager};
-use redlock_fred::harness::{require_redis, RedisServer};
 use redlock_fred::RedisBackend;
+use redlock_testkit::{require_redis, RedisServer};
 
 const TTL: Duration = Duration::from_secs(10);
 

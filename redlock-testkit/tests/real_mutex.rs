@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redlock_fred::harness::{require_redis, RedisServer};
+use redlock_testkit::{require_redis, RedisServer};
 
 const TASKS: u64 = 8;
 const CYCLES: u64 = 200;

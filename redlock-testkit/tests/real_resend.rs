@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use redlock_core::{Error, Lock, LockBackend, LockManager};
 use redlock_fred::fred::interfaces::ClientLike;
-use redlock_fred::harness::{require_redis, wait_until, Proxy, RedisServer};
 use redlock_fred::{ConnectionOptions, RedisBackend, TokioClock, TokioSpawner};
+use redlock_testkit::{require_redis, wait_until, Proxy, RedisServer};
 
 const TTL: Duration = Duration::from_secs(30);
 

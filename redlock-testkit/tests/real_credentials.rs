@@ -12,8 +12,8 @@ use redlock_fred::fred::interfaces::ClientLike;
 use redlock_fred::fred::types::config::{
     Config as FredConfig, ConnectionConfig, PerformanceConfig, ReconnectPolicy, ServerConfig,
 };
-use redlock_fred::harness::{require_redis, RedisServer, ServerOptions};
 use redlock_fred::{ConnectionOptions, RedisBackend, TokioClock};
+use redlock_testkit::{require_redis, RedisServer, ServerOptions};
 
 const TTL: Duration = Duration::from_secs(10);
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
 use redlock_core::{AutoExtend, Error, LockManager, LockWatch};
-use redlock_fred::harness::{require_redis, Proxy, RedisServer};
+use redlock_testkit::{require_redis, Proxy, RedisServer};
 
 const DEFAULT_TRIALS: usize = 5;
 
