@@ -283,6 +283,8 @@ async fn no_ghost_lock_after_a_failed_acquire_against_dead_servers() {
         .retry_count(1)
         .build()
         .expect("valid config");
+    // Connected before the warm-up: its one attempt must not race the connections.
+    manager.connect().await.expect("every server connects");
     manager
         .lock("warm-up", TTL)
         .await
