@@ -81,7 +81,9 @@ impl Inner {
         };
         let mut waiter = Waiter::default();
         let engine = &self.engine;
-        self.fairness.yield_to_waiters(self.clock(), &key).await;
+        if let Some(until) = self.fairness.pending_yield(self.clock(), &key) {
+            engine.yield_until(&key, &mut waiter, until).await;
+        }
         let (held_here, releases) = place.local_state();
         if held_here && patience != Patience::NoWait {
             // Another task of this manager holds the key: an attempt now would only be refused.
