@@ -80,6 +80,7 @@ pub mod conformance;
 mod connect;
 mod engine;
 mod error;
+mod gate;
 mod lease;
 mod lifecycle;
 mod lock;
@@ -95,8 +96,8 @@ mod wait;
 pub use backend::{BackendError, BackendErrorKind, KeyState, LockBackend, ReleaseNotify};
 pub use config::{
     Config, LockManagerBuilder, DEFAULT_DRIFT_FACTOR, DEFAULT_INSTANCE_TIMEOUT,
-    DEFAULT_INTERNAL_LOCK_TIMEOUT, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY_MAX,
-    DEFAULT_RETRY_DELAY_MIN, MAX_FAIR_GRACE, MAX_RETRY_DELAY,
+    DEFAULT_INTERNAL_LOCK_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY_COUNT,
+    DEFAULT_RETRY_DELAY_MAX, DEFAULT_RETRY_DELAY_MIN, MAX_FAIR_GRACE, MAX_RETRY_DELAY,
 };
 pub use error::{Error, Failure, InstanceOutcome, InstanceReport, InvalidInput, Loss, LossReason};
 pub use lease::RENEW_AFTER_PERCENT;

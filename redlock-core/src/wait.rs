@@ -35,6 +35,7 @@ impl Engine {
     ) -> SelectAll<BoxStream<'static, usize>> {
         let round = round::run(
             &self.instances,
+            None,
             self.clock.as_ref(),
             limit,
             Wait::ForAll,

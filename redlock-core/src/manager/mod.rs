@@ -16,6 +16,7 @@ use crate::backend::{BackendError, LockBackend};
 use crate::config::{Config, LockManagerBuilder};
 use crate::engine::Engine;
 use crate::error::{Error, InvalidInput, LossReason};
+use crate::gate::Gate;
 use crate::lease::Lease;
 use crate::lock::{Lock, LockShared};
 use crate::options::{LockOptions, Patience};
@@ -112,6 +113,10 @@ impl LockManager {
         Self {
             inner: Arc::new(Inner {
                 engine: Engine {
+                    gates: instances
+                        .iter()
+                        .map(|_| Gate::new(config.max_in_flight))
+                        .collect(),
                     instances: instances.into_boxed_slice(),
                     clock,
                     drift: config.drift,
