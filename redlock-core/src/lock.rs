@@ -34,7 +34,7 @@ pub struct Lock {
 pub(crate) struct LockShared {
     pub(crate) id: u64,
     pub(crate) resource: Box<[u8]>,
-    pub(crate) key: Box<[u8]>,
+    pub(crate) key: Arc<[u8]>,
     pub(crate) token: Box<[u8]>,
     /// Whether the manager owns the lock (registered; released on drop and close), as opposed
     /// to a borrowed handle from `get_lock`.
@@ -78,7 +78,7 @@ impl LockShared {
     pub(crate) fn new(
         id: u64,
         resource: &[u8],
-        key: Box<[u8]>,
+        key: Arc<[u8]>,
         token: Box<[u8]>,
         ttl: Duration,
         lease: Lease,

@@ -67,11 +67,11 @@ impl KeyQueues {
     }
 
     /// Takes a ticket for `key`: the head at once when nobody else here holds or wants the key.
-    pub(crate) fn join(&self, key: &[u8]) -> Place<'_> {
+    pub(crate) fn join(&self, key: &Arc<[u8]>) -> Place<'_> {
         let mut map = self.map();
-        let key: Arc<[u8]> = match map.get_key_value(key) {
+        let key: Arc<[u8]> = match map.get_key_value(&**key) {
             Some((k, _)) => Arc::clone(k),
-            None => Arc::from(key),
+            None => Arc::clone(key),
         };
         let queue = map.entry(Arc::clone(&key)).or_insert(KeyQueue {
             serving: 0,
@@ -94,8 +94,8 @@ impl KeyQueues {
 
     /// The head for `key` if no other task here is acquiring it; `None` otherwise (`try_lock`
     /// does not queue).
-    pub(crate) fn try_join(&self, key: &[u8]) -> Option<Place<'_>> {
-        if self.map().get(key).is_some_and(|q| q.serving != q.next) {
+    pub(crate) fn try_join(&self, key: &Arc<[u8]>) -> Option<Place<'_>> {
+        if self.map().get(&**key).is_some_and(|q| q.serving != q.next) {
             return None;
         }
         Some(self.join(key))
@@ -269,6 +269,10 @@ mod tests {
     use super::*;
     use futures::FutureExt;
 
+    fn k(name: &[u8]) -> Arc<[u8]> {
+        Arc::from(name)
+    }
+
     fn ready(place: &mut Place<'_>) -> bool {
         place.turn().now_or_never().is_some()
     }
@@ -276,10 +280,10 @@ mod tests {
     #[test]
     fn first_come_first_served_and_cancelled_waiters_are_skipped() {
         let q = KeyQueues::default();
-        let mut a = q.join(b"k");
-        let mut b = q.join(b"k");
-        let mut c = q.join(b"k");
-        let mut d = q.join(b"k");
+        let mut a = q.join(&k(b"k"));
+        let mut b = q.join(&k(b"k"));
+        let mut c = q.join(&k(b"k"));
+        let mut d = q.join(&k(b"k"));
         assert!(ready(&mut a));
         assert!(!ready(&mut b) && !ready(&mut c) && !ready(&mut d));
         drop(c); // cancelled while waiting: nobody notices
@@ -301,10 +305,10 @@ mod tests {
     #[test]
     fn a_local_release_wakes_the_head() {
         let q = KeyQueues::default();
-        let a = q.join(b"k");
+        let a = q.join(&k(b"k"));
         q.hold(b"k");
         drop(a);
-        let b = q.join(b"k");
+        let b = q.join(&k(b"k"));
         let (held, releases) = b.local_state();
         assert!(held);
         assert!(b.released_since(releases).now_or_never().is_none());
@@ -316,13 +320,13 @@ mod tests {
     #[test]
     fn try_join_only_when_nobody_here_wants_the_key() {
         let q = KeyQueues::default();
-        let a = q.join(b"k");
-        assert!(q.try_join(b"k").is_none());
-        assert!(q.try_join(b"other").is_some());
+        let a = q.join(&k(b"k"));
+        assert!(q.try_join(&k(b"k")).is_none());
+        assert!(q.try_join(&k(b"other")).is_some());
         q.hold(b"k");
         drop(a);
         assert!(
-            q.try_join(b"k").is_some(),
+            q.try_join(&k(b"k")).is_some(),
             "a local holder alone does not stop try_lock"
         );
     }
@@ -337,8 +341,8 @@ mod tests {
             }
         }
         let q = KeyQueues::default();
-        let a = q.join(b"k");
-        let mut b = q.join(b"k");
+        let a = q.join(&k(b"k"));
+        let mut b = q.join(&k(b"k"));
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&count));
         let mut cx = Context::from_waker(&waker);

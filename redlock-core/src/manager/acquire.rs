@@ -20,7 +20,7 @@ impl Inner {
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         resource: &[u8],
-        key: Box<[u8]>,
+        key: Arc<[u8]>,
         token: Box<[u8]>,
         ttl: Duration,
         patience: Patience,

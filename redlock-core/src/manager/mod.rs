@@ -398,7 +398,8 @@ impl Inner {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn key(&self, resource: &[u8]) -> Result<Box<[u8]>, Error> {
+    /// The key of `resource`: shared by the handle and the local queue (one allocation).
+    pub(crate) fn key(&self, resource: &[u8]) -> Result<Arc<[u8]>, Error> {
         if resource.is_empty() {
             return Err(Error::invalid(InvalidInput::EmptyResource));
         }
@@ -407,10 +408,7 @@ impl Inner {
         if len > MAX_KEY_LEN {
             return Err(Error::invalid(InvalidInput::ResourceTooLong(len)));
         }
-        let mut key = Vec::with_capacity(len);
-        key.extend_from_slice(prefix);
-        key.extend_from_slice(resource);
-        Ok(key.into_boxed_slice())
+        Ok(prefix.iter().chain(resource).copied().collect())
     }
 
     pub(crate) fn ttl(&self, ttl: Duration) -> Result<Duration, Error> {
@@ -465,7 +463,7 @@ impl Inner {
     pub(crate) fn new_shared(
         &self,
         resource: &[u8],
-        key: Box<[u8]>,
+        key: Arc<[u8]>,
         token: Box<[u8]>,
         ttl: Duration,
         lease: Lease,
