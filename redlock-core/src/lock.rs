@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::error::{Error, LossReason};
 use crate::lease::Lease;
 use crate::manager::LockManager;
+use crate::queue::Holding;
 
 /// A lock held on a quorum of instances, until [`remaining`](Self::remaining) reaches zero.
 ///
@@ -41,7 +42,7 @@ pub(crate) struct LockShared {
     pub(crate) owned: AtomicBool,
     /// Counted among the manager's local holders of the key (see the local queue) until it is
     /// released, lost or dropped.
-    pub(crate) held_here: AtomicBool,
+    pub(crate) holding: Mutex<Option<Holding>>,
     /// A release round went out for this lock.
     pub(crate) release_sent: AtomicBool,
     state: Mutex<LockState>,
@@ -89,7 +90,7 @@ impl LockShared {
             key,
             token,
             owned: AtomicBool::new(false),
-            held_here: AtomicBool::new(false),
+            holding: Mutex::new(None),
             release_sent: AtomicBool::new(false),
             state: Mutex::new(LockState {
                 status: Status::Held,

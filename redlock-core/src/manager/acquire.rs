@@ -2,11 +2,11 @@
 //! retry windows, and the cleanup of an acquire whose future was dropped.
 
 use std::pin::pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{select, Either};
+use futures::FutureExt;
 
 use super::{Inner, LockManager};
 use crate::error::Error;
@@ -58,7 +58,10 @@ impl Inner {
             },
             _ => self.queues.join(&key),
         };
+        // Usually the head at once: no timer needed (a sleep allocates on some clocks).
+        let at_head = place.turn().now_or_never().is_some();
         match queue_until {
+            _ if at_head => {}
             Some(until) => {
                 let left = until.saturating_sub(self.clock().now());
                 let turn = place.turn();
@@ -103,8 +106,8 @@ impl Inner {
                     drop(cleanup_on_drop);
                     let shared = self.new_shared(resource, key, token, ttl, lease);
                     // Counted before this head leaves the queue, so the next one waits for it.
-                    self.queues.hold(&shared.key);
-                    shared.held_here.store(true, Ordering::Release);
+                    *shared.holding.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(self.queues.hold(&place));
                     self.register(&shared);
                     return Ok(Lock::new(
                         shared,

@@ -490,8 +490,13 @@ impl Inner {
     /// local waiter at the head of the key's queue, if any, tries at once).
     pub(crate) fn unregister(&self, shared: &LockShared) {
         self.forget(shared);
-        if shared.held_here.swap(false, Ordering::AcqRel) {
-            self.queues.unhold(&shared.key);
+        let holding = shared
+            .holding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(holding) = holding {
+            self.queues.unhold(holding);
         }
     }
 
