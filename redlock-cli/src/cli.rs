@@ -83,8 +83,12 @@ pub struct Cli {
 
 /// Where the instances are, and how to talk to them.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
-    /// A Redis master (repeatable; the lock needs a majority of them). Overrides REDLOCK_URLS
+    /// A Redis master's URL (repeatable)
+    ///
+    /// A Redis master's URL (repeatable: the lock needs a majority of them). Overrides
+    /// REDLOCK_URLS and REDLOCK_CONFIG.
     #[arg(
         short = 'r',
         long = "redis",
@@ -94,7 +98,10 @@ pub struct Global {
     )]
     pub redis: Vec<String>,
 
-    /// Read the instances from FILE, one URL per line. Overrides REDLOCK_URLS
+    /// Read the instances' URLs from FILE
+    ///
+    /// Read the instances' URLs from FILE, one per line (# starts a comment line). Overrides
+    /// REDLOCK_URLS and REDLOCK_CONFIG.
     #[arg(
         short = 'c',
         long,
@@ -118,7 +125,7 @@ pub struct Global {
     )]
     pub instance_timeout: Duration,
 
-    /// Log each call to each instance and its duration on stderr (-vv: more)
+    /// Log each call to each instance, with its duration, on stderr
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
 }
@@ -170,7 +177,7 @@ pub struct WaitArgs {
     #[arg(short = 't', long, value_name = "DURATION", value_parser = duration::parse)]
     pub timeout: Option<Duration>,
 
-    /// Exit status when the lock is held by another client (default 75)
+    /// Exit status when another client holds the lock
     #[arg(
         short = 'E',
         long = "conflict-exit-code",
@@ -192,14 +199,17 @@ pub struct Exec {
     #[arg(value_name = "RESOURCE")]
     pub resource: OsString,
 
-    /// The lease, renewed while the command runs: how long the lock outlives a crashed redlock
+    /// The lease, renewed while the command runs
+    ///
+    /// The lease, renewed at 60 % while the command runs: also how long the lock outlives a
+    /// redlock that was killed.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = ttl_arg)]
     pub ttl: Duration,
 
     #[command(flatten)]
     pub wait: WaitArgs,
 
-    /// After a lost lock, how long the command has between SIGTERM and SIGKILL
+    /// After a lost lock, the time between SIGTERM and SIGKILL
     #[arg(
         long,
         value_name = "DURATION",
@@ -208,8 +218,10 @@ pub struct Exec {
     )]
     pub grace: Duration,
 
+    /// After a release a waiter heard, stay GRACE (20ms) before exiting
+    ///
     /// After releasing a lock another client was waiting for, stay GRACE (default 20ms) before
-    /// exiting, so that a loop running redlock again lets the waiter go first
+    /// exiting, so that a loop that runs redlock again lets the waiter go first.
     #[arg(
         long,
         value_name = "GRACE",
@@ -220,8 +232,11 @@ pub struct Exec {
     )]
     pub fair: Option<Duration>,
 
-    /// Keep the command in redlock's process group, so that it can read from the terminal;
-    /// signals then reach the command itself only, not the processes it started
+    /// Keep the command in redlock's process group
+    ///
+    /// Keep the command in redlock's process group, so that it can read from the terminal.
+    /// Signals then reach the command itself only, not the processes it started, and SIGINT and
+    /// SIGQUIT are not passed on: the terminal sends them to the command directly.
     #[arg(long)]
     pub foreground: bool,
 

@@ -233,9 +233,10 @@ async fn lost(args: &Exec, shared: &Shared, e: &Error) -> Failure {
             ),
         );
     };
+    let why = report::error_text(e);
+    let why = why.strip_prefix("lock lost: ").unwrap_or(&why);
     say(&format!(
-        "lost the lock on {resource} while the command ran: {}; sent SIGTERM to the command",
-        report::error_text(e)
+        "lost the lock on {resource} while the command ran ({why}): sent SIGTERM to the command"
     ));
     let target = shared.get().target;
     let status = tokio::select! {
@@ -254,11 +255,11 @@ async fn lost(args: &Exec, shared: &Shared, e: &Error) -> Failure {
     shared.get().target = None;
     let how = match status {
         Ok(status) => format!("the command ended ({status})"),
-        Err(e) => format!("the command could not be waited for: {e}"),
+        Err(e) => format!("the command could not be waited for ({e})"),
     };
     Failure::new(
         exit::LOST,
-        format!("lock on {resource} lost while the command ran; {how}"),
+        format!("exiting with status 79 (lock lost); {how}"),
     )
 }
 

@@ -89,17 +89,28 @@ fn usage_error(e: &clap::Error) -> u8 {
             let _ = e.print();
             exit::SUCCESS
         }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = e.print();
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            output::say(
+                "a subcommand is needed: exec, status, lock, extend or unlock (see redlock --help)",
+            );
             exit::USAGE
         }
         _ => {
+            // clap's message, up to the usage and tips that follow it, on one line.
             let rendered = e.render().to_string();
-            let first = rendered
+            let message: Vec<&str> = rendered
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
+                .map(str::trim)
+                .skip_while(|l| l.is_empty())
+                .take_while(|l| !l.is_empty() && !l.starts_with("Usage:"))
+                .collect();
+            let message = message.join(" ");
+            let first = message.strip_prefix("error: ").unwrap_or(&message);
+            let first = if first.is_empty() {
+                "invalid arguments"
+            } else {
+                first
+            };
             output::say(&format!("{first} (see redlock --help)"));
             exit::USAGE
         }
