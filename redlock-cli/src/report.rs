@@ -20,12 +20,9 @@ pub fn instances_text(round: &Round) -> String {
     let mut text = format!("quorum {} of {}", round.quorum, round.instances.len());
     for (i, report) in round.instances.iter().enumerate() {
         text.push_str(if i == 0 { ": " } else { "; " });
-        let _ = write!(
-            text,
-            "{} {}",
-            report.instance,
-            outcome_text(&report.outcome)
-        );
+        let outcome = outcome_text(&report.outcome);
+        let outcome = without_id(&report.instance, &outcome);
+        let _ = write!(text, "{} {outcome}", report.instance);
     }
     text
 }
@@ -34,11 +31,31 @@ fn outcome_text(outcome: &InstanceOutcome) -> String {
     match outcome {
         InstanceOutcome::Succeeded => "ok".into(),
         InstanceOutcome::Refused => "refused".into(),
-        InstanceOutcome::Failed(e) => format!("failed: {e}"),
+        InstanceOutcome::Failed(e) => format!("failed: {}", with_causes(e)),
         InstanceOutcome::TimedOut => "timed out".into(),
         InstanceOutcome::NotAwaited => "not awaited".into(),
         _ => "unknown outcome".into(),
     }
+}
+
+/// `e`, then each of its causes after a colon: a backend's message says what it was doing, its
+/// cause why it failed.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            let _ = write!(text, ": {more}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// `text` without the `ID: ` a backend puts before its messages, when it comes next to the id.
+pub fn without_id(id: &str, text: &str) -> String {
+    text.replace(&format!("{id}: "), "")
 }
 
 /// The exit status and message for a library error met by `what` (e.g. `cannot lock "x"`).

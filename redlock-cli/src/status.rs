@@ -167,7 +167,7 @@ pub async fn look(conn: &Connected, key: &[u8], timeout: Duration) -> Vec<(Strin
         let seen = match tokio::time::timeout(timeout, backend.inspect(key)).await {
             Ok(Ok(Some(state))) => Seen::Held(state),
             Ok(Ok(None)) => Seen::Free,
-            Ok(Err(e)) => Seen::Error(e.to_string()),
+            Ok(Err(e)) => Seen::Error(report::without_id(&id, &report::with_causes(&e))),
             Err(_) => Seen::Error(format!("no answer within {timeout:?}")),
         };
         (id, seen)

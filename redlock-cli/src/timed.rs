@@ -64,13 +64,16 @@ impl<'a> Call<'a> {
         self.started.elapsed().as_secs_f64() * 1e3
     }
 
-    fn end<T: fmt::Debug, E: fmt::Display>(mut self, result: &Result<T, E>) {
+    fn end<T: fmt::Debug, E: std::error::Error>(mut self, result: &Result<T, E>) {
         self.done = true;
         let (id, op, ms) = (self.id, self.op, self.ms());
         match result {
             Ok(answer) => tracing::debug!("{id} {op}: {answer:?} in {ms:.3} ms"),
             // The backend keeps passwords out of its messages.
-            Err(e) => tracing::debug!("{id} {op}: error after {ms:.3} ms: {e}"),
+            Err(e) => {
+                let e = crate::report::with_causes(e);
+                tracing::debug!("{id} {op}: error after {ms:.3} ms: {e}");
+            }
         }
     }
 }

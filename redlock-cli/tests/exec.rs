@@ -67,7 +67,7 @@ fn a_command_that_cannot_run_gets_126_or_127_and_the_lock_is_released() {
     assert_eq!(code(&out), status::NOT_FOUND, "{}", describe(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", describe(&out));
 
-    let out = common::output(&mut redlock(&urls, &["exec", "job", "--"]).arg(&not_executable));
+    let out = common::output(redlock(&urls, &["exec", "job", "--"]).arg(&not_executable));
     assert_eq!(code(&out), status::CANNOT_RUN, "{}", describe(&out));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", describe(&out));
     assert_eq!(held_on(&servers, "job"), [false; 3]);

@@ -61,8 +61,9 @@ pub fn bare() -> Command {
 ///
 /// # Panics
 /// When it does not exit within [`WAIT`] (it is killed first).
-pub fn output(cmd: &mut Command) -> Output {
+pub fn output(mut cmd: impl std::borrow::BorrowMut<Command>) -> Output {
     let child = cmd
+        .borrow_mut()
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
