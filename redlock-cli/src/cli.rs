@@ -338,6 +338,8 @@ Signals: SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to redlock are passed on to th
 releases the lock once the command exits. The command runs in its own process group, and every
 signal goes to that group, so that processes it started stop too (--foreground changes this, as
 for timeout(1)). A signal that arrives before the command started ends redlock with 128+N.
+If redlock itself is killed (SIGKILL, the OOM killer), nothing renews the lock any more: on
+Linux the kernel then sends SIGTERM to the command.
 
 The command's environment gets:
   REDLOCK_RESOURCE     the resource name

@@ -183,6 +183,7 @@ async fn supervise(watch: LockWatch, args: &Exec, shared: &Shared) -> io::Result
     if !args.foreground {
         command.process_group(0);
     }
+    signals::term_with_parent(&mut command);
     let child = command.spawn()?;
     let Some(pid) = child.id() else {
         return Err(io::Error::other(

@@ -39,6 +39,32 @@ fn kill(pid: i32, sig: i32) -> bool {
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
+/// Makes the kernel send SIGTERM to the command if redlock dies (killed with SIGKILL, say):
+/// nothing renews the lock then, and it runs out within the lease (Linux only).
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn term_with_parent(command: &mut tokio::process::Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
+    // calls are allowed: prctl(2), getppid(2) and raise(3) are, and it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died between fork and prctl: the signal would never come.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                libc::raise(libc::SIGTERM);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere the command outlives a killed redlock until it ends by itself.
+#[cfg(not(target_os = "linux"))]
+pub fn term_with_parent(_command: &mut tokio::process::Command) {}
+
 /// A signal's name, for messages.
 pub fn name(sig: i32) -> String {
     match sig {

@@ -281,3 +281,38 @@ fn the_command_leads_its_own_process_group_unless_foreground() {
         );
     }
 }
+
+#[test]
+fn the_command_gets_sigterm_when_redlock_is_killed() {
+    let servers = servers(3);
+    let dir = Scratch::new();
+    let file = dir.file("record");
+    let script = r#"trap 'echo term >> "$1"; exit 0' TERM; echo "pid $$" >> "$1"; echo ready >> "$1"; while :; do sleep 0.01; done"#;
+    let mut child = redlock(
+        &urls(&servers),
+        &["exec", "orphan", "--", "bash", "-c", script, "sh"],
+    )
+    .arg(&file)
+    .spawn()
+    .expect("start redlock");
+    wait_for("the command to be ready", || {
+        lines(&file).iter().any(|l| l == "ready")
+    });
+    // Nothing renews the lock once redlock is gone: the command must not run on unlocked.
+    signal("KILL", child.id());
+    let _ = common::wait(&mut child);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    while !lines(&file).iter().any(|l| l == "term") {
+        if std::time::Instant::now() > deadline {
+            // Not reaped by us, so the pid is still the command's (a zombie at worst).
+            let pid = lines(&file)
+                .iter()
+                .find_map(|l| l.strip_prefix("pid ")?.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                signal("KILL", pid);
+            }
+            panic!("the command did not get SIGTERM when redlock was killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
