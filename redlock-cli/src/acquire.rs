@@ -57,6 +57,9 @@ impl WaitMode {
 /// Calls `call` (an acquire through the manager) until it succeeds, or the mode says to stop.
 /// Errors other than contention and unavailability end it at once.
 ///
+/// `--timeout` bounds the wait for the lock only: once `acquired()` is true (a call that
+/// acquires and then runs the work under the lock, as `exec` does), it no longer applies.
+///
 /// # Errors
 /// `conflict` (the `-E` status) when the lock stayed held by another client; 69 when too few
 /// instances answered; the status of any other library error.
@@ -65,6 +68,7 @@ pub async fn acquire<T, F, Fut>(
     resource: &[u8],
     mode: WaitMode,
     conflict: u8,
+    acquired: impl Fn() -> bool,
     mut call: F,
 ) -> Result<T, Failure>
 where
@@ -99,12 +103,22 @@ where
             last = Some(e);
         }
     };
-    let outcome = match mode {
-        WaitMode::For(limit) => match tokio::time::timeout(limit, attempts).await {
-            Ok(outcome) => outcome,
-            Err(_) => return Err(timed_out(manager, resource, limit, last, conflict).await),
-        },
-        WaitMode::No | WaitMode::Forever => attempts.await,
+    let expiry = async {
+        if let WaitMode::For(limit) = mode {
+            tokio::time::sleep(limit).await;
+            if !acquired() {
+                return limit;
+            }
+        }
+        futures::future::pending().await
+    };
+    let ended = tokio::select! {
+        outcome = attempts => Ok(outcome),
+        limit = expiry => Err(limit),
+    };
+    let outcome = match ended {
+        Ok(outcome) => outcome,
+        Err(limit) => return Err(timed_out(manager, resource, limit, last, conflict).await),
     };
     outcome.map_err(|e| {
         let mut failure = report::failure(&what, &e);

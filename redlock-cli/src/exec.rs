@@ -132,6 +132,7 @@ async fn job(args: &Exec, conn: &Connected, shared: &Shared) -> Result<u8, Failu
         resource,
         mode,
         args.wait.conflict_exit_code,
+        || shared.get().started,
         || run_once(manager, resource, options, args, shared),
     )
     .await?;

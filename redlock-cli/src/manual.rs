@@ -56,6 +56,7 @@ pub async fn lock(args: &LockCmd, conn: &Connected) -> Result<u8, Failure> {
         resource,
         WaitMode::of(&args.wait),
         args.wait.conflict_exit_code,
+        || false,
         || manager.lock(resource, args.ttl),
     );
     let lock = tokio::select! {

@@ -42,6 +42,25 @@ fn status_and_output_of_the_command_pass_through_unchanged() {
 }
 
 #[test]
+fn timeout_bounds_the_wait_not_the_command() {
+    let servers = servers(3);
+    let out = common::output(redlock(
+        &urls(&servers),
+        &[
+            "exec",
+            "--timeout",
+            "50ms",
+            "slow",
+            "--",
+            "sh",
+            "-c",
+            "sleep 0.3; exit 7",
+        ],
+    ));
+    assert_eq!(code(&out), 7, "{}", describe(&out));
+}
+
+#[test]
 fn a_command_ended_by_a_signal_is_reported_as_a_shell_does() {
     let servers = servers(3);
     let out = common::output(&mut redlock(
