@@ -134,14 +134,17 @@ pub fn signal(sig: &str, pid: u32) {
     assert!(status.success(), "kill -{sig} {pid}");
 }
 
-/// Whether process `pid` exists (kill -0).
+/// Whether process `pid` runs: it exists and is not a zombie (an orphan's zombie waits for
+/// init to reap it, which may take a while).
 pub fn alive(pid: u32) -> bool {
-    Command::new("kill")
-        .arg("-0")
-        .arg(pid.to_string())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state follows the command name, which is in parentheses and may contain spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z" | "X") | None)
 }
 
 /// The exit code, or a panic naming the output when there is none (killed by a signal).
