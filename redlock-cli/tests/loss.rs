@@ -87,6 +87,11 @@ fn sigterm_by_the_deadline_then_sigkill_after_the_grace_and_status_79() {
     let term = stamp(&record, "term ");
     assert_eq!(term.len(), 1, "one SIGTERM: {record:?}");
     let term = term[0];
+    // Printed for `--nocapture`: how much room the bound left.
+    eprintln!(
+        "SIGTERM {:.1} ms before pause + lease",
+        (paused + TTL.as_secs_f64() - term) * 1e3
+    );
     assert!(
         term < paused + TTL.as_secs_f64(),
         "SIGTERM at {term}, after the deadline (paused at {paused}, lease {TTL:?})"
