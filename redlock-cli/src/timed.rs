@@ -132,6 +132,10 @@ impl<B: LockBackend> LockBackend for Timed<B> {
             .map(|_| self as &dyn ReleaseNotify)
     }
 
+    async fn connect(&self) -> Result<(), BackendError> {
+        self.inner.connect().await
+    }
+
     async fn close(&self) -> Result<(), BackendError> {
         self.inner.close().await
     }

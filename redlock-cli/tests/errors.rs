@@ -220,8 +220,11 @@ fn stopped_servers_fail_within_the_bound_too() {
         4,
         "{err}"
     );
+    // A stopped server accepts the TCP connection (the kernel does) but never answers the
+    // handshake: the reason names that, or a timeout once connected.
+    let last = err.lines().last().unwrap_or_default();
     assert!(
-        err.lines().last().unwrap_or_default().contains("timed out"),
+        last.contains("timed out") || last.contains("not connected yet"),
         "{err}"
     );
 }
