@@ -8,13 +8,18 @@
 //! ```
 //!
 //! Subjects, alternated round by round so drift in the machine's load hits all of them alike:
-//! `floor` (raw fred, no algorithm), `floor-lua` (the same, but acquiring with the fred backend's
-//! Lua script instead of `SET NX`: what running a script on the server costs), `backends` (the
-//! fred backends' acquire and release sent to all N at once, no manager: separates the backend's
-//! cost from the core's), `redlock`
-//! (defaults: wake-on-release on) and `redlock-nowake` (wake-on-release off, to price what
-//! announcing releases costs when nobody waits). `REDLOCK_BENCH_ONLY=redlock,floor` runs a
-//! subset, e.g. to profile one subject under `perf record`.
+//! `floor` (raw fred, no algorithm), `rslock` (the peer: rslock on redis-rs, its defaults),
+//! `floor-lua` (the floor, but acquiring with the fred backend's Lua script instead of
+//! `SET NX`: what running a script on the server costs), `backends` (the fred backends' acquire
+//! and release sent to all N at once, no manager: separates the backend's cost from the core's),
+//! `redlock` (defaults: wake-on-release on) and `redlock-nowake` (wake-on-release off, to price
+//! what announcing releases costs when nobody waits).
+//!
+//! To pin a run to one subject and a fixed amount of work (for an instruction-count profile
+//! under callgrind, say): `REDLOCK_BENCH_ONLY=redlock` (subjects, comma-separated),
+//! `REDLOCK_BENCH_N=3`, `REDLOCK_BENCH_FLAVOUR=multi-thread`, `REDLOCK_BENCH_ROUNDS`,
+//! `REDLOCK_BENCH_SEQ_CYCLES`, `REDLOCK_BENCH_CONC_CYCLES` (per task) and
+//! `REDLOCK_BENCH_WARM_UP`. Ratios need the floor and rslock in the selection.
 
 mod common;
 
@@ -22,25 +27,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    backends, conc, header, manager, median, ms, pids, ports, print_failures, quantile, quick, seq,
-    start_servers, us, warm_up, Conc, Flavour, Floor, Seq, Subject,
+    backends, conc, env_count, header, instance_counts, manager, median, ms, pids, ports,
+    print_failures, quantile, quick, rslock, selected, seq, start_servers, us, warm_up, Conc,
+    Flavour, Floor, Seq, Subject,
 };
 
-const SUBJECTS: [&str; 5] = [
+/// In the order of `measure`'s subjects; the first two are the references of the ratios.
+const SUBJECTS: [&str; 6] = [
     "floor",
+    "rslock",
     "floor-lua",
     "backends",
     "redlock",
     "redlock-nowake",
 ];
+const FLOOR: usize = 0;
+const RSLOCK: usize = 1;
 
-/// `REDLOCK_BENCH_ONLY=redlock,floor` runs only those subjects (e.g. to profile one under
-/// `perf record`); all by default.
-fn selected(subject: &str) -> bool {
-    std::env::var("REDLOCK_BENCH_ONLY")
-        .map(|only| only.split(',').any(|s| s.trim() == subject))
-        .unwrap_or(true)
-}
 const TASKS: u64 = 64;
 
 struct Plan {
@@ -59,6 +62,7 @@ async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures
     let floor = Floor::connect(ports).await;
     let subjects: Vec<Arc<Subject>> = vec![
         Arc::new(Subject::Floor(floor.clone())),
+        Arc::new(Subject::Rslock(rslock(ports))),
         Arc::new(Subject::FloorLua(floor)),
         Arc::new(Subject::Backends(backends(ports))),
         Arc::new(Subject::Redlock(manager(ports, true))),
@@ -100,23 +104,27 @@ async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures
 }
 
 fn print_seq(n: usize, flavour: Flavour, figures: &Figures) {
-    let floor_rate = median(&mut figures.seq[0].iter().map(Seq::per_sec).collect::<Vec<_>>());
-    let floor_p50 = quantile(&pooled(&figures.seq[0], |s| &s.lock), 0.5);
+    let rate_of = |runs: &[Seq]| median(&mut runs.iter().map(Seq::per_sec).collect::<Vec<_>>());
+    let p50_of = |runs: &[Seq]| quantile(&pooled(runs, |s| &s.lock), 0.5).as_secs_f64();
+    let (floor_rate, floor_p50) = (rate_of(&figures.seq[FLOOR]), p50_of(&figures.seq[FLOOR]));
+    let (peer_rate, peer_p50) = (rate_of(&figures.seq[RSLOCK]), p50_of(&figures.seq[RSLOCK]));
     for (s, name) in SUBJECTS
         .iter()
         .enumerate()
         .filter(|(s, _)| !figures.seq[*s].is_empty())
     {
-        let rate = median(&mut figures.seq[s].iter().map(Seq::per_sec).collect::<Vec<_>>());
+        let rate = rate_of(&figures.seq[s]);
         let lock = pooled(&figures.seq[s], |s| &s.lock);
         let unlock = pooled(&figures.seq[s], |s| &s.unlock);
-        let p50 = quantile(&lock, 0.5);
+        let p50 = p50_of(&figures.seq[s]);
         println!(
-            "{n:>2} {:<15} {name:<17} {rate:>10.0} {:>7.2}x {:>9.3} {:>7.2}x {:>9.3} {:>10.3}",
+            "{n:>2} {:<15} {name:<15} {rate:>9.0} {:>7.2}x {:>7.2}x {:>9.3} {:>7.2}x {:>7.2}x {:>9.3} {:>10.3}",
             flavour.name(),
             rate / floor_rate,
-            ms(p50),
-            p50.as_secs_f64() / floor_p50.as_secs_f64(),
+            rate / peer_rate,
+            p50 * 1e3,
+            p50 / floor_p50,
+            p50 / peer_p50,
             ms(quantile(&lock, 0.99)),
             ms(quantile(&unlock, 0.5)),
         );
@@ -133,7 +141,11 @@ fn print_conc(n: usize, flavour: Flavour, figures: &Figures) {
                 .collect::<Vec<_>>(),
         )
     };
-    let (floor_rate, floor_cpu) = (rate_of(&figures.conc[0]), cpu_of(&figures.conc[0]));
+    let (floor_rate, floor_cpu) = (rate_of(&figures.conc[FLOOR]), cpu_of(&figures.conc[FLOOR]));
+    let (peer_rate, peer_cpu) = (
+        rate_of(&figures.conc[RSLOCK]),
+        cpu_of(&figures.conc[RSLOCK]),
+    );
     for (s, name) in SUBJECTS
         .iter()
         .enumerate()
@@ -154,13 +166,12 @@ fn print_conc(n: usize, flavour: Flavour, figures: &Figures) {
                 .collect::<Vec<_>>(),
         );
         println!(
-            "{n:>2} {:<15} {name:<17} {rate:>10.0} {:>7.2}x {:>9.1} {:>7.2}x {:>9.1} {:>8.1}%",
+            "{n:>2} {:<15} {name:<15} {rate:>9.0} {:>7.2}x {:>7.2}x {cpu:>7.1} {:>7.2}x {:>7.2}x {server:>9.1} {spread:>7.1}%",
             flavour.name(),
             rate / floor_rate,
-            cpu,
+            rate / peer_rate,
             cpu / floor_cpu,
-            server,
-            spread,
+            cpu / peer_cpu,
         );
     }
 }
@@ -193,22 +204,29 @@ fn main() {
             warm_up: 500,
         }
     };
+    let plan = Plan {
+        rounds: env_count("REDLOCK_BENCH_ROUNDS", plan.rounds as u64) as usize,
+        seq_cycles: env_count("REDLOCK_BENCH_SEQ_CYCLES", plan.seq_cycles),
+        conc_per_task: env_count("REDLOCK_BENCH_CONC_CYCLES", plan.conc_per_task),
+        warm_up: env_count("REDLOCK_BENCH_WARM_UP", plan.warm_up),
+    };
     header(
         "redis bench: lock + unlock cycles on real redis-server processes, next to a raw-fred floor",
         quick,
     );
     println!(
         "floor = per cycle SET NX PX to all N at once, then compare-and-delete EVALSHA to all N \
-         at once; ratios are to the floor in the same run and runtime flavour; {} rounds per \
+         at once; rslock = rslock (redis-rs) with its defaults; ratios are to the floor and to \
+         rslock in the same run and runtime flavour; {} rounds per \
          subject, alternated; seq {} cycles/round, conc {TASKS} tasks x {} cycles/round",
         plan.rounds, plan.seq_cycles, plan.conc_per_task
     );
     let mut results = Vec::new();
-    for n in [3usize, 5] {
+    for n in instance_counts(&[3, 5]) {
         let servers = start_servers(n);
         let ports = ports(&servers);
         let pids = pids(&servers);
-        for flavour in Flavour::ALL {
+        for flavour in Flavour::selected() {
             let runtime = flavour.runtime();
             let tag = format!("{n}:{}", flavour.name());
             let figures = runtime.block_on(measure(&ports, &pids, &plan, &tag));
@@ -220,18 +238,20 @@ fn main() {
     println!();
     println!("seq: one task; cycles/s = median of rounds; lock latencies pooled over rounds");
     println!(
-        "{:>2} {:<15} {:<17} {:>10} {:>8} {:>9} {:>8} {:>9} {:>10}",
+        "{:>2} {:<15} {:<15} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10}",
         "N",
         "runtime",
         "subject",
         "cycles/s",
         "vs floor",
+        "vs rslock",
         "lock p50",
         "vs floor",
+        "vs rslock",
         "lock p99",
         "unlock p50"
     );
-    println!("{:>57} {:>18}", "(ms)", "(ms)       (ms)");
+    println!("{:>77} {:>28}", "(ms)", "(ms)       (ms)");
     for (n, flavour, figures) in &results {
         print_seq(*n, *flavour, figures);
     }
@@ -245,7 +265,7 @@ fn main() {
             })
         })
     }));
-    println!("targets: lock p50 within 1.10x of the floor; cycles/s at least 0.90x the floor");
+    println!("targets (issue 12): redlock lock p50 at most 1.00x rslock");
 
     println!();
     println!(
@@ -254,14 +274,16 @@ fn main() {
          min) / median of the rounds' cycles/s"
     );
     println!(
-        "{:>2} {:<15} {:<17} {:>10} {:>8} {:>9} {:>8} {:>9} {:>9}",
+        "{:>2} {:<15} {:<15} {:>9} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>8}",
         "N",
         "runtime",
         "subject",
         "cycles/s",
         "vs floor",
+        "vs rslock",
         "CPU us",
         "vs floor",
+        "vs rslock",
         "server us",
         "spread"
     );
@@ -279,7 +301,7 @@ fn main() {
         })
     }));
     println!(
-        "targets: cycles/s at least 1.00x the floor with less CPU per cycle; redlock (wake-on-release) \
-         within 5% of redlock-nowake"
+        "targets (issue 12): redlock cycles/s at least 1.00x rslock with at most 1.00x its CPU \
+         per cycle; redlock (wake-on-release) within 5% of redlock-nowake"
     );
 }

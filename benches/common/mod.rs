@@ -28,6 +28,46 @@ pub fn quick() -> bool {
         || !std::env::args().any(|a| a == "--bench")
 }
 
+/// `REDLOCK_BENCH_ONLY=redlock,floor` runs only those subjects (or sections of a bench), e.g. to
+/// profile one under callgrind; all by default.
+pub fn selected(subject: &str) -> bool {
+    std::env::var("REDLOCK_BENCH_ONLY")
+        .map(|only| only.split(',').any(|s| s.trim() == subject))
+        .unwrap_or(true)
+}
+
+/// A count from the environment (`REDLOCK_BENCH_CYCLES`, ...), to pin a run to a fixed amount of
+/// work for an instruction-count profile; `default` when unset or not a number.
+pub fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// The per-instance timeout of the floor, the backends and the managers:
+/// `REDLOCK_BENCH_INSTANCE_TIMEOUT_MS` raises it for a run under valgrind, where everything is
+/// some 50 times slower and the default would time rounds out; the default otherwise. (rslock's
+/// 500 ms response timeout cannot be set through its `LockManager::new`.)
+pub fn instance_timeout() -> Duration {
+    std::env::var("REDLOCK_BENCH_INSTANCE_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(DEFAULT_INSTANCE_TIMEOUT, Duration::from_millis)
+}
+
+/// The instance counts to run: `REDLOCK_BENCH_N=3` restricts a run to one; 3 and 5 by default.
+pub fn instance_counts(all: &[usize]) -> Vec<usize> {
+    match std::env::var("REDLOCK_BENCH_N") {
+        Ok(v) => all
+            .iter()
+            .copied()
+            .filter(|n| v.split(',').any(|s| s.trim() == n.to_string()))
+            .collect(),
+        Err(_) => all.to_vec(),
+    }
+}
+
 /// The tokio runtime flavours both sides are run on: on 2 cores the flavour alone moves a
 /// pipelined client by more than any algorithmic difference, so ratios are only taken within one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +78,17 @@ pub enum Flavour {
 
 impl Flavour {
     pub const ALL: [Flavour; 2] = [Flavour::MultiThread, Flavour::CurrentThread];
+
+    /// The flavours to run: `REDLOCK_BENCH_FLAVOUR=current-thread` restricts a run to one.
+    pub fn selected() -> Vec<Flavour> {
+        match std::env::var("REDLOCK_BENCH_FLAVOUR") {
+            Ok(v) => Self::ALL
+                .into_iter()
+                .filter(|f| v.split(',').any(|s| s.trim() == f.name()))
+                .collect(),
+            Err(_) => Self::ALL.to_vec(),
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -72,6 +123,7 @@ pub fn ports(servers: &[RedisServer]) -> Vec<u16> {
 /// Must be called inside the runtime that will drive it (connections are made lazily there).
 pub fn manager(ports: &[u16], wake: bool) -> LockManager {
     redlock_lease::fred::manager(ports.iter().map(|&p| url(p)))
+        .instance_timeout(instance_timeout())
         .wake_on_release(wake)
         .build()
         .expect("valid configuration")
@@ -79,11 +131,18 @@ pub fn manager(ports: &[u16], wake: bool) -> LockManager {
 
 /// The fred backends a manager over `ports` would have, to call them without the algorithm.
 pub fn backends(ports: &[u16]) -> Vec<Arc<RedisBackend>> {
-    let options = ConnectionOptions::default().for_instance_timeout(DEFAULT_INSTANCE_TIMEOUT);
+    let options = ConnectionOptions::default().for_instance_timeout(instance_timeout());
     ports
         .iter()
         .map(|&p| Arc::new(RedisBackend::with_options(url(p), &options).expect("valid instance")))
         .collect()
+}
+
+/// An rslock manager over `ports` with rslock's defaults (3 attempts, each failed one followed by
+/// a uniform 0-200 ms delay; redis-rs multiplexed connections with a 500 ms response timeout and
+/// Nagle on). Connections are made lazily, inside the runtime of the first call.
+pub fn rslock(ports: &[u16]) -> rslock::LockManager {
+    rslock::LockManager::new(ports.iter().map(|&p| url(p)).collect())
 }
 
 /// The standard compare-and-delete every Redlock client sends on release.
@@ -125,7 +184,7 @@ impl Floor {
     /// Connects to every port (inside the current runtime) and loads the scripts.
     pub async fn connect(ports: &[u16]) -> Self {
         let command_timeout = ConnectionOptions::default()
-            .for_instance_timeout(DEFAULT_INSTANCE_TIMEOUT)
+            .for_instance_timeout(instance_timeout())
             .command_timeout();
         let mut clients = Vec::new();
         for &port in ports {
@@ -245,6 +304,8 @@ impl Subject {
                 }
             }
             Subject::Redlock(m) => drop(m.close().await),
+            // rslock has no close: its connections end with the runtime.
+            Subject::Rslock(_) => {}
         }
     }
 }
@@ -255,13 +316,14 @@ pub fn floor_token(task: u64, cycle: u64) -> String {
 }
 
 /// One side of a comparison: the raw floor, the raw floor acquiring with the backend's script,
-/// the fred backends called directly (their scripts and command building, no algorithm), or a
-/// lock manager.
+/// the fred backends called directly (their scripts and command building, no algorithm), a
+/// lock manager, or the peer rslock (redis-rs).
 pub enum Subject {
     Floor(Floor),
     FloorLua(Floor),
     Backends(Vec<Arc<RedisBackend>>),
     Redlock(LockManager),
+    Rslock(rslock::LockManager),
 }
 
 impl Subject {
@@ -326,6 +388,17 @@ impl Subject {
                 lock.release()
                     .await
                     .map_err(|e| format!("redlock: unlock: {e}"))?;
+                Ok((locked - start, locked.elapsed()))
+            }
+            Subject::Rslock(manager) => {
+                let start = Instant::now();
+                let lock = manager
+                    .lock(key.as_bytes(), TTL)
+                    .await
+                    .map_err(|e| format!("rslock: lock: {e}"))?;
+                let locked = Instant::now();
+                // Best effort by rslock's design: it reports no unlock failure.
+                manager.unlock(&lock).await;
                 Ok((locked - start, locked.elapsed()))
             }
         }
@@ -394,6 +467,16 @@ impl Subject {
                     .map_err(|e| format!("redlock: lock: {e}"))?;
                 let took = start.elapsed();
                 tokio::spawn(async move { lock.release().await });
+                Ok(took)
+            }
+            Subject::Rslock(manager) => {
+                let start = Instant::now();
+                let lock = manager
+                    .lock(key.as_bytes(), TTL)
+                    .await
+                    .map_err(|e| format!("rslock: lock: {e}"))?;
+                let took = start.elapsed();
+                tokio::spawn(lock.release());
                 Ok(took)
             }
         }
