@@ -159,6 +159,12 @@ fn print_conc(n: usize, flavour: Flavour, figures: &Figures) {
                 .map(|c| us(c.server_cpu_per_cycle()))
                 .collect::<Vec<_>>(),
         );
+        let sys = median(
+            &mut figures.conc[s]
+                .iter()
+                .map(Conc::sys_percent)
+                .collect::<Vec<_>>(),
+        );
         let spread = spread(
             &figures.conc[s]
                 .iter()
@@ -166,7 +172,7 @@ fn print_conc(n: usize, flavour: Flavour, figures: &Figures) {
                 .collect::<Vec<_>>(),
         );
         println!(
-            "{n:>2} {:<15} {name:<15} {rate:>9.0} {:>7.2}x {:>7.2}x {cpu:>7.1} {:>7.2}x {:>7.2}x {server:>9.1} {spread:>7.1}%",
+            "{n:>2} {:<15} {name:<15} {rate:>9.0} {:>7.2}x {:>7.2}x {cpu:>7.1} {sys:>4.0}% {:>7.2}x {:>7.2}x {server:>9.1} {spread:>7.1}%",
             flavour.name(),
             rate / floor_rate,
             rate / peer_rate,
@@ -269,12 +275,13 @@ fn main() {
 
     println!();
     println!(
-        "conc: {TASKS} tasks; cycles/s, client CPU (user + sys, whole process) per cycle and the \
+        "conc: {TASKS} tasks; cycles/s, client CPU (user + sys, whole process) per cycle, its \
+         system share, and the \
          redis-servers' CPU per cycle (all N, 10 ms ticks) = median of rounds; spread = (max - \
          min) / median of the rounds' cycles/s"
     );
     println!(
-        "{:>2} {:<15} {:<15} {:>9} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>8}",
+        "{:>2} {:<15} {:<15} {:>9} {:>8} {:>8} {:>7} {:>5} {:>8} {:>8} {:>9} {:>8}",
         "N",
         "runtime",
         "subject",
@@ -282,6 +289,7 @@ fn main() {
         "vs floor",
         "vs rslock",
         "CPU us",
+        "sys",
         "vs floor",
         "vs rslock",
         "server us",

@@ -559,6 +559,8 @@ pub async fn seq_paced(subject: &Subject, prefix: &str, cycles: u64, pause: Dura
 pub struct Conc {
     pub elapsed: Duration,
     pub cpu: Duration,
+    /// The system part of `cpu`.
+    pub sys: Duration,
     /// CPU time the redis-servers used meanwhile.
     pub server_cpu: Duration,
     pub cycles: u64,
@@ -575,6 +577,11 @@ impl Conc {
         self.cpu.div_f64(self.cycles as f64)
     }
 
+    /// The system part of the client CPU, in percent.
+    pub fn sys_percent(&self) -> f64 {
+        self.sys.as_secs_f64() / self.cpu.as_secs_f64().max(f64::MIN_POSITIVE) * 100.0
+    }
+
     pub fn server_cpu_per_cycle(&self) -> Duration {
         self.server_cpu.div_f64(self.cycles as f64)
     }
@@ -588,7 +595,7 @@ pub async fn conc(
     servers: &[u32],
 ) -> Conc {
     let server_cpu = cpu_time_of(servers);
-    let cpu = cpu_time();
+    let (user, sys) = cpu_times();
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
@@ -610,9 +617,12 @@ pub async fn conc(
     for h in handles {
         failures.merge(h.await.expect("bench task"));
     }
+    let elapsed = start.elapsed();
+    let (user_after, sys_after) = cpu_times();
     Conc {
-        elapsed: start.elapsed(),
-        cpu: cpu_time() - cpu,
+        elapsed,
+        cpu: (user_after + sys_after).saturating_sub(user + sys),
+        sys: sys_after.saturating_sub(sys),
         server_cpu: cpu_time_of(servers).saturating_sub(server_cpu),
         cycles: tasks * per_task,
         failures,
@@ -659,9 +669,16 @@ pub fn us(d: Duration) -> f64 {
 }
 
 /// User + system CPU time of this process (all threads), from `getrusage(RUSAGE_SELF)`.
+pub fn cpu_time() -> Duration {
+    let (user, sys) = cpu_times();
+    user + sys
+}
+
+/// User and system CPU time of this process (all threads), from `getrusage(RUSAGE_SELF)`: the
+/// system part is mostly socket reads and writes, wake-ups and parking.
 // `getrusage` is a plain libc call: there is no safe std equivalent.
 #[allow(unsafe_code)]
-pub fn cpu_time() -> Duration {
+pub fn cpu_times() -> (Duration, Duration) {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `usage` points to writable memory of the right type and size for one `rusage`.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
@@ -672,7 +689,7 @@ pub fn cpu_time() -> Duration {
         Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
             + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
     };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    (tv(usage.ru_utime), tv(usage.ru_stime))
 }
 
 /// User + system CPU time of other processes (the redis-servers), from `/proc/PID/stat`, in

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    cpu_time, floor_token, manager, median, quantile, rslock, Flavour, Floor, TTL,
+    cpu_times, floor_token, manager, median, quantile, rslock, Flavour, Floor, TTL,
 };
 use redlock_lease::{Error, Lock, LockManager};
 
@@ -143,6 +143,8 @@ fn splitmix(x: u64) -> u64 {
 pub struct Round {
     elapsed: Duration,
     cpu: Duration,
+    /// The system part of `cpu`.
+    sys: Duration,
     per_worker: Vec<u64>,
     give_ups: u64,
     failures: u64,
@@ -163,6 +165,10 @@ impl Round {
     fn cpu_per_section(&self) -> Duration {
         self.cpu.div_f64(self.sections().max(1) as f64)
     }
+
+    fn sys_percent(&self) -> f64 {
+        self.sys.as_secs_f64() / self.cpu.as_secs_f64().max(f64::MIN_POSITIVE) * 100.0
+    }
 }
 
 async fn round(clients: &[Arc<Client>], resource: &str, plan: Plan) -> Round {
@@ -170,7 +176,7 @@ async fn round(clients: &[Arc<Client>], resource: &str, plan: Plan) -> Round {
     let overlaps = Arc::new(AtomicU64::new(0));
     let taken = Arc::new(AtomicU64::new(0));
     let holds: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let cpu = cpu_time();
+    let (user, sys) = cpu_times();
     let start = Instant::now();
     let deadline = start + plan.span;
     let tasks: Vec<_> = clients
@@ -223,11 +229,12 @@ async fn round(clients: &[Arc<Client>], resource: &str, plan: Plan) -> Round {
         failures += tally.failures;
     }
     let elapsed = start.elapsed();
-    let cpu = cpu_time() - cpu;
+    let (user_after, sys_after) = cpu_times();
     let holds = std::mem::take(&mut *holds.lock().unwrap());
     Round {
         elapsed,
-        cpu,
+        cpu: (user_after + sys_after).saturating_sub(user + sys),
+        sys: sys_after.saturating_sub(sys),
         per_worker,
         give_ups,
         failures,
@@ -273,7 +280,7 @@ pub async fn measure(
 
 pub fn print_header() {
     println!(
-        "{:>2} {:<15} {:<8} {:>8} {:>10} {:>8} {:>8} {:>7} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9} {:>8}",
+        "{:>2} {:<15} {:<8} {:>8} {:>10} {:>8} {:>8} {:>7} {:>5} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9} {:>8}",
         "N",
         "runtime",
         "subject",
@@ -282,6 +289,7 @@ pub fn print_header() {
         "vs floor",
         "vs rslock",
         "CPU us",
+        "sys",
         "vs floor",
         "vs rslock",
         "give-ups",
@@ -311,6 +319,7 @@ pub fn print_rows(n: usize, flavour: Flavour, rounds: &[Vec<Round>; 3]) {
     {
         let rs = &rounds[s];
         let (rate, cpu) = (rate_of(rs), cpu_of(rs));
+        let sys = median(&mut rs.iter().map(Round::sys_percent).collect::<Vec<_>>());
         let mut per_worker = [0u64; WORKERS];
         for r in rs {
             for (w, c) in r.per_worker.iter().enumerate() {
@@ -322,7 +331,7 @@ pub fn print_rows(n: usize, flavour: Flavour, rounds: &[Vec<Round>; 3]) {
         let min_share = per_worker.iter().copied().min().unwrap_or(0) as f64 / mean.max(1.0);
         let holds: Vec<Duration> = rs.iter().flat_map(|r| r.holds.iter().copied()).collect();
         println!(
-            "{n:>2} {:<15} {name:<8} {total:>8} {rate:>10.0} {:>7.2}x {:>7.2}x {cpu:>7.1} {:>7.2}x {:>7.2}x {:>8} {:>8.0}% {:>9.3} {:>9.3} {:>8}",
+            "{n:>2} {:<15} {name:<8} {total:>8} {rate:>10.0} {:>7.2}x {:>7.2}x {cpu:>7.1} {sys:>4.0}% {:>7.2}x {:>7.2}x {:>8} {:>8.0}% {:>9.3} {:>9.3} {:>8}",
             flavour.name(),
             rate / floor_rate,
             rate / peer_rate,
