@@ -266,7 +266,7 @@ fn main() {
             floor_samples: 20,
             contend: contend::Plan {
                 rounds: 1,
-                span: Duration::from_millis(300),
+                span: Duration::from_millis(150),
                 max_sections: 0,
             },
         }

@@ -13,7 +13,10 @@
 //! `SET NX`: what running a script on the server costs), `backends` (the fred backends' acquire
 //! and release sent to all N at once, no manager: separates the backend's cost from the core's),
 //! `redlock` (defaults: wake-on-release on) and `redlock-nowake` (wake-on-release off, to price
-//! what announcing releases costs when nobody waits).
+//! what announcing releases costs when nobody waits). `floor-del`, run only when named in
+//! `REDLOCK_BENCH_ONLY`, is a cost probe and not a lock: the floor releasing with a plain `DEL`,
+//! which fred batches like any built-in command, where a script forces a write of its own; what a
+//! built-in compare-and-delete (Redis 8.4 `DELEX ... IFEQ`) would cost on servers without one.
 //!
 //! To pin a run to one subject and a fixed amount of work (for an instruction-count profile
 //! under callgrind, say): `REDLOCK_BENCH_ONLY=redlock` (subjects, comma-separated),
@@ -33,18 +36,29 @@ use common::{
 };
 
 /// In the order of `measure`'s subjects; the first two are the references of the ratios.
-const SUBJECTS: [&str; 6] = [
+const SUBJECTS: [&str; 7] = [
     "floor",
     "rslock",
     "floor-lua",
     "backends",
     "redlock",
     "redlock-nowake",
+    "floor-del",
 ];
 const FLOOR: usize = 0;
 const RSLOCK: usize = 1;
 
 const TASKS: u64 = 64;
+
+/// Whether a subject runs: `floor-del` is a cost probe, not a lock, so only when named.
+fn chosen(subject: &str) -> bool {
+    if subject == "floor-del" {
+        std::env::var("REDLOCK_BENCH_ONLY")
+            .is_ok_and(|only| only.split(',').any(|s| s.trim() == subject))
+    } else {
+        selected(subject)
+    }
+}
 
 struct Plan {
     rounds: usize,
@@ -60,6 +74,7 @@ struct Figures {
 
 async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures {
     let floor = Floor::connect(ports).await;
+    let floor_del = floor.clone();
     let subjects: Vec<Arc<Subject>> = vec![
         Arc::new(Subject::Floor(floor.clone())),
         Arc::new(Subject::Rslock(rslock(ports))),
@@ -67,11 +82,12 @@ async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures
         Arc::new(Subject::Backends(backends(ports))),
         Arc::new(Subject::Redlock(manager(ports, true))),
         Arc::new(Subject::Redlock(manager(ports, false))),
+        Arc::new(Subject::FloorDel(floor_del)),
     ];
     for (s, subject) in subjects
         .iter()
         .enumerate()
-        .filter(|(s, _)| selected(SUBJECTS[*s]))
+        .filter(|(s, _)| chosen(SUBJECTS[*s]))
     {
         warm_up(subject, &format!("{tag}:{s}"), plan.warm_up).await;
     }
@@ -83,7 +99,7 @@ async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures
         for (s, subject) in subjects
             .iter()
             .enumerate()
-            .filter(|(s, _)| selected(SUBJECTS[*s]))
+            .filter(|(s, _)| chosen(SUBJECTS[*s]))
         {
             let prefix = format!("{tag}:seq:{round}:{s}");
             figures.seq[s].push(seq(subject, &prefix, plan.seq_cycles).await);
@@ -91,7 +107,7 @@ async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures
         for (s, subject) in subjects
             .iter()
             .enumerate()
-            .filter(|(s, _)| selected(SUBJECTS[*s]))
+            .filter(|(s, _)| chosen(SUBJECTS[*s]))
         {
             let prefix = format!("{tag}:conc:{round}:{s}");
             figures.conc[s].push(conc(subject, &prefix, TASKS, plan.conc_per_task, pids).await);

@@ -159,7 +159,7 @@ async fn measure(
 
 fn main() {
     let quick = quick();
-    let (healthy_cycles, slow_cycles, warm) = if quick { (30, 20, 5) } else { (2000, 400, 50) };
+    let (healthy_cycles, slow_cycles, warm) = if quick { (20, 8, 3) } else { (2000, 400, 50) };
     header(
         "slow-instance bench: N = 3 and 5, one instance behind a proxy that delays its replies by \
          20 ms",

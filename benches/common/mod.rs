@@ -270,6 +270,19 @@ impl Floor {
             .await
     }
 
+    /// A plain `DEL` on every instance at once; how many deleted. Not a safe release (it does not
+    /// compare the token): a cost probe only, for what a built-in compare-and-delete (Redis 8.4's
+    /// `DELEX key IFEQ token`, Valkey 9's `DELIFEQ`) would cost where the server lacks it. fred
+    /// batches built-in commands into shared writes, while it flushes after every script.
+    pub async fn release_del(&self, key: &str) -> usize {
+        let calls = self.clients.iter().map(|c| c.del::<i64, _>(key));
+        join_all(calls)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(1)))
+            .count()
+    }
+
     /// How many instances answered 1.
     async fn evalsha_all(&self, sha: &Str, key: &str, args: &[Value]) -> usize {
         let calls = self.clients.iter().map(|c| {
@@ -297,7 +310,7 @@ impl Floor {
 impl Subject {
     pub async fn close(&self) {
         match self {
-            Subject::Floor(f) | Subject::FloorLua(f) => f.quit().await,
+            Subject::Floor(f) | Subject::FloorLua(f) | Subject::FloorDel(f) => f.quit().await,
             Subject::Backends(backends) => {
                 for b in backends {
                     drop(b.close().await);
@@ -321,6 +334,8 @@ pub fn floor_token(task: u64, cycle: u64) -> String {
 pub enum Subject {
     Floor(Floor),
     FloorLua(Floor),
+    /// The floor releasing with a plain `DEL` ([`Floor::release_del`]): a cost probe, not a lock.
+    FloorDel(Floor),
     Backends(Vec<Arc<RedisBackend>>),
     Redlock(LockManager),
     Rslock(rslock::LockManager),
@@ -337,13 +352,13 @@ impl Subject {
         cycle: u64,
     ) -> Result<(Duration, Duration), String> {
         match self {
-            Subject::Floor(floor) | Subject::FloorLua(floor) => {
+            Subject::Floor(floor) | Subject::FloorLua(floor) | Subject::FloorDel(floor) => {
                 let token = floor_token(task, cycle);
                 let start = Instant::now();
-                let got = if matches!(self, Subject::Floor(_)) {
-                    floor.acquire(key, &token, TTL).await
-                } else {
+                let got = if matches!(self, Subject::FloorLua(_)) {
                     floor.acquire_lua(key, &token, TTL).await
+                } else {
+                    floor.acquire(key, &token, TTL).await
                 };
                 let locked = Instant::now();
                 let quorum = floor.len() / 2 + 1;
@@ -351,7 +366,11 @@ impl Subject {
                     floor.release(key, &token).await;
                     return Err(format!("floor: lock: {got} of {} instances", floor.len()));
                 }
-                let released = floor.release(key, &token).await;
+                let released = if matches!(self, Subject::FloorDel(_)) {
+                    floor.release_del(key).await
+                } else {
+                    floor.release(key, &token).await
+                };
                 if released < quorum {
                     return Err(format!(
                         "floor: unlock: {released} of {} instances",
@@ -416,13 +435,13 @@ impl Subject {
         cycle: u64,
     ) -> Result<Duration, String> {
         match &**self {
-            Subject::Floor(floor) | Subject::FloorLua(floor) => {
+            Subject::Floor(floor) | Subject::FloorLua(floor) | Subject::FloorDel(floor) => {
                 let token = floor_token(task, cycle);
                 let start = Instant::now();
-                let got = if matches!(**self, Subject::Floor(_)) {
-                    floor.acquire(key, &token, TTL).await
-                } else {
+                let got = if matches!(**self, Subject::FloorLua(_)) {
                     floor.acquire_lua(key, &token, TTL).await
+                } else {
+                    floor.acquire(key, &token, TTL).await
                 };
                 let took = start.elapsed();
                 let (floor, key) = (floor.clone(), key.to_owned());
