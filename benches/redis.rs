@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use common::{
     backends, conc, env_count, header, instance_counts, manager, median, ms, pids, ports,
-    print_failures, quantile, quick, rslock, selected, seq, start_servers, us, warm_up, Conc,
-    Flavour, Floor, Seq, Subject,
+    print_failures, quantile, quick, ratio, rslock, selected, seq, start_servers, us, warm_up,
+    Conc, Flavour, Floor, Seq, Subject,
 };
 
 /// In the order of `measure`'s subjects; the first two are the references of the ratios.
@@ -134,13 +134,13 @@ fn print_seq(n: usize, flavour: Flavour, figures: &Figures) {
         let unlock = pooled(&figures.seq[s], |s| &s.unlock);
         let p50 = p50_of(&figures.seq[s]);
         println!(
-            "{n:>2} {:<15} {name:<15} {rate:>9.0} {:>7.2}x {:>7.2}x {:>9.3} {:>7.2}x {:>7.2}x {:>9.3} {:>10.3}",
+            "{n:>2} {:<15} {name:<15} {rate:>9.0} {:>8} {:>8} {:>9.3} {:>8} {:>8} {:>9.3} {:>10.3}",
             flavour.name(),
-            rate / floor_rate,
-            rate / peer_rate,
+            ratio(rate, floor_rate),
+            ratio(rate, peer_rate),
             p50 * 1e3,
-            p50 / floor_p50,
-            p50 / peer_p50,
+            ratio(p50, floor_p50),
+            ratio(p50, peer_p50),
             ms(quantile(&lock, 0.99)),
             ms(quantile(&unlock, 0.5)),
         );
@@ -188,12 +188,12 @@ fn print_conc(n: usize, flavour: Flavour, figures: &Figures) {
                 .collect::<Vec<_>>(),
         );
         println!(
-            "{n:>2} {:<15} {name:<15} {rate:>9.0} {:>7.2}x {:>7.2}x {cpu:>7.1} {sys:>4.0}% {:>7.2}x {:>7.2}x {server:>9.1} {spread:>7.1}%",
+            "{n:>2} {:<15} {name:<15} {rate:>9.0} {:>8} {:>8} {cpu:>7.1} {sys:>4.0}% {:>8} {:>8} {server:>9.1} {spread:>7.1}%",
             flavour.name(),
-            rate / floor_rate,
-            rate / peer_rate,
-            cpu / floor_cpu,
-            cpu / peer_cpu,
+            ratio(rate, floor_rate),
+            ratio(rate, peer_rate),
+            ratio(cpu, floor_cpu),
+            ratio(cpu, peer_cpu),
         );
     }
 }

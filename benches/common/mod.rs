@@ -679,6 +679,16 @@ pub fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// `value / reference` as `1.23x`, or `-` when the reference subject was not run (a run pinned
+/// to one subject).
+pub fn ratio(value: f64, reference: f64) -> String {
+    if reference.is_finite() && reference > 0.0 {
+        format!("{:.2}x", value / reference)
+    } else {
+        "-".to_owned()
+    }
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }

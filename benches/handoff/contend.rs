@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    cpu_times, floor_token, manager, median, quantile, rslock, Flavour, Floor, TTL,
+    cpu_times, floor_token, manager, median, quantile, ratio, rslock, Flavour, Floor, TTL,
 };
 use redlock_lease::{Error, Lock, LockManager};
 
@@ -331,12 +331,12 @@ pub fn print_rows(n: usize, flavour: Flavour, rounds: &[Vec<Round>; 3]) {
         let min_share = per_worker.iter().copied().min().unwrap_or(0) as f64 / mean.max(1.0);
         let holds: Vec<Duration> = rs.iter().flat_map(|r| r.holds.iter().copied()).collect();
         println!(
-            "{n:>2} {:<15} {name:<8} {total:>8} {rate:>10.0} {:>7.2}x {:>7.2}x {cpu:>7.1} {sys:>4.0}% {:>7.2}x {:>7.2}x {:>8} {:>8.0}% {:>9.3} {:>9.3} {:>8}",
+            "{n:>2} {:<15} {name:<8} {total:>8} {rate:>10.0} {:>8} {:>8} {cpu:>7.1} {sys:>4.0}% {:>8} {:>8} {:>8} {:>8.0}% {:>9.3} {:>9.3} {:>8}",
             flavour.name(),
-            rate / floor_rate,
-            rate / peer_rate,
-            cpu / floor_cpu,
-            cpu / peer_cpu,
+            ratio(rate, floor_rate),
+            ratio(rate, peer_rate),
+            ratio(cpu, floor_cpu),
+            ratio(cpu, peer_cpu),
             rs.iter().map(|r| r.give_ups).sum::<u64>(),
             min_share * 100.0,
             quantile(&holds, 0.5).as_secs_f64() * 1e3,
