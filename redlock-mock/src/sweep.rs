@@ -19,6 +19,11 @@ use redlock_core::{
     async_trait, BackendError, BackendErrorKind, Config, KeyState, LockBackend, ReleaseNotify,
 };
 
+mod broken;
+mod queue;
+
+pub use broken::{OneToken, RefuseAcquires};
+
 use crate::check::{CheckReport, Violation, ViolationKind};
 use crate::history::{Entry, History};
 use crate::net::{Latency, NotifyStats};
@@ -46,11 +51,21 @@ pub enum Family {
     /// moment (or past it), rivals poll; clocks skewed close to what the drift factor covers.
     /// No invariant may break. The healthy twin of [`Family::Buggy`].
     Contention,
-    /// The contention family against a deliberately broken client, to prove the checkers.
+    /// Several tasks per client on the same one or two resources through one manager, so they
+    /// wait in its local queue: every way to acquire (`lock`, `try_lock`, `lock_opts` with each
+    /// `Patience`, `with_lock`), waiters cancelled at random (their futures dropped), holders
+    /// losing their locks to partitions, crashes, hung instances and pauses while others
+    /// queue, and in some seeds one client's manager closed with tasks queued. After the
+    /// faults, every task makes one last `UntilCancelled` call, judged by
+    /// [`served`](crate::check::served). No invariant may break.
+    Queue,
+    /// A family run against a deliberately broken client or backend, to prove the checkers:
+    /// the contention family for the Redlock bugs, the queue family for
+    /// [`Bug::TokenPerManager`] and [`Bug::AcquireAlwaysRefused`].
     Buggy(Bug),
 }
 
-/// A known Redlock bug, reintroduced on purpose.
+/// A bug reintroduced on purpose, to prove a checker catches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bug {
     /// Drift factor 0 while instance clocks run up to 1 % fast: validity is not shortened for
@@ -59,6 +74,13 @@ pub enum Bug {
     /// Release as `GET` then `DEL` of whatever the key holds, without checking the token: a late
     /// release deletes the next holder's key.
     ReleaseWithoutTokenCheck,
+    /// Every lock of a manager sets one value (a process id as the lock value, see
+    /// [`OneToken`]): a second task of the same manager "acquires" a key its manager already
+    /// holds, so two tasks of one manager hold the resource at once.
+    TokenPerManager,
+    /// Client 0's links answer every acquire as if the key were held (see
+    /// [`RefuseAcquires`]): its waiters are never served, though the resource is free.
+    AcquireAlwaysRefused,
 }
 
 /// The result of one seed.
@@ -103,6 +125,9 @@ pub fn reproduce(seed: u64, family: Family) -> String {
         Family::Buggy(Bug::ReleaseWithoutTokenCheck) => {
             "checker_catches_release_without_token_check"
         }
+        Family::Queue => "queue_family_keeps_every_invariant",
+        Family::Buggy(Bug::TokenPerManager) => "checker_catches_two_holders_in_one_manager",
+        Family::Buggy(Bug::AcquireAlwaysRefused) => "checker_catches_a_waiter_never_served",
     };
     format!("REDLOCK_SIM_SEED={seed} cargo test -p redlock-mock --test sweep -- {test} --nocapture")
 }
@@ -130,11 +155,15 @@ pub fn run_seed(family: Family, seed: u64) -> SeedRun {
     let world_slot: Arc<Mutex<Option<World>>> = Arc::default();
     let slot = Arc::clone(&world_slot);
     let outcome = catch_unwind(AssertUnwindSafe(move || match family {
-        Family::Standard => standard(seed, false, &slot),
-        Family::Fair => standard(seed, true, &slot),
-        Family::Contention => contention(seed, None, &slot),
-        Family::Buggy(bug) => contention(seed, Some(bug), &slot),
-        Family::Adversarial => adversarial(seed, &slot),
+        Family::Standard => standard(seed, false, &slot).map(|()| None),
+        Family::Fair => standard(seed, true, &slot).map(|()| None),
+        Family::Contention => contention(seed, None, &slot).map(|()| None),
+        Family::Queue => queue::queue(seed, None, &slot).map(Some),
+        Family::Buggy(bug @ (Bug::TokenPerManager | Bug::AcquireAlwaysRefused)) => {
+            queue::queue(seed, Some(bug), &slot).map(Some)
+        }
+        Family::Buggy(bug) => contention(seed, Some(bug), &slot).map(|()| None),
+        Family::Adversarial => adversarial(seed, &slot).map(|()| None),
     }));
     let world = world_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
     let (mut history, messages, notify, fair_heard) = match &world {
@@ -151,7 +180,10 @@ pub fn run_seed(family: Family, seed: u64) -> SeedRun {
     };
     let mut extra = Vec::new();
     match outcome {
-        Ok(Ok(())) => {}
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(live))) => {
+            extra.extend(crate::check::served(&history, live.since, live.free_for));
+        }
         Ok(Err(stalled)) => extra.push(Violation {
             kind: ViolationKind::Stalled,
             detail: stalled,

@@ -98,9 +98,21 @@ impl Inner {
             let _woke = select(pin!(wait), place.released_since(releases)).await;
         }
         loop {
+            // Closed since the last attempt: nothing of ours is set (its cleanup was awaited).
+            if let Err(closed) = self.ensure_open() {
+                cleanup_on_drop.armed = false;
+                return Err(closed);
+            }
             made += 1;
             let (_, releases) = place.local_state();
             let rejected = match engine.acquire(&key, &token, ttl).await {
+                Ok(_) if self.ensure_open().is_err() => {
+                    // Won while the manager was being closed: the close did not see this lock
+                    // and no call on it could release it, so give it back now.
+                    let _ = engine.release(&key, &token, false).await;
+                    cleanup_on_drop.armed = false;
+                    return Err(Error::Closed);
+                }
                 Ok(lease) => {
                     cleanup_on_drop.armed = false;
                     drop(cleanup_on_drop);
@@ -149,6 +161,12 @@ impl Inner {
                 }
             };
             let (_, woke) = futures::future::join(cleanup, wait).await;
+            if last_start.is_some_and(|last| self.clock().now() > last) {
+                // The cleanup outlasted the window and the last moment to start an attempt:
+                // one more would overrun the call's bound by up to an instance timeout.
+                cleanup_on_drop.armed = false;
+                return Err(error);
+            }
             window_end = woke.then_some(until);
         }
     }

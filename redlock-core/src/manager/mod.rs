@@ -340,7 +340,10 @@ impl LockManager {
 
     /// Releases every lock this manager holds, closes the backends, and makes every later call
     /// (on the manager, its clones and its locks) fail with [`Error::Closed`]. aioredlock's
-    /// `destroy`. Closing twice is harmless.
+    /// `destroy`. Closing twice is harmless. Acquires in progress (queued or making rounds) end
+    /// with [`Error::Closed`] before their next attempt, within one attempt of the close (an
+    /// attempt, its cleanup, a retry delay and the fair grace); one that wins a round meanwhile
+    /// releases it.
     ///
     /// # Errors
     /// [`Error::Closed`] when already closed. Locks or backends that fail to release or close are
@@ -349,7 +352,10 @@ impl LockManager {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(Error::Closed);
         }
-        let held: Vec<Arc<LockShared>> = self.inner.active().drain().map(|(_, s)| s).collect();
+        let mut held: Vec<Arc<LockShared>> = self.inner.active().drain().map(|(_, s)| s).collect();
+        // In the order they were taken, not the map's: the same program sends the same
+        // requests in the same order every run (a seeded simulation replays exactly).
+        held.sort_by_key(|shared| shared.id);
         let mut report = CloseReport::default();
         let releases = held.iter().map(|shared| {
             let shared = Arc::clone(shared);
