@@ -106,25 +106,30 @@ impl LockShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn mark_lost(&self, reason: LossReason) {
-        self.leave_held(Status::Lost(reason));
+    /// Marks the lock lost; whether it was held until now (a loss is reported once).
+    pub(crate) fn mark_lost(&self, reason: LossReason) -> bool {
+        self.leave_held(Status::Lost(reason))
     }
 
-    pub(crate) fn mark_released(&self) {
-        self.leave_held(Status::Released);
+    /// Marks the lock released; whether it was held until now.
+    pub(crate) fn mark_released(&self) -> bool {
+        self.leave_held(Status::Released)
     }
 
     /// Ends the `Held` status (a lost lock may still become released) and wakes its watchers.
-    fn leave_held(&self, to: Status) {
-        let wakers = {
+    /// Whether the status was `Held` until this call.
+    fn leave_held(&self, to: Status) -> bool {
+        let (wakers, was_held) = {
             let mut state = self.state();
-            match (state.status, to) {
-                (Status::Released, _) | (Status::Lost(_), Status::Lost(_)) => return,
-                _ => state.status = to,
-            }
-            std::mem::take(&mut state.wakers)
+            let was_held = match (state.status, to) {
+                (Status::Released, _) | (Status::Lost(_), Status::Lost(_)) => return false,
+                (from, _) => from == Status::Held,
+            };
+            state.status = to;
+            (std::mem::take(&mut state.wakers), was_held)
         };
         wakers.into_iter().for_each(Waker::wake);
+        was_held
     }
 }
 

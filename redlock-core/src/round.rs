@@ -199,6 +199,7 @@ where
             }
         }
     }
+    crate::telemetry::round(instances, &outcomes);
     Round {
         answers,
         outcomes,

@@ -1,5 +1,5 @@
 //! Redis and Sentinel backend for `redlock-core` on the [`fred`] client, and the core's runtime
-//! traits on tokio.
+//! traits on tokio (re-exported from `redlock-rt`).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -75,6 +75,9 @@
 //! # Features
 //!
 //! - `tls` (default): TLS through rustls.
+//! - `tracing`: events when a connection is lost (`WARN`), re-made (`INFO`) or fails to come
+//!   up (`DEBUG`), each with the instance's id.
+//! - `metrics`: `redlock_backend_reconnects_total{instance}`, connections re-made after a loss.
 //! - `harness`: [`harness`], real `redis-server` processes for tests and benchmarks.
 
 mod backend;
@@ -88,6 +91,7 @@ mod runtime;
 mod scripts;
 mod secret;
 mod sentinel;
+mod telemetry;
 mod tls;
 
 #[cfg(feature = "harness")]

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::lock::Lock;
 use crate::options::Patience;
 use crate::round::Verdict;
+use crate::telemetry;
 use crate::wait::Waiter;
 
 impl Inner {
@@ -85,6 +86,7 @@ impl Inner {
         let mut waiter = Waiter::default();
         let engine = &self.engine;
         if let Some(until) = self.fairness.pending_yield(self.clock(), &key) {
+            telemetry::fair_yield(self.clock(), resource, until);
             engine.yield_until(&key, &mut waiter, until).await;
         }
         let (held_here, releases) = place.local_state();
@@ -105,7 +107,9 @@ impl Inner {
             }
             made += 1;
             let (_, releases) = place.local_state();
-            let rejected = match engine.acquire(&key, &token, ttl).await {
+            let granted = engine.acquire(&key, &token, ttl).await;
+            telemetry::attempt(made, &granted);
+            let rejected = match granted {
                 Ok(_) if self.ensure_open().is_err() => {
                     // Won while the manager was being closed: the close did not see this lock
                     // and no call on it could release it, so give it back now.

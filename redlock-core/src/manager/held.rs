@@ -8,11 +8,17 @@ use super::Inner;
 use crate::error::{Error, LossReason};
 use crate::lock::{LockShared, Status};
 use crate::round::Verdict;
+use crate::telemetry;
 
 impl Inner {
     /// One extend round: a fresh lease of `ttl` on a quorum, within validity, cut at the current
     /// deadline.
     pub(crate) async fn extend(&self, shared: &LockShared, ttl: Duration) -> Result<(), Error> {
+        let op = telemetry::Op::extend(self.clock(), shared, ttl);
+        op.finish(self.extend_round(shared, ttl)).await
+    }
+
+    async fn extend_round(&self, shared: &LockShared, ttl: Duration) -> Result<(), Error> {
         let deadline = {
             let state = shared.state();
             match state.status {
@@ -68,6 +74,11 @@ impl Inner {
 
     /// Sends the release to every instance and reports whether the lock was still ours.
     pub(crate) async fn release(&self, shared: &LockShared) -> Result<(), Error> {
+        let op = telemetry::Op::release(self.clock(), shared);
+        op.finish(self.release_round(shared)).await
+    }
+
+    async fn release_round(&self, shared: &LockShared) -> Result<(), Error> {
         let prior = shared.state().status;
         if prior == Status::Released {
             return Err(Error::Released);
@@ -105,13 +116,19 @@ impl Inner {
                 Some(self.engine.failure(round, 1)),
             )),
         };
-        shared.mark_released();
+        let was_held = shared.mark_released();
+        telemetry::released(shared, was_held, &result);
         self.unregister(shared);
         result
     }
 
     /// Whether a quorum still holds our token, and the validity left.
     pub(crate) async fn check(&self, shared: &LockShared) -> Result<Duration, Error> {
+        let op = telemetry::Op::check(self.clock(), shared);
+        op.finish(self.check_round(shared)).await
+    }
+
+    async fn check_round(&self, shared: &LockShared) -> Result<Duration, Error> {
         match shared.state().status {
             Status::Released => return Err(Error::Released),
             Status::Lost(reason) => return Err(Error::lost(reason, None)),

@@ -23,6 +23,7 @@ use crate::options::{LockOptions, Patience};
 use crate::queue::KeyQueues;
 use crate::round::Verdict;
 use crate::runtime::{Clock, RandomSource, Spawner};
+use crate::telemetry;
 use crate::wait::Fairness;
 
 /// The longest key (prefix + resource name) accepted, in bytes.
@@ -179,8 +180,8 @@ impl LockManager {
         let ttl = self.inner.ttl(ttl)?;
         let token = self.inner.new_token();
         let patience = Patience::Attempts(self.inner.config.retry_count);
-        self.inner
-            .acquire(resource, key, token, ttl, patience)
+        let op = telemetry::Op::acquire(self.inner.clock(), resource, &token, ttl);
+        op.finish(self.inner.acquire(resource, key, token, ttl, patience))
             .await
             .map_err(|e| e.about(resource))
     }
@@ -221,8 +222,8 @@ impl LockManager {
         let patience = options
             .patience
             .unwrap_or(Patience::Attempts(self.inner.config.retry_count));
-        self.inner
-            .acquire(resource, key, token, ttl, patience)
+        let op = telemetry::Op::acquire(self.inner.clock(), resource, &token, ttl);
+        op.finish(self.inner.acquire(resource, key, token, ttl, patience))
             .await
             .map_err(|e| e.about(resource))
     }
@@ -513,7 +514,9 @@ impl Inner {
         reason: LossReason,
         failure: Option<crate::error::Failure>,
     ) -> Error {
-        shared.mark_lost(reason);
+        if shared.mark_lost(reason) {
+            telemetry::lost(shared, reason, failure.as_ref());
+        }
         self.unregister(shared);
         Error::lost(reason, failure)
     }
