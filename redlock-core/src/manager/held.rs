@@ -74,15 +74,28 @@ impl Inner {
 
     /// Sends the release to every instance and reports whether the lock was still ours.
     pub(crate) async fn release(&self, shared: &LockShared) -> Result<(), Error> {
-        let op = telemetry::Op::release(self.clock(), shared);
-        op.finish(self.release_round(shared)).await
-    }
-
-    async fn release_round(&self, shared: &LockShared) -> Result<(), Error> {
         let prior = shared.state().status;
         if prior == Status::Released {
             return Err(Error::Released);
         }
+        let op = telemetry::Op::release(self.clock(), shared);
+        op.finish(self.release_round(shared, prior)).await
+    }
+
+    /// Close's release: the lock stops being valid at once (its watchers see it, scoped work
+    /// is stopped), then the release round goes out.
+    pub(crate) async fn release_at_close(&self, shared: &LockShared) -> Result<(), Error> {
+        let prior = shared.state().status;
+        if prior == Status::Released {
+            return Err(Error::Released);
+        }
+        shared.mark_released();
+        let op = telemetry::Op::release(self.clock(), shared);
+        op.finish(self.release_round(shared, prior)).await
+    }
+
+    /// The release round of a lock whose status was `prior` when the release began.
+    async fn release_round(&self, shared: &LockShared, prior: Status) -> Result<(), Error> {
         // A release round already went out for this handle (it came back undecided): its deletes
         // may have landed since, so "not held" now is most likely our own doing.
         let sent_before = shared.release_sent.swap(true, Ordering::AcqRel);

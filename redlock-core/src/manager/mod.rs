@@ -361,7 +361,7 @@ impl LockManager {
         let releases = held.iter().map(|shared| {
             let shared = Arc::clone(shared);
             async move {
-                let result = self.inner.release(&shared).await;
+                let result = self.inner.release_at_close(&shared).await;
                 (shared, result)
             }
         });
