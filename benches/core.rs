@@ -44,7 +44,7 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const CYCLES: u64 = 200_000;
+const CYCLES: u64 = 20_000;
 const TTL: Duration = Duration::from_secs(10);
 
 struct Measure {

@@ -1,5 +1,7 @@
-//! Two tasks, one resource, real `redis-server` processes (N = 3 and N = 5): each task holds the
-//! lock 20 ms and asks again. Each task has a manager of its own, as two processes would.
+//! Real `redis-server` processes (N = 3 and N = 5), both tokio runtime flavours. (a) and (b):
+//! two tasks on one resource, each holding the lock 20 ms and asking again, each with a manager
+//! of its own, as two processes would. (c): eight workers on one resource with a 1 ms hold, next
+//! to a raw-fred floor and the peer rslock.
 //!
 //! ```text
 //! cargo bench --bench handoff                        # full run
@@ -16,15 +18,28 @@
 //! (b) Fairness: both tasks ask again right after releasing. Share of critical sections per
 //! task, longest streak of one task, and throughput, for polling, wake-on-release (unfair) and
 //! fair mode.
+//!
+//! (c) Contention (`contend`): see `handoff/contend.rs`. Critical sections per second, client
+//! CPU per critical section, give-ups, the smallest worker's share of the mean, and the 1 ms hold
+//! as measured inside the critical section.
+//!
+//! `REDLOCK_BENCH_ONLY` names the parts to run (`wake-gap`, `fairness`, `contend`) and, for
+//! `contend`, the subjects (`floor`, `rslock`, `redlock`), e.g.
+//! `REDLOCK_BENCH_ONLY=contend,redlock`; with `REDLOCK_BENCH_N`, `REDLOCK_BENCH_FLAVOUR`,
+//! `REDLOCK_BENCH_ROUNDS` and `REDLOCK_BENCH_SECTIONS` (a cap on the critical sections of a round)
+//! it pins a run to a fixed amount of work for a profile.
 
 mod common;
+#[path = "handoff/contend.rs"]
+mod contend;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    floor_token, header, ms, ports, quantile, quick, start_servers, url, Flavour, Floor, TTL,
+    env_count, floor_token, header, instance_counts, ms, ports, quantile, quick, selected,
+    start_servers, url, Flavour, Floor, TTL,
 };
 use redlock_lease::{Error, Lock, LockManager};
 
@@ -238,6 +253,7 @@ struct Plan {
     gap_budget: Duration,
     span: Duration,
     floor_samples: u64,
+    contend: contend::Plan,
 }
 
 fn main() {
@@ -248,6 +264,11 @@ fn main() {
             gap_budget: Duration::from_secs(3),
             span: Duration::from_millis(400),
             floor_samples: 20,
+            contend: contend::Plan {
+                rounds: 1,
+                span: Duration::from_millis(150),
+                max_sections: 0,
+            },
         }
     } else {
         Plan {
@@ -255,62 +276,88 @@ fn main() {
             gap_budget: Duration::from_secs(10),
             span: Duration::from_secs(5),
             floor_samples: 1000,
+            contend: contend::Plan {
+                rounds: 3,
+                span: Duration::from_secs(2),
+                max_sections: 0,
+            },
         }
     };
+    let contend_plan = contend::Plan {
+        rounds: env_count("REDLOCK_BENCH_ROUNDS", plan.contend.rounds as u64) as usize,
+        span: Duration::from_millis(env_count(
+            "REDLOCK_BENCH_CONTEND_MS",
+            plan.contend.span.as_millis() as u64,
+        )),
+        max_sections: env_count("REDLOCK_BENCH_SECTIONS", 0),
+    };
+    let contend_subjects = contend::SUBJECTS.map(selected);
     header(
-        "handoff bench: two tasks on one resource, each holding it 20 ms, real redis-server processes",
+        "handoff bench: two tasks on one resource, each holding it 20 ms (a, b); eight workers on \
+         one resource, each holding it 1 ms (c); real redis-server processes",
         quick,
     );
     let mut gap_rows = Vec::new();
     let mut fair_rows = Vec::new();
-    for n in [3usize, 5] {
+    let mut contend_rows = Vec::new();
+    for n in instance_counts(&[3, 5]) {
         let servers = start_servers(n);
         let ports = ports(&servers);
-        for flavour in Flavour::ALL {
+        for flavour in Flavour::selected() {
             let runtime = flavour.runtime();
             let tag = format!("{n}:{}", flavour.name());
             runtime.block_on(async {
-                let floor = floor_round(&ports, &tag, plan.floor_samples).await;
-                for (mode, wake) in [("wake-on-release", true), ("polling 100-300 ms", false)] {
-                    let resource = format!("{tag}:gap:{mode}");
-                    let gaps =
-                        wake_gaps(&ports, &resource, wake, plan.gap_max, plan.gap_budget).await;
-                    gap_rows.push((n, flavour, mode, gaps, floor));
+                if selected("wake-gap") {
+                    let floor = floor_round(&ports, &tag, plan.floor_samples).await;
+                    for (mode, wake) in [("wake-on-release", true), ("polling 100-300 ms", false)] {
+                        let resource = format!("{tag}:gap:{mode}");
+                        let gaps =
+                            wake_gaps(&ports, &resource, wake, plan.gap_max, plan.gap_budget).await;
+                        gap_rows.push((n, flavour, mode, gaps, floor));
+                    }
                 }
-                for (mode, wake, fair) in [
-                    ("polling", false, false),
-                    ("wake, unfair", true, false),
-                    ("wake, fair", true, true),
-                ] {
-                    let resource = format!("{tag}:fair:{mode}");
-                    let f = fairness(&ports, &resource, wake, fair, plan.span).await;
-                    fair_rows.push((n, flavour, mode, f));
+                if selected("fairness") {
+                    for (mode, wake, fair) in [
+                        ("polling", false, false),
+                        ("wake, unfair", true, false),
+                        ("wake, fair", true, true),
+                    ] {
+                        let resource = format!("{tag}:fair:{mode}");
+                        let f = fairness(&ports, &resource, wake, fair, plan.span).await;
+                        fair_rows.push((n, flavour, mode, f));
+                    }
+                }
+                if selected("contend") && contend_subjects.contains(&true) {
+                    let rounds =
+                        contend::measure(&ports, &tag, contend_plan, &contend_subjects).await;
+                    contend_rows.push((n, flavour, rounds));
                 }
             });
         }
     }
 
-    println!();
-    println!(
-        "(a) wake gap: release() returned -> the waiting task's lock() returned, uncontested; \
-         floor = p50 of one raw SET NX round to all N"
-    );
-    println!(
-        "{:>2} {:<15} {:<19} {:>7} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9}",
-        "N",
-        "runtime",
-        "mode",
-        "samples",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "early",
-        "call p50",
-        "call p99",
-        "floor ms"
-    );
-    for (n, flavour, mode, g, floor) in &gap_rows {
+    if !gap_rows.is_empty() {
+        println!();
         println!(
+            "(a) wake gap: release() returned -> the waiting task's lock() returned, uncontested; \
+         floor = p50 of one raw SET NX round to all N"
+        );
+        println!(
+            "{:>2} {:<15} {:<19} {:>7} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>9}",
+            "N",
+            "runtime",
+            "mode",
+            "samples",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "early",
+            "call p50",
+            "call p99",
+            "floor ms"
+        );
+        for (n, flavour, mode, g, floor) in &gap_rows {
+            println!(
             "{n:>2} {:<15} {mode:<19} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>9.2} {:>9.2} {:>9.3}",
             flavour.name(),
             g.gaps.len(),
@@ -322,43 +369,79 @@ fn main() {
             ms(quantile(&g.from_call, 0.99)),
             ms(*floor),
         );
-    }
-    println!("targets: wake-on-release p50 <= 2 ms, p99 <= 10 ms");
-    println!(
+        }
+        println!("targets: wake-on-release p50 <= 2 ms, p99 <= 10 ms");
+        println!(
         "early = the waiter had the lock before release() returned (it waits for every instance, \
          the waiter for a quorum), counted as 0; call p50/p99 = the same gap measured from the \
          release() call instead, which includes the release round itself"
     );
-
-    println!();
-    println!(
-        "(b) fairness: both tasks ask again right after releasing, {:?} per row",
-        plan.span
-    );
-    println!(
-        "{:>2} {:<15} {:<13} {:>9} {:>8} {:>8} {:>7} {:>13}",
-        "N", "runtime", "mode", "sections", "task 0", "task 1", "streak", "sections/s"
-    );
-    for (n, flavour, mode, f) in &fair_rows {
-        let total = (f.counts[0] + f.counts[1]).max(1) as f64;
-        let unfair = fair_rows
-            .iter()
-            .find(|(n2, fl2, m2, _)| n2 == n && fl2 == flavour && *m2 == "wake, unfair")
-            .map(|r| r.3.per_sec)
-            .unwrap_or(f64::NAN);
-        let ratio = if *mode == "wake, fair" {
-            format!(" ({:.2}x unfair)", f.per_sec / unfair)
-        } else {
-            String::new()
-        };
+    }
+    if !fair_rows.is_empty() {
+        println!();
         println!(
-            "{n:>2} {:<15} {mode:<13} {:>9} {:>7.1}% {:>7.1}% {:>7} {:>13.1}{ratio}",
-            flavour.name(),
-            f.counts[0] + f.counts[1],
-            f.counts[0] as f64 / total * 100.0,
-            f.counts[1] as f64 / total * 100.0,
-            f.streak,
-            f.per_sec,
+            "(b) fairness: both tasks ask again right after releasing, {:?} per row",
+            plan.span
+        );
+        println!(
+            "{:>2} {:<15} {:<13} {:>9} {:>8} {:>8} {:>7} {:>13}",
+            "N", "runtime", "mode", "sections", "task 0", "task 1", "streak", "sections/s"
+        );
+        for (n, flavour, mode, f) in &fair_rows {
+            let total = (f.counts[0] + f.counts[1]).max(1) as f64;
+            let unfair = fair_rows
+                .iter()
+                .find(|(n2, fl2, m2, _)| n2 == n && fl2 == flavour && *m2 == "wake, unfair")
+                .map(|r| r.3.per_sec)
+                .unwrap_or(f64::NAN);
+            let ratio = if *mode == "wake, fair" {
+                format!(" ({:.2}x unfair)", f.per_sec / unfair)
+            } else {
+                String::new()
+            };
+            println!(
+                "{n:>2} {:<15} {mode:<13} {:>9} {:>7.1}% {:>7.1}% {:>7} {:>13.1}{ratio}",
+                flavour.name(),
+                f.counts[0] + f.counts[1],
+                f.counts[0] as f64 / total * 100.0,
+                f.counts[1] as f64 / total * 100.0,
+                f.streak,
+                f.per_sec,
+            );
+        }
+    }
+    if !contend_rows.is_empty() {
+        println!();
+        println!(
+            "(c) contend: {} workers on one resource, each holding it {:?} and asking again at \
+             once, each with a client of its own; {} rounds of {:?}{} per subject, alternated; \
+             sections/s and CPU (user + sys, whole process) per critical section = median of \
+             rounds; give-ups = lock() calls that returned \"held by another\" and were made \
+             again; min share = the smallest worker's sections / the mean, pooled over rounds; \
+             hold = the {:?} sleep measured inside the critical section",
+            contend::WORKERS,
+            contend::HOLD,
+            contend_plan.rounds,
+            contend_plan.span,
+            if contend_plan.max_sections > 0 {
+                format!(" or {} sections", contend_plan.max_sections)
+            } else {
+                String::new()
+            },
+            contend::HOLD,
+        );
+        println!(
+            "floor = raw fred SET NX to all N, on refusal compare-and-delete to all N and a retry \
+             after a uniform 0-2 ms delay; rslock = rslock (redis-rs) defaults: 3 attempts, 0-200 \
+             ms between; redlock = defaults, wake-on-release on"
+        );
+        contend::print_header();
+        for (n, flavour, rounds) in &contend_rows {
+            contend::print_rows(*n, *flavour, rounds);
+        }
+        println!(
+            "targets (issue 12): redlock sections/s at least 1.00x rslock with 0 give-ups, CPU per \
+             section at most 1.50x rslock, min share at least 80%; overlaps must be 0"
         );
     }
     let failures = FAILURES.load(Ordering::Relaxed);

@@ -8,13 +8,21 @@
 //! ```
 //!
 //! Subjects, alternated round by round so drift in the machine's load hits all of them alike:
-//! `floor` (raw fred, no algorithm), `floor-lua` (the same, but acquiring with the fred backend's
-//! Lua script instead of `SET NX`: what running a script on the server costs), `backends` (the
-//! fred backends' acquire and release sent to all N at once, no manager: separates the backend's
-//! cost from the core's), `redlock`
-//! (defaults: wake-on-release on) and `redlock-nowake` (wake-on-release off, to price what
-//! announcing releases costs when nobody waits). `REDLOCK_BENCH_ONLY=redlock,floor` runs a
-//! subset, e.g. to profile one subject under `perf record`.
+//! `floor` (raw fred, no algorithm), `rslock` (the peer: rslock on redis-rs, its defaults),
+//! `floor-lua` (the floor, but acquiring with the fred backend's Lua script instead of
+//! `SET NX`: what running a script on the server costs), `backends` (the fred backends' acquire
+//! and release sent to all N at once, no manager: separates the backend's cost from the core's),
+//! `redlock` (defaults: wake-on-release on) and `redlock-nowake` (wake-on-release off, to price
+//! what announcing releases costs when nobody waits). `floor-del`, run only when named in
+//! `REDLOCK_BENCH_ONLY`, is a cost probe and not a lock: the floor releasing with a plain `DEL`,
+//! which fred batches like any built-in command, where a script forces a write of its own; what a
+//! built-in compare-and-delete (Redis 8.4 `DELEX ... IFEQ`) would cost on servers without one.
+//!
+//! To pin a run to one subject and a fixed amount of work (for an instruction-count profile
+//! under callgrind, say): `REDLOCK_BENCH_ONLY=redlock` (subjects, comma-separated),
+//! `REDLOCK_BENCH_N=3`, `REDLOCK_BENCH_FLAVOUR=multi-thread`, `REDLOCK_BENCH_ROUNDS`,
+//! `REDLOCK_BENCH_SEQ_CYCLES`, `REDLOCK_BENCH_CONC_CYCLES` (per task) and
+//! `REDLOCK_BENCH_WARM_UP`. Ratios need the floor and rslock in the selection.
 
 mod common;
 
@@ -22,26 +30,35 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    backends, conc, header, manager, median, ms, pids, ports, print_failures, quantile, quick, seq,
-    start_servers, us, warm_up, Conc, Flavour, Floor, Seq, Subject,
+    backends, conc, env_count, header, instance_counts, manager, median, ms, pids, ports,
+    print_failures, quantile, quick, ratio, rslock, selected, seq, start_servers, us, warm_up,
+    Conc, Flavour, Floor, Seq, Subject,
 };
 
-const SUBJECTS: [&str; 5] = [
+/// In the order of `measure`'s subjects; the first two are the references of the ratios.
+const SUBJECTS: [&str; 7] = [
     "floor",
+    "rslock",
     "floor-lua",
     "backends",
     "redlock",
     "redlock-nowake",
+    "floor-del",
 ];
+const FLOOR: usize = 0;
+const RSLOCK: usize = 1;
 
-/// `REDLOCK_BENCH_ONLY=redlock,floor` runs only those subjects (e.g. to profile one under
-/// `perf record`); all by default.
-fn selected(subject: &str) -> bool {
-    std::env::var("REDLOCK_BENCH_ONLY")
-        .map(|only| only.split(',').any(|s| s.trim() == subject))
-        .unwrap_or(true)
-}
 const TASKS: u64 = 64;
+
+/// Whether a subject runs: `floor-del` is a cost probe, not a lock, so only when named.
+fn chosen(subject: &str) -> bool {
+    if subject == "floor-del" {
+        std::env::var("REDLOCK_BENCH_ONLY")
+            .is_ok_and(|only| only.split(',').any(|s| s.trim() == subject))
+    } else {
+        selected(subject)
+    }
+}
 
 struct Plan {
     rounds: usize,
@@ -57,17 +74,20 @@ struct Figures {
 
 async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures {
     let floor = Floor::connect(ports).await;
+    let floor_del = floor.clone();
     let subjects: Vec<Arc<Subject>> = vec![
         Arc::new(Subject::Floor(floor.clone())),
+        Arc::new(Subject::Rslock(rslock(ports))),
         Arc::new(Subject::FloorLua(floor)),
         Arc::new(Subject::Backends(backends(ports))),
         Arc::new(Subject::Redlock(manager(ports, true))),
         Arc::new(Subject::Redlock(manager(ports, false))),
+        Arc::new(Subject::FloorDel(floor_del)),
     ];
     for (s, subject) in subjects
         .iter()
         .enumerate()
-        .filter(|(s, _)| selected(SUBJECTS[*s]))
+        .filter(|(s, _)| chosen(SUBJECTS[*s]))
     {
         warm_up(subject, &format!("{tag}:{s}"), plan.warm_up).await;
     }
@@ -79,7 +99,7 @@ async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures
         for (s, subject) in subjects
             .iter()
             .enumerate()
-            .filter(|(s, _)| selected(SUBJECTS[*s]))
+            .filter(|(s, _)| chosen(SUBJECTS[*s]))
         {
             let prefix = format!("{tag}:seq:{round}:{s}");
             figures.seq[s].push(seq(subject, &prefix, plan.seq_cycles).await);
@@ -87,7 +107,7 @@ async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures
         for (s, subject) in subjects
             .iter()
             .enumerate()
-            .filter(|(s, _)| selected(SUBJECTS[*s]))
+            .filter(|(s, _)| chosen(SUBJECTS[*s]))
         {
             let prefix = format!("{tag}:conc:{round}:{s}");
             figures.conc[s].push(conc(subject, &prefix, TASKS, plan.conc_per_task, pids).await);
@@ -100,23 +120,27 @@ async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures
 }
 
 fn print_seq(n: usize, flavour: Flavour, figures: &Figures) {
-    let floor_rate = median(&mut figures.seq[0].iter().map(Seq::per_sec).collect::<Vec<_>>());
-    let floor_p50 = quantile(&pooled(&figures.seq[0], |s| &s.lock), 0.5);
+    let rate_of = |runs: &[Seq]| median(&mut runs.iter().map(Seq::per_sec).collect::<Vec<_>>());
+    let p50_of = |runs: &[Seq]| quantile(&pooled(runs, |s| &s.lock), 0.5).as_secs_f64();
+    let (floor_rate, floor_p50) = (rate_of(&figures.seq[FLOOR]), p50_of(&figures.seq[FLOOR]));
+    let (peer_rate, peer_p50) = (rate_of(&figures.seq[RSLOCK]), p50_of(&figures.seq[RSLOCK]));
     for (s, name) in SUBJECTS
         .iter()
         .enumerate()
         .filter(|(s, _)| !figures.seq[*s].is_empty())
     {
-        let rate = median(&mut figures.seq[s].iter().map(Seq::per_sec).collect::<Vec<_>>());
+        let rate = rate_of(&figures.seq[s]);
         let lock = pooled(&figures.seq[s], |s| &s.lock);
         let unlock = pooled(&figures.seq[s], |s| &s.unlock);
-        let p50 = quantile(&lock, 0.5);
+        let p50 = p50_of(&figures.seq[s]);
         println!(
-            "{n:>2} {:<15} {name:<17} {rate:>10.0} {:>7.2}x {:>9.3} {:>7.2}x {:>9.3} {:>10.3}",
+            "{n:>2} {:<15} {name:<15} {rate:>9.0} {:>8} {:>8} {:>9.3} {:>8} {:>8} {:>9.3} {:>10.3}",
             flavour.name(),
-            rate / floor_rate,
-            ms(p50),
-            p50.as_secs_f64() / floor_p50.as_secs_f64(),
+            ratio(rate, floor_rate),
+            ratio(rate, peer_rate),
+            p50 * 1e3,
+            ratio(p50, floor_p50),
+            ratio(p50, peer_p50),
             ms(quantile(&lock, 0.99)),
             ms(quantile(&unlock, 0.5)),
         );
@@ -133,7 +157,11 @@ fn print_conc(n: usize, flavour: Flavour, figures: &Figures) {
                 .collect::<Vec<_>>(),
         )
     };
-    let (floor_rate, floor_cpu) = (rate_of(&figures.conc[0]), cpu_of(&figures.conc[0]));
+    let (floor_rate, floor_cpu) = (rate_of(&figures.conc[FLOOR]), cpu_of(&figures.conc[FLOOR]));
+    let (peer_rate, peer_cpu) = (
+        rate_of(&figures.conc[RSLOCK]),
+        cpu_of(&figures.conc[RSLOCK]),
+    );
     for (s, name) in SUBJECTS
         .iter()
         .enumerate()
@@ -147,6 +175,12 @@ fn print_conc(n: usize, flavour: Flavour, figures: &Figures) {
                 .map(|c| us(c.server_cpu_per_cycle()))
                 .collect::<Vec<_>>(),
         );
+        let sys = median(
+            &mut figures.conc[s]
+                .iter()
+                .map(Conc::sys_percent)
+                .collect::<Vec<_>>(),
+        );
         let spread = spread(
             &figures.conc[s]
                 .iter()
@@ -154,13 +188,12 @@ fn print_conc(n: usize, flavour: Flavour, figures: &Figures) {
                 .collect::<Vec<_>>(),
         );
         println!(
-            "{n:>2} {:<15} {name:<17} {rate:>10.0} {:>7.2}x {:>9.1} {:>7.2}x {:>9.1} {:>8.1}%",
+            "{n:>2} {:<15} {name:<15} {rate:>9.0} {:>8} {:>8} {cpu:>7.1} {sys:>4.0}% {:>8} {:>8} {server:>9.1} {spread:>7.1}%",
             flavour.name(),
-            rate / floor_rate,
-            cpu,
-            cpu / floor_cpu,
-            server,
-            spread,
+            ratio(rate, floor_rate),
+            ratio(rate, peer_rate),
+            ratio(cpu, floor_cpu),
+            ratio(cpu, peer_cpu),
         );
     }
 }
@@ -193,22 +226,29 @@ fn main() {
             warm_up: 500,
         }
     };
+    let plan = Plan {
+        rounds: env_count("REDLOCK_BENCH_ROUNDS", plan.rounds as u64) as usize,
+        seq_cycles: env_count("REDLOCK_BENCH_SEQ_CYCLES", plan.seq_cycles),
+        conc_per_task: env_count("REDLOCK_BENCH_CONC_CYCLES", plan.conc_per_task),
+        warm_up: env_count("REDLOCK_BENCH_WARM_UP", plan.warm_up),
+    };
     header(
         "redis bench: lock + unlock cycles on real redis-server processes, next to a raw-fred floor",
         quick,
     );
     println!(
         "floor = per cycle SET NX PX to all N at once, then compare-and-delete EVALSHA to all N \
-         at once; ratios are to the floor in the same run and runtime flavour; {} rounds per \
+         at once; rslock = rslock (redis-rs) with its defaults; ratios are to the floor and to \
+         rslock in the same run and runtime flavour; {} rounds per \
          subject, alternated; seq {} cycles/round, conc {TASKS} tasks x {} cycles/round",
         plan.rounds, plan.seq_cycles, plan.conc_per_task
     );
     let mut results = Vec::new();
-    for n in [3usize, 5] {
+    for n in instance_counts(&[3, 5]) {
         let servers = start_servers(n);
         let ports = ports(&servers);
         let pids = pids(&servers);
-        for flavour in Flavour::ALL {
+        for flavour in Flavour::selected() {
             let runtime = flavour.runtime();
             let tag = format!("{n}:{}", flavour.name());
             let figures = runtime.block_on(measure(&ports, &pids, &plan, &tag));
@@ -220,18 +260,20 @@ fn main() {
     println!();
     println!("seq: one task; cycles/s = median of rounds; lock latencies pooled over rounds");
     println!(
-        "{:>2} {:<15} {:<17} {:>10} {:>8} {:>9} {:>8} {:>9} {:>10}",
+        "{:>2} {:<15} {:<15} {:>9} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>10}",
         "N",
         "runtime",
         "subject",
         "cycles/s",
         "vs floor",
+        "vs rslock",
         "lock p50",
         "vs floor",
+        "vs rslock",
         "lock p99",
         "unlock p50"
     );
-    println!("{:>57} {:>18}", "(ms)", "(ms)       (ms)");
+    println!("{:>77} {:>28}", "(ms)", "(ms)       (ms)");
     for (n, flavour, figures) in &results {
         print_seq(*n, *flavour, figures);
     }
@@ -245,23 +287,27 @@ fn main() {
             })
         })
     }));
-    println!("targets: lock p50 within 1.10x of the floor; cycles/s at least 0.90x the floor");
+    println!("targets (issue 12): redlock lock p50 at most 1.00x rslock");
 
     println!();
     println!(
-        "conc: {TASKS} tasks; cycles/s, client CPU (user + sys, whole process) per cycle and the \
+        "conc: {TASKS} tasks; cycles/s, client CPU (user + sys, whole process) per cycle, its \
+         system share, and the \
          redis-servers' CPU per cycle (all N, 10 ms ticks) = median of rounds; spread = (max - \
          min) / median of the rounds' cycles/s"
     );
     println!(
-        "{:>2} {:<15} {:<17} {:>10} {:>8} {:>9} {:>8} {:>9} {:>9}",
+        "{:>2} {:<15} {:<15} {:>9} {:>8} {:>8} {:>7} {:>5} {:>8} {:>8} {:>9} {:>8}",
         "N",
         "runtime",
         "subject",
         "cycles/s",
         "vs floor",
+        "vs rslock",
         "CPU us",
+        "sys",
         "vs floor",
+        "vs rslock",
         "server us",
         "spread"
     );
@@ -279,7 +325,7 @@ fn main() {
         })
     }));
     println!(
-        "targets: cycles/s at least 1.00x the floor with less CPU per cycle; redlock (wake-on-release) \
-         within 5% of redlock-nowake"
+        "targets (issue 12): redlock cycles/s at least 1.00x rslock with at most 1.00x its CPU \
+         per cycle; redlock (wake-on-release) within 5% of redlock-nowake"
     );
 }

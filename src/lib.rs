@@ -14,6 +14,15 @@
 //! | [`redlock-fred`](https://docs.rs/redlock-fred): Redis and Sentinel on the `fred` client, tokio clock and spawner | `redlock_lease::fred` | `fred` (default) |
 //! | TLS (`rediss://`) through rustls, for `redlock-fred` | | `tls` (default) |
 //! | [`redlock-mock`](https://docs.rs/redlock-mock): in-memory instances, virtual time, fault-injecting simulation | `redlock_lease::mock` | `mock` |
+//! | spans and events through `tracing` | | `tracing` (default) |
+//! | counters and a histogram through the `metrics` facade | | `metrics` |
+//! | [`redlock-rt`](https://docs.rs/redlock-rt): the clock and spawner on tokio, or on the smol family (async-io, async-executor), for a manager over any backend | `redlock_lease::rt` | `tokio`, `smol` |
+//!
+//! `tracing` is on by default because a loss or a failing renewal is what an operator most
+//! needs to see, and without a subscriber each span and event costs one cached check.
+//! `metrics` is off by default: a recorder must be installed anyway, and it must be built on
+//! the same `metrics` version. The spans, events and metric names are listed in
+//! [`redlock-core`'s "Observing it"](https://docs.rs/redlock-core/latest/redlock_core/#observing-it).
 //!
 //! ```toml
 //! [dependencies]
@@ -25,8 +34,8 @@
 //! redlock-lease = { version = "0.1", features = ["mock"] }
 //! ```
 //!
-//! Without TLS: `default-features = false, features = ["fred"]`. Only the algorithm, with a
-//! backend of your own: `default-features = false`.
+//! Without TLS: `default-features = false, features = ["fred", "tracing"]`. Only the
+//! algorithm, with a backend of your own: `default-features = false`.
 //!
 //! # Holding a lock
 //!
@@ -112,3 +121,8 @@ pub use redlock_fred as fred;
 #[cfg(all(doctest, feature = "fred"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The clock and spawner of the tokio or smol family: the crate `redlock-rt`.
+#[cfg(any(feature = "tokio", feature = "smol"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "tokio", feature = "smol"))))]
+pub use redlock_rt as rt;

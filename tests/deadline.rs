@@ -80,27 +80,33 @@ struct Outcome {
     deadline: Duration,
 }
 
-/// 3 instances, a 1 s lease; right after the work starts, the holder's calls to 2 instances hang
-/// (requests and replies stuck), so every renewal round stays open until it is cut.
-fn renewal_stuck(guarded: bool) -> Outcome {
-    let c = Cluster::new(3);
-    let mut builder = c.builder(7);
+/// Runs one job under `with_lock` (1 s lease, 3 instances) that writes every `step`; `at_start`
+/// runs when the job starts (to inject a fault), `before` when the cluster is built.
+fn scoped_job(
+    seed: u64,
+    guarded: bool,
+    step: Duration,
+    before: impl FnOnce(&Cluster),
+    at_start: impl FnOnce(&Cluster) + Send + 'static,
+) -> Outcome {
+    let c = Arc::new(Cluster::new(3));
+    let mut builder = c.builder(seed);
     if !guarded {
         builder = builder.without_deadline_guard();
     }
     let manager = builder.build().expect("config");
+    before(&c);
     let log = Arc::new(Mutex::new(Vec::new()));
     let first_remaining = Arc::new(Mutex::new(None));
-    let (clock, faults) = (Arc::clone(&c.clock), c.faults.clone());
+    let (clock, cluster) = (Arc::clone(&c.clock), Arc::clone(&c));
     let (log2, first2) = (Arc::clone(&log), Arc::clone(&first_remaining));
     let result = c.sim.run(manager.with_lock_opts(
         "job",
         AutoExtend::default().with_lease(ms(1_000)),
         move |watch| {
             *first2.lock().unwrap() = Some(watch.remaining());
-            faults[1].set_hang(true);
-            faults[2].set_hang(true);
-            job(clock, watch, log2, ms(1), ms(60_000))
+            at_start(&cluster);
+            job(clock, watch, log2, step, ms(60_000))
         },
     ));
     let log = log.lock().unwrap().clone();
@@ -110,6 +116,21 @@ fn renewal_stuck(guarded: bool) -> Outcome {
         log,
         deadline,
     }
+}
+
+/// Right after the work starts, the holder's calls to 2 of 3 instances hang (requests and
+/// replies stuck), so every renewal round stays open until it is cut.
+fn renewal_stuck(guarded: bool) -> Outcome {
+    scoped_job(
+        7,
+        guarded,
+        ms(1),
+        |_| {},
+        |c| {
+            c.faults[1].set_hang(true);
+            c.faults[2].set_hang(true);
+        },
+    )
 }
 
 fn polls_at_or_after(log: &[PollRecord], deadline: Duration) -> usize {
@@ -156,42 +177,26 @@ fn without_the_guard_the_stuck_renewal_lets_the_work_run_past_the_deadline() {
     assert!(out.log.iter().any(|p| !p.valid));
 }
 
-/// A 1 s lease; 300 ms into the work the whole process stops for 2.5 leases (every timer of the
-/// process is due at once when it resumes), while the work waits on a 50 ms step.
+/// 300 ms into the work the whole process stops for 2.5 leases (every timer of the process is
+/// due at once when it resumes), while the work waits on a 50 ms step.
 fn paused(guarded: bool) -> Outcome {
-    let c = Cluster::new(3);
-    let mut builder = c.builder(8);
-    if !guarded {
-        builder = builder.without_deadline_guard();
-    }
-    let manager = builder.build().expect("config");
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let first_remaining = Arc::new(Mutex::new(None));
-    let clock = Arc::clone(&c.clock);
-    let (log2, first2) = (Arc::clone(&log), Arc::clone(&first_remaining));
-    let virtual_clock = c.sim.clock();
-    let pauser = Arc::clone(&c.clock);
-    // A task of the same process that freezes it: advancing the clock inside a poll means no
-    // other task ran for that long.
-    let _pause = c.sim.spawn(async move {
-        pauser.sleep(ms(300)).await;
-        virtual_clock.advance(ms(2_500));
-    });
-    let result = c.sim.run(manager.with_lock_opts(
-        "job",
-        AutoExtend::default().with_lease(ms(1_000)),
-        move |watch| {
-            *first2.lock().unwrap() = Some(watch.remaining());
-            job(clock, watch, log2, ms(50), ms(60_000))
+    scoped_job(
+        8,
+        guarded,
+        ms(50),
+        |c| {
+            // A task of the same process that freezes it: advancing the clock inside a poll
+            // means no other task ran for that long.
+            let (pauser, virtual_clock) = (Arc::clone(&c.clock), c.sim.clock());
+            c.sim
+                .spawn(async move {
+                    pauser.sleep(ms(300)).await;
+                    virtual_clock.advance(ms(2_500));
+                })
+                .detach();
         },
-    ));
-    let log = log.lock().unwrap().clone();
-    let deadline = deadline_at_first_poll(&log, first_remaining.lock().unwrap().expect("ran"));
-    Outcome {
-        result,
-        log,
-        deadline,
-    }
+        |_| {},
+    )
 }
 
 #[test]

@@ -467,3 +467,44 @@ fn a_restart_that_hands_the_lock_to_a_rival_is_reported_at_the_next_renewal() {
     assert_eq!(world.now(), ms(6_000));
     world.run(rival_lock.release()).unwrap();
 }
+
+#[test]
+fn close_stops_scoped_work_before_its_lock_is_released() {
+    // Every call takes 20 ms, so the close's release round is still out when the job would
+    // next run: the job must already be stopped, and its watch must already say invalid.
+    let c = Cluster::new(3);
+    let manager = c.builder(19).spawner(c.sim.spawner()).build().unwrap();
+    let clock = Arc::clone(&c.clock);
+    let polls_after_close = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let closing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (p, flag, m) = (
+        Arc::clone(&polls_after_close),
+        Arc::clone(&closing),
+        manager.clone(),
+    );
+    let job = c.sim.spawn(async move {
+        m.with_lock("job", move |watch| async move {
+            loop {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    p.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    assert!(!watch.is_valid(), "valid after the close began");
+                }
+                clock.sleep(ms(1)).await;
+            }
+        })
+        .await
+    });
+    let clock = Arc::clone(&c.clock);
+    let result = c.sim.run(async {
+        clock.sleep(ms(50)).await;
+        c.set_latency(ms(20));
+        closing.store(true, std::sync::atomic::Ordering::SeqCst);
+        manager.close().await.expect("close");
+        job.await
+    });
+    assert!(matches!(result, Err(Error::Closed)), "{result:?}");
+    assert_eq!(
+        polls_after_close.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}

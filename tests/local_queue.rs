@@ -225,3 +225,43 @@ fn a_queued_waiter_gives_up_within_the_lock_bound() {
     );
     assert!(count(&log, "acquire") <= 3 * (config.retry_count() as usize + 1));
 }
+
+#[test]
+fn a_saturated_instance_gets_no_more_than_the_in_flight_limit() {
+    // Every call takes 60 ms; a round may wait 100 ms. With at most 4 calls in flight per
+    // instance, 10 acquires of distinct resources at once: 4 go out and win, 4 more go out when
+    // those answer and time out, and the last 2 are never sent at all.
+    let c = Cluster::new(3);
+    c.set_latency(ms(60));
+    let (backends, log) = Recorder::wrap(&c.backends, &c.clock);
+    let manager = LockManager::builder(Arc::clone(&c.clock))
+        .instances(backends)
+        .random(Arc::new(redlock_lease::SeededRandom::new(9)))
+        .retry_count(1)
+        .max_in_flight(4)
+        .build()
+        .expect("config");
+    let results = c.sim.run(futures::future::join_all(
+        (0..10).map(|i| manager.lock(format!("r{i}"), TTL)),
+    ));
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 4);
+    let saturated = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .flat_map(|e| &common::failure(e).instances)
+        .filter(|i| matches!(i.outcome, redlock_lease::InstanceOutcome::Saturated))
+        .count();
+    assert_eq!(saturated, 2 * 3, "two calls per instance never went out");
+    let first_wave = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|call| call.op == "acquire" && call.at < ms(60))
+        .count();
+    assert_eq!(first_wave, 4 * 3, "at most 4 in flight per instance");
+    assert_eq!(
+        count(&log, "acquire"),
+        8 * 3,
+        "the last two were never sent"
+    );
+}

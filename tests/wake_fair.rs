@@ -130,6 +130,11 @@ fn a_release_before_the_subscription_is_still_seen() {
 /// Two tasks on one resource, each holding it 20 ms and asking again right after releasing,
 /// for `span` of virtual time. Returns critical sections per task and the longest streak.
 fn handoff(fair: bool, span: Duration) -> ([u64; 2], u64) {
+    handoff_holding(fair, span, HOLD)
+}
+
+/// [`handoff`] with each critical section lasting `hold`.
+fn handoff_holding(fair: bool, span: Duration, hold: Duration) -> ([u64; 2], u64) {
     let w = World::new(3);
     let counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -149,7 +154,7 @@ fn handoff(fair: bool, span: Duration) -> ([u64; 2], u64) {
                 while !stop.load(Ordering::SeqCst) {
                     match manager.lock("shared", TTL).await {
                         Ok(lock) => {
-                            clock.sleep(HOLD).await;
+                            clock.sleep(hold).await;
                             counts[task].fetch_add(1, Ordering::SeqCst);
                             log.lock().unwrap().push(task);
                             lock.release().await.unwrap();
@@ -207,6 +212,23 @@ fn fair_mode_alternates_at_nearly_the_same_throughput() {
     assert!(a * 10 >= fair * 4 && b * 10 >= fair * 4, "a = {a}, b = {b}");
     assert!(fair * 10 >= unfair * 9, "fair {fair} vs unfair {unfair}");
     assert!(longest <= 2, "longest streak {longest}");
+}
+
+#[test]
+fn fair_mode_alternates_when_the_hold_is_shorter_than_the_grace() {
+    // A 10 ms hold with a 20 ms grace: the waiter takes its turn and releases while the first
+    // releaser is still stepping aside. The yielding releaser listens, so that release is heard
+    // and the second releaser yields in turn, instead of taking the lock straight back.
+    let ([a, b], longest) = handoff_holding(true, Duration::from_secs(4), ms(10));
+    println!("fair, 10 ms hold: {a}/{b}, longest streak {longest}");
+    let total = a + b;
+    assert!(
+        a * 10 >= total * 4 && b * 10 >= total * 4,
+        "a = {a}, b = {b}"
+    );
+    // A releaser that slept through its yield without listening let the other take a second
+    // turn in a row every time (streak 2).
+    assert_eq!(longest, 1, "strict alternation");
 }
 
 #[test]

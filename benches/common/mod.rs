@@ -28,6 +28,46 @@ pub fn quick() -> bool {
         || !std::env::args().any(|a| a == "--bench")
 }
 
+/// `REDLOCK_BENCH_ONLY=redlock,floor` runs only those subjects (or sections of a bench), e.g. to
+/// profile one under callgrind; all by default.
+pub fn selected(subject: &str) -> bool {
+    std::env::var("REDLOCK_BENCH_ONLY")
+        .map(|only| only.split(',').any(|s| s.trim() == subject))
+        .unwrap_or(true)
+}
+
+/// A count from the environment (`REDLOCK_BENCH_CYCLES`, ...), to pin a run to a fixed amount of
+/// work for an instruction-count profile; `default` when unset or not a number.
+pub fn env_count(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// The per-instance timeout of the floor, the backends and the managers:
+/// `REDLOCK_BENCH_INSTANCE_TIMEOUT_MS` raises it for a run under valgrind, where everything is
+/// some 50 times slower and the default would time rounds out; the default otherwise. (rslock's
+/// 500 ms response timeout cannot be set through its `LockManager::new`.)
+pub fn instance_timeout() -> Duration {
+    std::env::var("REDLOCK_BENCH_INSTANCE_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(DEFAULT_INSTANCE_TIMEOUT, Duration::from_millis)
+}
+
+/// The instance counts to run: `REDLOCK_BENCH_N=3` restricts a run to one; 3 and 5 by default.
+pub fn instance_counts(all: &[usize]) -> Vec<usize> {
+    match std::env::var("REDLOCK_BENCH_N") {
+        Ok(v) => all
+            .iter()
+            .copied()
+            .filter(|n| v.split(',').any(|s| s.trim() == n.to_string()))
+            .collect(),
+        Err(_) => all.to_vec(),
+    }
+}
+
 /// The tokio runtime flavours both sides are run on: on 2 cores the flavour alone moves a
 /// pipelined client by more than any algorithmic difference, so ratios are only taken within one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +78,17 @@ pub enum Flavour {
 
 impl Flavour {
     pub const ALL: [Flavour; 2] = [Flavour::MultiThread, Flavour::CurrentThread];
+
+    /// The flavours to run: `REDLOCK_BENCH_FLAVOUR=current-thread` restricts a run to one.
+    pub fn selected() -> Vec<Flavour> {
+        match std::env::var("REDLOCK_BENCH_FLAVOUR") {
+            Ok(v) => Self::ALL
+                .into_iter()
+                .filter(|f| v.split(',').any(|s| s.trim() == f.name()))
+                .collect(),
+            Err(_) => Self::ALL.to_vec(),
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -72,6 +123,7 @@ pub fn ports(servers: &[RedisServer]) -> Vec<u16> {
 /// Must be called inside the runtime that will drive it (connections are made lazily there).
 pub fn manager(ports: &[u16], wake: bool) -> LockManager {
     redlock_lease::fred::manager(ports.iter().map(|&p| url(p)))
+        .instance_timeout(instance_timeout())
         .wake_on_release(wake)
         .build()
         .expect("valid configuration")
@@ -79,11 +131,18 @@ pub fn manager(ports: &[u16], wake: bool) -> LockManager {
 
 /// The fred backends a manager over `ports` would have, to call them without the algorithm.
 pub fn backends(ports: &[u16]) -> Vec<Arc<RedisBackend>> {
-    let options = ConnectionOptions::default().for_instance_timeout(DEFAULT_INSTANCE_TIMEOUT);
+    let options = ConnectionOptions::default().for_instance_timeout(instance_timeout());
     ports
         .iter()
         .map(|&p| Arc::new(RedisBackend::with_options(url(p), &options).expect("valid instance")))
         .collect()
+}
+
+/// An rslock manager over `ports` with rslock's defaults (3 attempts, each failed one followed by
+/// a uniform 0-200 ms delay; redis-rs multiplexed connections with a 500 ms response timeout and
+/// Nagle on). Connections are made lazily, inside the runtime of the first call.
+pub fn rslock(ports: &[u16]) -> rslock::LockManager {
+    rslock::LockManager::new(ports.iter().map(|&p| url(p)).collect())
 }
 
 /// The standard compare-and-delete every Redlock client sends on release.
@@ -125,7 +184,7 @@ impl Floor {
     /// Connects to every port (inside the current runtime) and loads the scripts.
     pub async fn connect(ports: &[u16]) -> Self {
         let command_timeout = ConnectionOptions::default()
-            .for_instance_timeout(DEFAULT_INSTANCE_TIMEOUT)
+            .for_instance_timeout(instance_timeout())
             .command_timeout();
         let mut clients = Vec::new();
         for &port in ports {
@@ -212,6 +271,19 @@ impl Floor {
             .await
     }
 
+    /// A plain `DEL` on every instance at once; how many deleted. Not a safe release (it does not
+    /// compare the token): a cost probe only, for what a built-in compare-and-delete (Redis 8.4's
+    /// `DELEX key IFEQ token`, Valkey 9's `DELIFEQ`) would cost where the server lacks it. fred
+    /// batches built-in commands into shared writes, while it flushes after every script.
+    pub async fn release_del(&self, key: &str) -> usize {
+        let calls = self.clients.iter().map(|c| c.del::<i64, _>(key));
+        join_all(calls)
+            .await
+            .into_iter()
+            .filter(|r| matches!(r, Ok(1)))
+            .count()
+    }
+
     /// How many instances answered 1.
     async fn evalsha_all(&self, sha: &Str, key: &str, args: &[Value]) -> usize {
         let calls = self.clients.iter().map(|c| {
@@ -239,13 +311,15 @@ impl Floor {
 impl Subject {
     pub async fn close(&self) {
         match self {
-            Subject::Floor(f) | Subject::FloorLua(f) => f.quit().await,
+            Subject::Floor(f) | Subject::FloorLua(f) | Subject::FloorDel(f) => f.quit().await,
             Subject::Backends(backends) => {
                 for b in backends {
                     drop(b.close().await);
                 }
             }
             Subject::Redlock(m) => drop(m.close().await),
+            // rslock has no close: its connections end with the runtime.
+            Subject::Rslock(_) => {}
         }
     }
 }
@@ -256,13 +330,16 @@ pub fn floor_token(task: u64, cycle: u64) -> String {
 }
 
 /// One side of a comparison: the raw floor, the raw floor acquiring with the backend's script,
-/// the fred backends called directly (their scripts and command building, no algorithm), or a
-/// lock manager.
+/// the fred backends called directly (their scripts and command building, no algorithm), a
+/// lock manager, or the peer rslock (redis-rs).
 pub enum Subject {
     Floor(Floor),
     FloorLua(Floor),
+    /// The floor releasing with a plain `DEL` ([`Floor::release_del`]): a cost probe, not a lock.
+    FloorDel(Floor),
     Backends(Vec<Arc<RedisBackend>>),
     Redlock(LockManager),
+    Rslock(rslock::LockManager),
 }
 
 impl Subject {
@@ -276,13 +353,13 @@ impl Subject {
         cycle: u64,
     ) -> Result<(Duration, Duration), String> {
         match self {
-            Subject::Floor(floor) | Subject::FloorLua(floor) => {
+            Subject::Floor(floor) | Subject::FloorLua(floor) | Subject::FloorDel(floor) => {
                 let token = floor_token(task, cycle);
                 let start = Instant::now();
-                let got = if matches!(self, Subject::Floor(_)) {
-                    floor.acquire(key, &token, TTL).await
-                } else {
+                let got = if matches!(self, Subject::FloorLua(_)) {
                     floor.acquire_lua(key, &token, TTL).await
+                } else {
+                    floor.acquire(key, &token, TTL).await
                 };
                 let locked = Instant::now();
                 let quorum = floor.len() / 2 + 1;
@@ -290,7 +367,11 @@ impl Subject {
                     floor.release(key, &token).await;
                     return Err(format!("floor: lock: {got} of {} instances", floor.len()));
                 }
-                let released = floor.release(key, &token).await;
+                let released = if matches!(self, Subject::FloorDel(_)) {
+                    floor.release_del(key).await
+                } else {
+                    floor.release(key, &token).await
+                };
                 if released < quorum {
                     return Err(format!(
                         "floor: unlock: {released} of {} instances",
@@ -329,6 +410,17 @@ impl Subject {
                     .map_err(|e| format!("redlock: unlock: {e}"))?;
                 Ok((locked - start, locked.elapsed()))
             }
+            Subject::Rslock(manager) => {
+                let start = Instant::now();
+                let lock = manager
+                    .lock(key.as_bytes(), TTL)
+                    .await
+                    .map_err(|e| format!("rslock: lock: {e}"))?;
+                let locked = Instant::now();
+                // Best effort by rslock's design: it reports no unlock failure.
+                manager.unlock(&lock).await;
+                Ok((locked - start, locked.elapsed()))
+            }
         }
     }
 }
@@ -344,13 +436,13 @@ impl Subject {
         cycle: u64,
     ) -> Result<Duration, String> {
         match &**self {
-            Subject::Floor(floor) | Subject::FloorLua(floor) => {
+            Subject::Floor(floor) | Subject::FloorLua(floor) | Subject::FloorDel(floor) => {
                 let token = floor_token(task, cycle);
                 let start = Instant::now();
-                let got = if matches!(**self, Subject::Floor(_)) {
-                    floor.acquire(key, &token, TTL).await
-                } else {
+                let got = if matches!(**self, Subject::FloorLua(_)) {
                     floor.acquire_lua(key, &token, TTL).await
+                } else {
+                    floor.acquire(key, &token, TTL).await
                 };
                 let took = start.elapsed();
                 let (floor, key) = (floor.clone(), key.to_owned());
@@ -395,6 +487,16 @@ impl Subject {
                     .map_err(|e| format!("redlock: lock: {e}"))?;
                 let took = start.elapsed();
                 tokio::spawn(async move { lock.release().await });
+                Ok(took)
+            }
+            Subject::Rslock(manager) => {
+                let start = Instant::now();
+                let lock = manager
+                    .lock(key.as_bytes(), TTL)
+                    .await
+                    .map_err(|e| format!("rslock: lock: {e}"))?;
+                let took = start.elapsed();
+                tokio::spawn(lock.release());
                 Ok(took)
             }
         }
@@ -477,6 +579,8 @@ pub async fn seq_paced(subject: &Subject, prefix: &str, cycles: u64, pause: Dura
 pub struct Conc {
     pub elapsed: Duration,
     pub cpu: Duration,
+    /// The system part of `cpu`.
+    pub sys: Duration,
     /// CPU time the redis-servers used meanwhile.
     pub server_cpu: Duration,
     pub cycles: u64,
@@ -493,6 +597,11 @@ impl Conc {
         self.cpu.div_f64(self.cycles as f64)
     }
 
+    /// The system part of the client CPU, in percent.
+    pub fn sys_percent(&self) -> f64 {
+        self.sys.as_secs_f64() / self.cpu.as_secs_f64().max(f64::MIN_POSITIVE) * 100.0
+    }
+
     pub fn server_cpu_per_cycle(&self) -> Duration {
         self.server_cpu.div_f64(self.cycles as f64)
     }
@@ -506,7 +615,7 @@ pub async fn conc(
     servers: &[u32],
 ) -> Conc {
     let server_cpu = cpu_time_of(servers);
-    let cpu = cpu_time();
+    let (user, sys) = cpu_times();
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
@@ -528,9 +637,12 @@ pub async fn conc(
     for h in handles {
         failures.merge(h.await.expect("bench task"));
     }
+    let elapsed = start.elapsed();
+    let (user_after, sys_after) = cpu_times();
     Conc {
-        elapsed: start.elapsed(),
-        cpu: cpu_time() - cpu,
+        elapsed,
+        cpu: (user_after + sys_after).saturating_sub(user + sys),
+        sys: sys_after.saturating_sub(sys),
         server_cpu: cpu_time_of(servers).saturating_sub(server_cpu),
         cycles: tasks * per_task,
         failures,
@@ -568,6 +680,16 @@ pub fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// `value / reference` as `1.23x`, or `-` when the reference subject was not run (a run pinned
+/// to one subject).
+pub fn ratio(value: f64, reference: f64) -> String {
+    if reference.is_finite() && reference > 0.0 {
+        format!("{:.2}x", value / reference)
+    } else {
+        "-".to_owned()
+    }
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -577,9 +699,16 @@ pub fn us(d: Duration) -> f64 {
 }
 
 /// User + system CPU time of this process (all threads), from `getrusage(RUSAGE_SELF)`.
+pub fn cpu_time() -> Duration {
+    let (user, sys) = cpu_times();
+    user + sys
+}
+
+/// User and system CPU time of this process (all threads), from `getrusage(RUSAGE_SELF)`: the
+/// system part is mostly socket reads and writes, wake-ups and parking.
 // `getrusage` is a plain libc call: there is no safe std equivalent.
 #[allow(unsafe_code)]
-pub fn cpu_time() -> Duration {
+pub fn cpu_times() -> (Duration, Duration) {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: `usage` points to writable memory of the right type and size for one `rusage`.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
@@ -590,7 +719,7 @@ pub fn cpu_time() -> Duration {
         Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
             + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
     };
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    (tv(usage.ru_utime), tv(usage.ru_stime))
 }
 
 /// User + system CPU time of other processes (the redis-servers), from `/proc/PID/stat`, in

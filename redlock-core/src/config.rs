@@ -26,6 +26,7 @@ pub struct Config {
     pub(crate) fair: Option<Duration>,
     /// Off only in tests that prove their checkers catch work running past the deadline.
     pub(crate) deadline_guard: bool,
+    pub(crate) max_in_flight: usize,
 }
 
 impl Config {
@@ -82,6 +83,12 @@ impl Config {
     pub fn fair(&self) -> Option<Duration> {
         self.fair
     }
+
+    /// At most this many calls in flight to one instance.
+    #[must_use]
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
 }
 
 /// Builds a [`LockManager`]; every value is checked by [`build`](Self::build).
@@ -100,6 +107,7 @@ impl Config {
 /// | spawner | none | asyncio loop |
 /// | `wake_on_release` | on (where the backend supports it) | no: waiters sleep out the delay |
 /// | `fair` | off | no |
+/// | `max_in_flight` | 1024 calls per instance | no limit |
 #[derive(Debug)]
 #[must_use]
 pub struct LockManagerBuilder {
@@ -116,6 +124,7 @@ pub struct LockManagerBuilder {
     wake_on_release: bool,
     fair: Option<Duration>,
     deadline_guard: bool,
+    max_in_flight: usize,
 }
 
 /// Default total number of acquire attempts.
@@ -130,6 +139,8 @@ pub const DEFAULT_DRIFT_FACTOR: f64 = 0.01;
 pub const DEFAULT_INSTANCE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Default lease of locks taken without an explicit TTL.
 pub const DEFAULT_INTERNAL_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default limit of calls in flight to one instance from one manager.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 /// The longest delay between attempts accepted: one hour. Longer ones are almost certainly a
 /// unit mistake, and would make `lock` hang for as long.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
@@ -155,6 +166,7 @@ impl LockManagerBuilder {
             wake_on_release: true,
             fair: None,
             deadline_guard: true,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
         }
     }
 
@@ -249,6 +261,18 @@ impl LockManagerBuilder {
         self
     }
 
+    /// At most `n` calls in flight to one instance (at least 1): under overload, a call that
+    /// finds the limit reached waits for a place within its round's time limit and, if none
+    /// frees up, is not sent at all (reported as
+    /// [`InstanceOutcome::Saturated`](crate::InstanceOutcome::Saturated)) instead of queueing
+    /// behind thousands of requests whose callers have given up. Together with the local queue
+    /// (one round per resource at a time), this bounds the requests a manager has pending on an
+    /// instance, whatever the number of waiting tasks.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n;
+        self
+    }
+
     /// **Testing only.** Brings back the scoped form's old bug: renewal rounds bounded by the
     /// instance timeout instead of the lease's deadline, and the work raced against the renewal
     /// alone, so it can be polled after the deadline. It exists so that a test can prove its
@@ -291,6 +315,12 @@ impl LockManagerBuilder {
             return invalid(InvalidInput::Setting {
                 setting: "retry_delay",
                 problem: format!("max {max:?} is longer than {MAX_RETRY_DELAY:?}"),
+            });
+        }
+        if self.max_in_flight == 0 {
+            return invalid(InvalidInput::Setting {
+                setting: "max_in_flight",
+                problem: "must be at least 1".into(),
             });
         }
         if let Some(grace) = self.fair {
@@ -347,6 +377,7 @@ impl LockManagerBuilder {
             wake_on_release: self.wake_on_release,
             fair: self.fair,
             deadline_guard: self.deadline_guard,
+            max_in_flight: self.max_in_flight,
         };
         for backend in &self.instances {
             backend

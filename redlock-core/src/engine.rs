@@ -13,6 +13,7 @@ use futures::{FutureExt, TryFutureExt};
 
 use crate::backend::{KeyState, LockBackend};
 use crate::error::{Error, Failure};
+use crate::gate::Gate;
 use crate::lease::Lease;
 use crate::round::{self, Round, Verdict, Wait};
 use crate::runtime::Clock;
@@ -21,6 +22,8 @@ use crate::validity::DriftPpm;
 /// The instances and the settings a round needs.
 pub(crate) struct Engine {
     pub(crate) instances: Box<[Arc<dyn LockBackend>]>,
+    /// Per instance, in the same order: the in-flight limit.
+    pub(crate) gates: Box<[Gate]>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) drift: DriftPpm,
     pub(crate) instance_timeout: Duration,
@@ -110,6 +113,7 @@ impl Engine {
         let t1 = self.clock.now();
         let round = round::run(
             &self.instances,
+            Some(&self.gates),
             self.clock.as_ref(),
             self.limit(ttl),
             Wait::UntilDecided,
@@ -137,6 +141,7 @@ impl Engine {
         };
         let round = round::run(
             &self.instances,
+            Some(&self.gates),
             self.clock.as_ref(),
             limit,
             Wait::UntilDecided,
@@ -158,6 +163,7 @@ impl Engine {
     ) -> BoxFuture<'a, Round<(bool, bool)>> {
         round::run(
             &self.instances,
+            Some(&self.gates),
             self.clock.as_ref(),
             self.instance_timeout,
             Wait::ForAll,
@@ -177,6 +183,7 @@ impl Engine {
     {
         round::run(
             &self.instances,
+            Some(&self.gates),
             self.clock.as_ref(),
             self.instance_timeout,
             Wait::UntilDecided,
@@ -335,6 +342,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, &m)| Map::backend(i, m))
                 .collect(),
+            gates: modes.iter().map(|_| Gate::new(16)).collect(),
             clock: Arc::new(StillClock::default()),
             drift: DriftPpm(10_000),
             instance_timeout: Duration::from_millis(100),

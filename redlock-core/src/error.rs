@@ -219,6 +219,10 @@ pub enum InstanceOutcome {
     TimedOut,
     /// Its answer was not awaited: the round's outcome was already decided.
     NotAwaited,
+    /// Not sent: the manager already had as many calls in flight to this instance as it allows
+    /// (see [`LockManagerBuilder::max_in_flight`](crate::LockManagerBuilder::max_in_flight)),
+    /// and none finished within the round's time limit.
+    Saturated,
 }
 
 /// One instance's line in a [`Failure`].
@@ -273,7 +277,7 @@ impl Failure {
         self.instances.iter().filter(|r| {
             matches!(
                 r.outcome,
-                InstanceOutcome::Failed(_) | InstanceOutcome::TimedOut
+                InstanceOutcome::Failed(_) | InstanceOutcome::TimedOut | InstanceOutcome::Saturated
             )
         })
     }
@@ -284,7 +288,8 @@ impl fmt::Display for Failure {
         let ok = self.count(|o| matches!(o, InstanceOutcome::Succeeded));
         let no = self.count(|o| matches!(o, InstanceOutcome::Refused));
         let failed = self.count(|o| matches!(o, InstanceOutcome::Failed(_)));
-        let timed_out = self.count(|o| matches!(o, InstanceOutcome::TimedOut));
+        let timed_out =
+            self.count(|o| matches!(o, InstanceOutcome::TimedOut | InstanceOutcome::Saturated));
         write!(
             f,
             "after {} attempt(s): {ok} succeeded, {no} refused, {failed} failed, {timed_out} timed out of {} (quorum {})",

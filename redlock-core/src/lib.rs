@@ -72,6 +72,41 @@
 //! older than the newest one it has seen (a monotonically increasing token, checked by the
 //! resource itself). Redlock tokens are random, so keep a counter at the resource, or use the
 //! lock only where an occasional double holder is harmless (efficiency, not correctness).
+//!
+//! # Observing it
+//!
+//! Two optional features report what the manager does; with both off, neither code nor
+//! dependency is added.
+//!
+//! **`tracing`**: one span per call, at `DEBUG`, named `redlock.lock` (every `lock`, `try_lock`,
+//! `lock_opts`, and through them `lock_auto` and `with_lock`), `redlock.extend` (explicit and
+//! renewals), `redlock.release` and `redlock.check`. Fields: `resource` (lossy UTF-8, at most
+//! 128 bytes), `token` (its first 8 characters only: the whole token would let a reader release
+//! the lock), `ttl_ms`, `attempts` (lock), `outcome` (the `outcome` words of the table below,
+//! or `cancelled` when the call's future was dropped), `reason` (of a loss), `elapsed_us` (on the
+//! manager's clock), `validity_ms` (granted; `remaining_ms` for a check) and, on failure,
+//! `instances` (`id=outcome` per instance: `succeeded`, `refused`, `not_awaited`, or an error
+//! `kind` of the table). Events: `lock lost` (`WARN`; `reason`, once per lock however it was
+//! found), `lock renewal failed` (`WARN`; `outcome`, `retrying`), `background renewal stopped`
+//! (`WARN`, from [`LockManager::lock_auto`]'s task, whose result nobody awaits), `fair mode:
+//! letting a waiter go first` (`DEBUG`), `acquire attempt failed` (`DEBUG`; `attempt`,
+//! `instances`) and `instance gave no answer` (`DEBUG`; `instance`, `kind`). `redlock-fred`'s
+//! own `tracing` feature adds its connection events (lost, re-made).
+//!
+//! **`metrics`**: through the `metrics` facade, for whatever recorder the application installs.
+//! Resource names are never labels (their number has no bound); instance ids are (one per
+//! configured instance).
+//!
+//! | name | type | labels | what is counted |
+//! | --- | --- | --- | --- |
+//! | `redlock_acquisitions_total` | counter | `outcome`: `acquired`, `contended`, `unavailable`, `validity_expired`, `closed`, `cancelled` | lock calls (`lock`, `try_lock`, `lock_opts`, `lock_auto`, `with_lock`) whose arguments were valid, by result |
+//! | `redlock_acquire_duration_seconds` | histogram | `outcome`, as above | time from such a call to its result, local queue and retries included, on the manager's clock |
+//! | `redlock_acquire_attempts_total` | counter | `outcome`: `acquired`, `contended` (contention: holders refused), `unavailable`, `validity_expired` | acquire rounds sent to the instances |
+//! | `redlock_losses_total` | counter | `reason`: `expired`, `not_held` | locks lost, once per lock, whether found by a renewal, an extend, a check, a release or the deadline |
+//! | `redlock_renewal_failures_total` | counter | `error`: `unavailable`, `validity_expired`, `lost` | renewal rounds that failed ([`Lock::keep_alive`], [`LockManager::lock_auto`], [`LockManager::with_lock`]); `lost` ends the renewals, the others are retried |
+//! | `redlock_instance_errors_total` | counter | `instance` (the backend's [`id`](LockBackend::id)); `kind`: `connection`, `timeout`, `wrong_type`, `server`, `auth`, `incompatible`, `protocol`, `closed`, `other` (the [`BackendErrorKind`]), `timed_out` (no answer within the per-instance timeout), `saturated` (not sent: too many calls in flight) | calls to one instance, in any round, that brought no answer |
+//! | `redlock_fair_yields_total` | counter | none | acquires that stepped aside in fair mode to let a waiter go first |
+//! | `redlock_backend_reconnects_total` | counter | `instance` | `redlock-fred` with its `metrics` feature: connections re-made after one was lost |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
@@ -82,6 +117,7 @@ pub mod conformance;
 mod connect;
 mod engine;
 mod error;
+mod gate;
 mod lease;
 mod lifecycle;
 mod lock;
@@ -91,14 +127,15 @@ mod queue;
 mod round;
 mod runtime;
 mod scoped;
+mod telemetry;
 mod validity;
 mod wait;
 
 pub use backend::{BackendError, BackendErrorKind, KeyState, LockBackend, ReleaseNotify};
 pub use config::{
     Config, LockManagerBuilder, DEFAULT_DRIFT_FACTOR, DEFAULT_INSTANCE_TIMEOUT,
-    DEFAULT_INTERNAL_LOCK_TIMEOUT, DEFAULT_RETRY_COUNT, DEFAULT_RETRY_DELAY_MAX,
-    DEFAULT_RETRY_DELAY_MIN, MAX_FAIR_GRACE, MAX_RETRY_DELAY,
+    DEFAULT_INTERNAL_LOCK_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY_COUNT,
+    DEFAULT_RETRY_DELAY_MAX, DEFAULT_RETRY_DELAY_MIN, MAX_FAIR_GRACE, MAX_RETRY_DELAY,
 };
 pub use error::{Error, Failure, InstanceOutcome, InstanceReport, InvalidInput, Loss, LossReason};
 pub use lease::RENEW_AFTER_PERCENT;

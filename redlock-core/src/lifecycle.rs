@@ -17,6 +17,7 @@ use futures::future::select;
 use crate::error::{Error, InvalidInput, LossReason};
 use crate::lock::{Lock, LockShared, Status};
 use crate::manager::{Inner, LockManager};
+use crate::telemetry;
 
 /// What the scoped form does when the lock is lost while the work runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -213,7 +214,9 @@ pub(crate) async fn keep_alive(
             sleep_or_change(shared, inner, renew_at).await;
             continue;
         }
-        match inner.extend(shared, ttl).await {
+        let renewed = inner.extend(shared, ttl).await;
+        telemetry::renewal(shared, &renewed);
+        match renewed {
             Ok(()) => renewals = renewals.saturating_add(1),
             Err(Error::Released) => return Ok(()),
             Err(e @ (Error::Lost(_) | Error::Closed | Error::InvalidInput(_))) => return Err(e),
@@ -304,8 +307,10 @@ impl LockManager {
         let shared = Arc::clone(&lock.shared);
         let manager = self.clone();
         spawner.spawn(Box::pin(async move {
-            // The outcome is visible through the handle (lost(), remaining()).
-            drop(keep_alive(&shared, &manager.inner, options.max_renewals).await);
+            // Nobody awaits the outcome: the handle shows it (lost(), remaining()), and so does
+            // the telemetry, where enabled.
+            let renewed = keep_alive(&shared, &manager.inner, options.max_renewals).await;
+            telemetry::background_renewal_ended(&shared, &renewed);
         }));
         Ok(lock)
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::error::{Error, LossReason};
 use crate::lease::Lease;
 use crate::manager::LockManager;
+use crate::queue::Holding;
 
 /// A lock held on a quorum of instances, until [`remaining`](Self::remaining) reaches zero.
 ///
@@ -34,14 +35,14 @@ pub struct Lock {
 pub(crate) struct LockShared {
     pub(crate) id: u64,
     pub(crate) resource: Box<[u8]>,
-    pub(crate) key: Box<[u8]>,
+    pub(crate) key: Arc<[u8]>,
     pub(crate) token: Box<[u8]>,
     /// Whether the manager owns the lock (registered; released on drop and close), as opposed
     /// to a borrowed handle from `get_lock`.
     pub(crate) owned: AtomicBool,
     /// Counted among the manager's local holders of the key (see the local queue) until it is
     /// released, lost or dropped.
-    pub(crate) held_here: AtomicBool,
+    pub(crate) holding: Mutex<Option<Holding>>,
     /// A release round went out for this lock.
     pub(crate) release_sent: AtomicBool,
     state: Mutex<LockState>,
@@ -78,7 +79,7 @@ impl LockShared {
     pub(crate) fn new(
         id: u64,
         resource: &[u8],
-        key: Box<[u8]>,
+        key: Arc<[u8]>,
         token: Box<[u8]>,
         ttl: Duration,
         lease: Lease,
@@ -89,7 +90,7 @@ impl LockShared {
             key,
             token,
             owned: AtomicBool::new(false),
-            held_here: AtomicBool::new(false),
+            holding: Mutex::new(None),
             release_sent: AtomicBool::new(false),
             state: Mutex::new(LockState {
                 status: Status::Held,
@@ -105,25 +106,30 @@ impl LockShared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn mark_lost(&self, reason: LossReason) {
-        self.leave_held(Status::Lost(reason));
+    /// Marks the lock lost; whether it was held until now (a loss is reported once).
+    pub(crate) fn mark_lost(&self, reason: LossReason) -> bool {
+        self.leave_held(Status::Lost(reason))
     }
 
-    pub(crate) fn mark_released(&self) {
-        self.leave_held(Status::Released);
+    /// Marks the lock released; whether it was held until now.
+    pub(crate) fn mark_released(&self) -> bool {
+        self.leave_held(Status::Released)
     }
 
     /// Ends the `Held` status (a lost lock may still become released) and wakes its watchers.
-    fn leave_held(&self, to: Status) {
-        let wakers = {
+    /// Whether the status was `Held` until this call.
+    fn leave_held(&self, to: Status) -> bool {
+        let (wakers, was_held) = {
             let mut state = self.state();
-            match (state.status, to) {
-                (Status::Released, _) | (Status::Lost(_), Status::Lost(_)) => return,
-                _ => state.status = to,
-            }
-            std::mem::take(&mut state.wakers)
+            let was_held = match (state.status, to) {
+                (Status::Released, _) | (Status::Lost(_), Status::Lost(_)) => return false,
+                (from, _) => from == Status::Held,
+            };
+            state.status = to;
+            (std::mem::take(&mut state.wakers), was_held)
         };
         wakers.into_iter().for_each(Waker::wake);
+        was_held
     }
 }
 

@@ -16,10 +16,11 @@ pub enum Patience {
     Attempts(u32),
     /// One attempt and no waiting: `Contended` at once when the resource is held, or when
     /// another task of this manager holds or is acquiring it (then nothing is sent). Returns
-    /// within two instance timeouts (the attempt and the cleanup of a failed one).
+    /// within two instance timeouts (the attempt and the cleanup of a failed one), plus the
+    /// fair grace in fair mode.
     NoWait,
     /// Keep trying until this much time has passed since the call; returns within that plus two
-    /// instance timeouts.
+    /// instance timeouts, plus the fair grace in fair mode.
     For(Duration),
     /// Keep trying until the lock is acquired or the call's future is dropped.
     UntilCancelled,

@@ -8,6 +8,9 @@
 //! number of waiters. The head leaves the queue when its acquire ends (won or given up), not when
 //! its lock is released: a handle that is kept (or leaked) past its lease never blocks the key
 //! for the other tasks; they find out from the servers, as any client would.
+//!
+//! The map from key to queue is touched (and the key hashed) only to join a queue and to drop
+//! an idle one; everything else goes through the queue's own handle, on the lock/unlock path.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -19,12 +22,18 @@ use std::task::{Context, Poll, Waker};
 /// the key, so idle keys cost nothing.
 #[derive(Debug, Default)]
 pub(crate) struct KeyQueues {
-    map: Mutex<HashMap<Arc<[u8]>, KeyQueue>>,
+    map: Mutex<HashMap<Arc<[u8]>, Arc<Queue>>>,
 }
 
-#[derive(Debug)]
-struct KeyQueue {
-    /// The ticket at the head: the one task that may run rounds for this key, or hold it.
+/// One key's queue.
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    /// The ticket at the head: the one task that may run rounds for this key.
     serving: u64,
     /// The next ticket to hand out.
     next: u64,
@@ -39,10 +48,24 @@ struct KeyQueue {
     head_waker: Option<Waker>,
 }
 
-impl KeyQueue {
+impl QueueState {
     fn idle(&self) -> bool {
         self.serving == self.next && self.held == 0
     }
+}
+
+impl Queue {
+    fn state(&self) -> MutexGuard<'_, QueueState> {
+        // Every update leaves a consistent state: fields are written whole.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A lock's membership among the local holders of its key (see [`KeyQueues::hold`]).
+#[derive(Debug)]
+pub(crate) struct Holding {
+    key: Arc<[u8]>,
+    queue: Arc<Queue>,
 }
 
 /// A task's place in a key's queue. Dropping it leaves the queue (passing the head on if it had
@@ -50,119 +73,87 @@ impl KeyQueue {
 #[derive(Debug)]
 pub(crate) struct Place<'a> {
     queues: &'a KeyQueues,
-    slot: Option<Slot>,
-}
-
-/// A ticket in a key's queue.
-#[derive(Debug)]
-struct Slot {
     key: Arc<[u8]>,
+    queue: Arc<Queue>,
     ticket: u64,
 }
 
 impl KeyQueues {
-    fn map(&self) -> MutexGuard<'_, HashMap<Arc<[u8]>, KeyQueue>> {
-        // Every update leaves a consistent queue: entries are inserted or removed whole.
+    fn map(&self) -> MutexGuard<'_, HashMap<Arc<[u8]>, Arc<Queue>>> {
+        // Entries are inserted or removed whole.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a ticket for `key`: the head at once when nobody else here holds or wants the key.
-    pub(crate) fn join(&self, key: &[u8]) -> Place<'_> {
+    /// Takes a ticket for `key`: the head at once when nobody else here wants the key.
+    pub(crate) fn join(&self, key: &Arc<[u8]>) -> Place<'_> {
+        // The ticket is taken under the map's lock: an idle queue is only dropped under it too,
+        // so a queue cannot be dropped between being found and being joined.
         let mut map = self.map();
-        let key: Arc<[u8]> = match map.get_key_value(key) {
-            Some((k, _)) => Arc::clone(k),
-            None => Arc::from(key),
+        let queue = Arc::clone(map.entry(Arc::clone(key)).or_default());
+        let ticket = {
+            let mut state = queue.state();
+            let ticket = state.next;
+            state.next += 1;
+            if ticket != state.serving {
+                state.waiting.insert(ticket, None);
+            }
+            ticket
         };
-        let queue = map.entry(Arc::clone(&key)).or_insert(KeyQueue {
-            serving: 0,
-            next: 0,
-            waiting: BTreeMap::new(),
-            held: 0,
-            releases: 0,
-            head_waker: None,
-        });
-        let ticket = queue.next;
-        queue.next += 1;
-        if ticket != queue.serving {
-            queue.waiting.insert(ticket, None);
-        }
+        drop(map);
         Place {
             queues: self,
-            slot: Some(Slot { key, ticket }),
+            key: Arc::clone(key),
+            queue,
+            ticket,
         }
     }
 
     /// The head for `key` if no other task here is acquiring it; `None` otherwise (`try_lock`
     /// does not queue).
-    pub(crate) fn try_join(&self, key: &[u8]) -> Option<Place<'_>> {
-        if self.map().get(key).is_some_and(|q| q.serving != q.next) {
-            return None;
-        }
-        Some(self.join(key))
+    pub(crate) fn try_join(&self, key: &Arc<[u8]>) -> Option<Place<'_>> {
+        let busy = self.map().get(&**key).is_some_and(|q| {
+            let state = q.state();
+            state.serving != state.next
+        });
+        (!busy).then(|| self.join(key))
     }
 
-    /// A lock of this manager now holds `key` (called by the head that won it).
-    pub(crate) fn hold(&self, key: &[u8]) {
-        if let Some(queue) = self.map().get_mut(key) {
-            queue.held += 1;
+    /// Counts the lock that `place` (the head) won among the local holders of its key.
+    pub(crate) fn hold(&self, place: &Place<'_>) -> Holding {
+        place.queue.state().held += 1;
+        Holding {
+            key: Arc::clone(&place.key),
+            queue: Arc::clone(&place.queue),
         }
     }
 
-    /// A lock of this manager that held `key` was released, lost or dropped: the head (if one
-    /// waits) tries at once.
-    pub(crate) fn unhold(&self, key: &[u8]) {
-        let wake = {
-            let mut map = self.map();
-            let Some(queue) = map.get_mut(key) else {
-                return;
-            };
-            queue.held = queue.held.saturating_sub(1);
-            queue.releases += 1;
-            let wake = queue.head_waker.take();
-            if queue.idle() {
-                map.remove(key);
-            }
-            wake
+    /// A local holder of the key released it, lost it or was dropped: the head (if one waits)
+    /// tries at once.
+    pub(crate) fn unhold(&self, holding: Holding) {
+        let (wake, idle) = {
+            let mut state = holding.queue.state();
+            state.held = state.held.saturating_sub(1);
+            state.releases += 1;
+            (state.head_waker.take(), state.idle())
         };
+        if idle {
+            self.drop_if_idle(&holding.key, &holding.queue);
+        }
         if let Some(waker) = wake {
             waker.wake();
         }
     }
 
-    /// Gives up `slot`: the next waiter, if any, becomes the head and is woken.
-    fn leave(&self, slot: Slot) {
-        let wake = {
-            let mut map = self.map();
-            let Some(queue) = map.get_mut(&slot.key) else {
-                return;
-            };
-            let wake = if queue.serving == slot.ticket {
-                queue.head_waker = None;
-                match queue.waiting.pop_first() {
-                    Some((ticket, waker)) => {
-                        queue.serving = ticket;
-                        waker
-                    }
-                    None => {
-                        queue.serving = queue.next;
-                        None
-                    }
-                }
-            } else {
-                queue.waiting.remove(&slot.ticket);
-                None
-            };
-            if queue.idle() {
-                map.remove(&slot.key);
-            }
-            wake
-        };
-        if let Some(waker) = wake {
-            waker.wake();
+    /// Forgets `key`'s queue if it is still `queue` and idle (nobody joined meanwhile).
+    fn drop_if_idle(&self, key: &[u8], queue: &Arc<Queue>) {
+        let mut map = self.map();
+        let same = map.get(key).is_some_and(|q| Arc::ptr_eq(q, queue));
+        if same && queue.state().idle() {
+            map.remove(key);
         }
     }
 
-    /// How many keys have a queue (someone holding or waiting), for tests and metrics.
+    /// How many keys have a queue (someone holding or waiting), for tests.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map().len()
@@ -178,13 +169,8 @@ impl<'q> Place<'q> {
     /// Whether a lock of this manager holds the key, and how many local releases there were so
     /// far (for [`released_since`](Self::released_since)).
     pub(crate) fn local_state(&self) -> (bool, u64) {
-        let Some(slot) = &self.slot else {
-            return (false, 0);
-        };
-        self.queues
-            .map()
-            .get(&slot.key)
-            .map_or((false, 0), |q| (q.held > 0, q.releases))
+        let state = self.queue.state();
+        (state.held > 0, state.releases)
     }
 
     /// Completes once a local holder of the key released it after `releases` were counted.
@@ -197,39 +183,33 @@ impl<'q> Place<'q> {
     }
 }
 
-/// See [`Place::released_since`].
-#[derive(Debug)]
-pub(crate) struct ReleasedSince<'p, 'q> {
-    place: &'p Place<'q>,
-    releases: u64,
-}
-
-impl Future for ReleasedSince<'_, '_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(slot) = &self.place.slot else {
-            return Poll::Pending;
-        };
-        let mut map = self.place.queues.map();
-        let Some(queue) = map.get_mut(&slot.key) else {
-            return Poll::Pending;
-        };
-        if queue.releases != self.releases {
-            return Poll::Ready(());
-        }
-        match &queue.head_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => queue.head_waker = Some(cx.waker().clone()),
-        }
-        Poll::Pending
-    }
-}
-
 impl Drop for Place<'_> {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            self.queues.leave(slot);
+        let (wake, idle) = {
+            let mut state = self.queue.state();
+            let wake = if state.serving == self.ticket {
+                state.head_waker = None;
+                match state.waiting.pop_first() {
+                    Some((ticket, waker)) => {
+                        state.serving = ticket;
+                        waker
+                    }
+                    None => {
+                        state.serving = state.next;
+                        None
+                    }
+                }
+            } else {
+                state.waiting.remove(&self.ticket);
+                None
+            };
+            (wake, state.idle())
+        };
+        if idle {
+            self.queues.drop_if_idle(&self.key, &self.queue);
+        }
+        if let Some(waker) = wake {
+            waker.wake();
         }
     }
 }
@@ -244,21 +224,39 @@ impl Future for Turn<'_, '_> {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(slot) = &self.place.slot else {
-            return Poll::Ready(());
-        };
-        let mut map = self.place.queues.map();
-        let Some(queue) = map.get_mut(&slot.key) else {
-            return Poll::Ready(());
-        };
-        if queue.serving == slot.ticket {
+        let ticket = self.place.ticket;
+        let mut state = self.place.queue.state();
+        if state.serving == ticket {
             return Poll::Ready(());
         }
-        if let Some(waker) = queue.waiting.get_mut(&slot.ticket) {
+        if let Some(waker) = state.waiting.get_mut(&ticket) {
             match waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => *waker = Some(cx.waker().clone()),
             }
+        }
+        Poll::Pending
+    }
+}
+
+/// See [`Place::released_since`].
+#[derive(Debug)]
+pub(crate) struct ReleasedSince<'p, 'q> {
+    place: &'p Place<'q>,
+    releases: u64,
+}
+
+impl Future for ReleasedSince<'_, '_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.place.queue.state();
+        if state.releases != self.releases {
+            return Poll::Ready(());
+        }
+        match &state.head_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => state.head_waker = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
@@ -269,6 +267,10 @@ mod tests {
     use super::*;
     use futures::FutureExt;
 
+    fn k(name: &[u8]) -> Arc<[u8]> {
+        Arc::from(name)
+    }
+
     fn ready(place: &mut Place<'_>) -> bool {
         place.turn().now_or_never().is_some()
     }
@@ -276,14 +278,14 @@ mod tests {
     #[test]
     fn first_come_first_served_and_cancelled_waiters_are_skipped() {
         let q = KeyQueues::default();
-        let mut a = q.join(b"k");
-        let mut b = q.join(b"k");
-        let mut c = q.join(b"k");
-        let mut d = q.join(b"k");
+        let mut a = q.join(&k(b"k"));
+        let mut b = q.join(&k(b"k"));
+        let mut c = q.join(&k(b"k"));
+        let mut d = q.join(&k(b"k"));
         assert!(ready(&mut a));
         assert!(!ready(&mut b) && !ready(&mut c) && !ready(&mut d));
         drop(c); // cancelled while waiting: nobody notices
-        q.hold(b"k");
+        let holding = q.hold(&a);
         assert!(!ready(&mut b));
         drop(a); // the acquire ended: the next waiter is the head, even while the lock is held
         assert!(ready(&mut b));
@@ -294,35 +296,35 @@ mod tests {
         assert_eq!(q.len(), 1);
         drop(d);
         assert_eq!(q.len(), 1, "still held here");
-        q.unhold(b"k");
+        q.unhold(holding);
         assert_eq!(q.len(), 0, "an idle key keeps no entry");
     }
 
     #[test]
     fn a_local_release_wakes_the_head() {
         let q = KeyQueues::default();
-        let a = q.join(b"k");
-        q.hold(b"k");
+        let a = q.join(&k(b"k"));
+        let holding = q.hold(&a);
         drop(a);
-        let b = q.join(b"k");
+        let b = q.join(&k(b"k"));
         let (held, releases) = b.local_state();
         assert!(held);
         assert!(b.released_since(releases).now_or_never().is_none());
-        q.unhold(b"k");
+        q.unhold(holding);
         assert!(b.released_since(releases).now_or_never().is_some());
         assert_eq!(b.local_state(), (false, 1));
     }
 
     #[test]
-    fn try_join_only_when_nobody_here_wants_the_key() {
+    fn try_join_only_when_nobody_here_is_acquiring_the_key() {
         let q = KeyQueues::default();
-        let a = q.join(b"k");
-        assert!(q.try_join(b"k").is_none());
-        assert!(q.try_join(b"other").is_some());
-        q.hold(b"k");
+        let a = q.join(&k(b"k"));
+        assert!(q.try_join(&k(b"k")).is_none());
+        assert!(q.try_join(&k(b"other")).is_some());
+        let _holding = q.hold(&a);
         drop(a);
         assert!(
-            q.try_join(b"k").is_some(),
+            q.try_join(&k(b"k")).is_some(),
             "a local holder alone does not stop try_lock"
         );
     }
@@ -337,8 +339,8 @@ mod tests {
             }
         }
         let q = KeyQueues::default();
-        let a = q.join(b"k");
-        let mut b = q.join(b"k");
+        let a = q.join(&k(b"k"));
+        let mut b = q.join(&k(b"k"));
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(Arc::clone(&count));
         let mut cx = Context::from_waker(&waker);

@@ -1,6 +1,8 @@
 //! One round: the same call sent concurrently to every instance, bounded by one timer, and
 //! counted against the quorum.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -9,6 +11,7 @@ use futures::future::BoxFuture;
 
 use crate::backend::{BackendError, LockBackend};
 use crate::error::{Failure, InstanceOutcome, InstanceReport};
+use crate::gate::{Gate, Gated};
 use crate::runtime::Clock;
 
 /// When a round may stop waiting.
@@ -101,6 +104,7 @@ fn decided(yes: usize, no: usize, failed: usize, n: usize, quorum: usize) -> boo
 /// follow-up rounds (release after a failed acquire) reach every instance anyway.
 pub(crate) async fn run<'a, T, C, Y>(
     instances: &'a [Arc<dyn LockBackend>],
+    gates: Option<&'a [Gate]>,
     clock: &dyn Clock,
     limit: Duration,
     wait: Wait,
@@ -125,7 +129,11 @@ where
     // returns at the first completion, before it polled the rest).
     let mut calls: Vec<_> = instances
         .iter()
-        .map(|backend| Some(call(backend.as_ref())))
+        .enumerate()
+        .map(|(i, backend)| {
+            let gate = gates.and_then(|g| g.get(i));
+            Some(Gated::new(gate, call(backend.as_ref())))
+        })
         .collect();
     let mut pending = n;
     // Made at the first sweep that leaves calls waiting: rounds that complete at once (an
@@ -135,7 +143,7 @@ where
     futures::future::poll_fn(|cx| {
         for (i, slot) in calls.iter_mut().enumerate() {
             let Some(fut) = slot else { continue };
-            let Poll::Ready(answer) = fut.as_mut().poll(cx) else {
+            let Poll::Ready(answer) = Pin::new(&mut *fut).poll(cx) else {
                 continue;
             };
             *slot = None;
@@ -180,12 +188,18 @@ where
     })
     .await;
     if timed_out {
-        for (outcome, answer) in outcomes.iter_mut().zip(&answers) {
+        for ((outcome, answer), call) in outcomes.iter_mut().zip(&answers).zip(&calls) {
             if answer.is_none() {
-                *outcome = InstanceOutcome::TimedOut;
+                let sent = call.as_ref().is_none_or(Gated::sent);
+                *outcome = if sent {
+                    InstanceOutcome::TimedOut
+                } else {
+                    InstanceOutcome::Saturated
+                };
             }
         }
     }
+    crate::telemetry::round(instances, &outcomes);
     Round {
         answers,
         outcomes,

@@ -144,7 +144,10 @@ async fn guarded<W: Future>(
             match status {
                 Status::Held => {}
                 Status::Lost(reason) => return Poll::Ready(Err(Error::lost(reason, None))),
-                Status::Released => return Poll::Ready(Err(Error::Released)),
+                // Released under the work: only the manager's close does that.
+                Status::Released => {
+                    return Poll::Ready(Err(inner.ensure_open().err().unwrap_or(Error::Released)))
+                }
             }
             let now = clock.now();
             if now >= deadline {

@@ -35,6 +35,7 @@ impl Engine {
     ) -> SelectAll<BoxStream<'static, usize>> {
         let round = round::run(
             &self.instances,
+            None,
             self.clock.as_ref(),
             limit,
             Wait::ForAll,
@@ -68,6 +69,26 @@ impl Engine {
         listen: bool,
         until: Duration,
     ) -> bool {
+        self.wait(key, waiter, listen, true, until).await
+    }
+
+    /// Fair mode's yield: waits until `until`, or until a release of `key` is announced (the
+    /// waiter that took its turn released it: no need to keep stepping aside, and a release
+    /// nobody hears would let that waiter take it straight back). Unlike
+    /// [`wait_for_retry`](Self::wait_for_retry) it does not end early because the key is free:
+    /// being free is what the yield is for.
+    pub(crate) async fn yield_until(&self, key: &[u8], waiter: &mut Waiter, until: Duration) {
+        self.wait(key, waiter, true, false, until).await;
+    }
+
+    async fn wait(
+        &self,
+        key: &[u8],
+        waiter: &mut Waiter,
+        listen: bool,
+        look: bool,
+        until: Duration,
+    ) -> bool {
         let quorum = self.quorum();
         let left = || until.saturating_sub(self.clock.now());
         if !listen {
@@ -79,7 +100,7 @@ impl Engine {
             let subscriptions = self.subscribe_all(key, limit).await;
             let listening = subscriptions.len() >= quorum;
             waiter.subscriptions = Some(subscriptions);
-            if listening {
+            if listening && look {
                 // A release between the refused attempt and the subscription went unheard: look
                 // once, now that any later one will be heard. A check that outlasts the window is
                 // moot: the next attempt looks anyway.
@@ -167,17 +188,11 @@ impl Fairness {
         yields.insert(Arc::from(key), now.saturating_add(grace));
     }
 
-    /// Waits out a pending yield for `key`.
-    pub(crate) async fn yield_to_waiters(&self, clock: &dyn Clock, key: &[u8]) {
-        if self.grace.is_none() {
-            return;
-        }
-        let until = self.yields().remove(key);
-        if let Some(until) = until {
-            let now = clock.now();
-            if until > now {
-                clock.sleep(until - now).await;
-            }
-        }
+    /// Until when this manager still steps aside for a waiter on `key` (once: the yield is
+    /// consumed).
+    pub(crate) fn pending_yield(&self, clock: &dyn Clock, key: &[u8]) -> Option<Duration> {
+        self.grace?;
+        let until = self.yields().remove(key)?;
+        (until > clock.now()).then_some(until)
     }
 }

@@ -7,7 +7,7 @@
 //! a command that fails while not connected is reported with that reason instead.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 
 use crate::secret::Secret;
+use crate::telemetry;
 
 /// The oldest Redis this backend runs on: `SET … NX GET` and script flags (`#!lua`) are 7.0.
 const MIN_MAJOR: u64 = 7;
@@ -50,6 +51,8 @@ pub(crate) struct Health {
     incompatible: Mutex<Option<Reason>>,
     /// Woken on every connection event, for [`Health::wait_connected`].
     changed: Notify,
+    /// Connections made so far (the first one is not a reconnection).
+    connections: AtomicU64,
 }
 
 impl Health {
@@ -68,6 +71,7 @@ impl Health {
             version: AtomicU8::new(UNCHECKED),
             incompatible: Mutex::new(None),
             changed: Notify::new(),
+            connections: AtomicU64::new(0),
         }
     }
 
@@ -140,6 +144,7 @@ impl Health {
         } else {
             self.connect_reason(error)
         };
+        telemetry::failed(&self.id, established, &reason.text);
         *Self::lock(&self.last_failure) = Some(reason);
     }
 
@@ -193,6 +198,8 @@ impl Health {
     /// A new connection: its version is checked by the next call (fred announces a connection
     /// before it records the server's version).
     fn connected(&self) {
+        let earlier = self.connections.fetch_add(1, Ordering::Relaxed);
+        telemetry::connected(&self.id, earlier);
         *Self::lock(&self.last_failure) = None;
         self.version.store(UNCHECKED, Ordering::Release);
     }

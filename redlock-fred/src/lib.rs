@@ -1,5 +1,5 @@
 //! Redis and Sentinel backend for `redlock-core` on the [`fred`] client, and the core's runtime
-//! traits on tokio.
+//! traits on tokio (re-exported from `redlock-rt`).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -76,6 +76,9 @@
 //!
 //! - `tls` (default): TLS through rustls with the ring provider. Without it, a TLS
 //!   configuration is refused when the manager is built.
+//! - `tracing`: events when a connection is lost (`WARN`), re-made (`INFO`) or fails to come
+//!   up (`DEBUG`), each with the instance's id.
+//! - `metrics`: `redlock_backend_reconnects_total{instance}`, connections re-made after a loss.
 
 mod backend;
 mod build;
@@ -88,6 +91,7 @@ mod runtime;
 mod scripts;
 mod secret;
 mod sentinel;
+mod telemetry;
 mod tls;
 
 pub use backend::RedisBackend;

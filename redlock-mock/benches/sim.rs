@@ -1,5 +1,5 @@
 //! Simulation speed: simulated lock operations and seeds per wall-clock second for the standard,
-//! fair and contention sweeps.
+//! fair, contention and queue sweeps.
 //!
 //! ```text
 //! cargo bench -p redlock-mock --bench sim                       # seeds 0..2000
@@ -20,6 +20,7 @@ fn main() {
         (Family::Standard, "standard"),
         (Family::Fair, "fair"),
         (Family::Contention, "contention"),
+        (Family::Queue, "queue"),
     ] {
         for threads in [1, cores] {
             let start = Instant::now();

@@ -6,9 +6,15 @@ use std::time::Duration;
 
 use crate::history::{Entry, History, OpKind, OpRecord, Outcome};
 
+mod liveness;
+
+pub use liveness::served;
+
 /// The true-time interval during which a client believed it held a lock: from `lock` (or a
-/// successful `extend`) returning until its deadline on the client's clock, cut short by the
-/// start of its release or by a reported loss.
+/// successful `extend`, or a renewal its scoped job saw) returning until its deadline on the
+/// client's clock, cut short by the start of its release (or drop, or its manager's close) or
+/// by a reported loss. Every lock has its own windows, so two tasks of one client are judged
+/// against each other as two clients are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Window {
     /// The holder.
@@ -55,7 +61,8 @@ pub enum ViolationKind {
     Panic,
     /// Invariant 4: a reachable instance kept our token after a failed acquire or a release.
     Leftover,
-    /// The simulation stalled (a task waits forever with no timer pending).
+    /// The simulation stalled (a task waits forever with no timer pending), or a run went on
+    /// long after every call in it should have ended (a call that never returns).
     Stalled,
     /// Invariant 5: the same seed gave a different history.
     Nondeterministic,
@@ -64,6 +71,14 @@ pub enum ViolationKind {
     /// A scoped job was polled at or after a rival was granted its resource (see
     /// [`PollLog`](crate::PollLog)).
     PolledAfterRivalGrant,
+    /// A call made after its manager was closed did not fail with `Closed`, or an acquire in
+    /// progress at the close ran on for longer than one attempt (see [`OpKind::Close`]).
+    IgnoredClose,
+    /// A waiter was not served nor told why: a
+    /// [`Patience::UntilCancelled`](redlock_core::Patience::UntilCancelled) acquire gave up with
+    /// an error other than `Closed`, or waited through a long stretch in which its resource
+    /// was free (see [`served`]).
+    NotServed,
 }
 
 /// One broken invariant, with enough detail to find it in the history.
@@ -157,7 +172,7 @@ pub fn check(history: &History) -> CheckReport {
     report.followups = followups;
     for op in history.ops() {
         // A skewed clock reads in whole nanoseconds on each side of a sleep: allow 1 µs.
-        if !op.paused && op.local_elapsed > op.bound + Duration::from_micros(1) {
+        if !op.paused && op.local_elapsed > op.bound.saturating_add(Duration::from_micros(1)) {
             report.violations.push(Violation {
                 kind: ViolationKind::Bound,
                 detail: format!(
@@ -186,6 +201,8 @@ pub fn check(history: &History) -> CheckReport {
             });
         }
     }
+    liveness::closes(history, &mut report.violations);
+    liveness::gave_up(history, &mut report.violations);
     for entry in &history.entries {
         if let Entry::Panic { at, message } = entry {
             report.violations.push(Violation {
@@ -205,13 +222,17 @@ fn windows(history: &History) -> Vec<Window> {
         cut: Option<Duration>,
     }
     let mut locks: BTreeMap<u64, Acc<'_>> = BTreeMap::new();
+    let closes: Vec<&OpRecord> = history.ops().filter(|op| op.op == OpKind::Close).collect();
     for op in history.ops() {
+        if op.op == OpKind::Close {
+            continue;
+        }
         let acc = locks.entry(op.lock).or_insert_with(|| Acc {
             first: op,
             spans: Vec::new(),
             cut: None,
         });
-        if let (Outcome::Ok, Some(until), OpKind::Lock | OpKind::Extend) =
+        if let (Outcome::Ok, Some(until), OpKind::Lock | OpKind::Extend | OpKind::Renewed) =
             (op.outcome, op.holds_until, op.op)
         {
             acc.spans.push((op.end, until));
@@ -229,6 +250,17 @@ fn windows(history: &History) -> Vec<Window> {
     }
     let mut out = Vec::new();
     for (serial, mut acc) in locks {
+        // Closing the manager releases every lock it holds, under its holders' feet: from the
+        // start of the close, as for a release. A lock granted after the close started is not
+        // one of them (and is a violation of its own, see `IgnoredClose`).
+        let closed = closes
+            .iter()
+            .filter(|c| c.client == acc.first.client && c.start >= acc.first.end)
+            .map(|c| c.start)
+            .min();
+        if let Some(closed) = closed {
+            acc.cut = Some(acc.cut.map_or(closed, |c| c.min(closed)));
+        }
         acc.spans.sort();
         let mut merged: Vec<(Duration, Duration)> = Vec::new();
         for (s, e) in acc.spans {
@@ -279,7 +311,7 @@ fn loss_after(history: &History, o: &Overlap, violations: &mut Vec<Violation>) -
     let mut first = None;
     for op in history.ops() {
         if op.lock != o.first.lock
-            || matches!(op.op, OpKind::Lock | OpKind::Drop)
+            || matches!(op.op, OpKind::Lock | OpKind::Drop | OpKind::Close)
             || op.start < o.second.start
         {
             continue;
@@ -317,4 +349,67 @@ fn loss_after(history: &History, o: &Overlap, violations: &mut Vec<Violation>) -
         }
     }
     first
+}
+
+#[cfg(test)]
+mod tests {
+    use redlock_core::Patience;
+
+    use super::*;
+
+    fn ms(x: u64) -> Duration {
+        Duration::from_millis(x)
+    }
+
+    fn op(client: usize, op: OpKind, lock: u64, span: (u64, u64)) -> Entry {
+        Entry::Op(OpRecord {
+            client,
+            op,
+            resource: b"r".to_vec(),
+            lock,
+            start: ms(span.0),
+            end: ms(span.1),
+            local_elapsed: Duration::ZERO,
+            bound: ms(100),
+            patience: (op == OpKind::Lock).then_some(Patience::NoWait),
+            outcome: Outcome::Ok,
+            holds_until: (op == OpKind::Lock).then(|| ms(span.1 + 100)),
+            paused: false,
+            leftovers: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn two_locks_of_one_client_are_checked_against_each_other() {
+        let history = History {
+            entries: vec![
+                op(0, OpKind::Lock, 1, (0, 10)),
+                op(0, OpKind::Lock, 2, (0, 50)),
+            ],
+        };
+        let report = check(&history);
+        assert_eq!(report.overlaps.len(), 1, "{:?}", report.violations);
+        assert_eq!(
+            report.overlaps[0].first.client,
+            report.overlaps[0].second.client
+        );
+    }
+
+    #[test]
+    fn a_close_ends_the_windows_of_its_clients_locks_only() {
+        let history = History {
+            entries: vec![
+                op(0, OpKind::Lock, 1, (0, 10)),
+                op(1, OpKind::Lock, 2, (0, 45)),
+                op(0, OpKind::Close, 3, (40, 45)),
+                // Client 0's lock was released by the close: a rival from 60 ms is no overlap.
+                op(2, OpKind::Lock, 4, (0, 60)),
+            ],
+        };
+        let report = check(&history);
+        let ends: Vec<(u64, Duration)> = report.windows.iter().map(|w| (w.lock, w.end)).collect();
+        assert_eq!(ends, [(1, ms(40)), (2, ms(145)), (4, ms(160))]);
+        assert_eq!(report.overlaps.len(), 1, "only client 1's lock overlaps");
+        assert_eq!(report.overlaps[0].first.lock, 2);
+    }
 }

@@ -3,12 +3,16 @@
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
-use redlock_core::{Error, LossReason};
+use redlock_core::{Error, LossReason, Patience};
 
 /// A lock operation, as recorded by a [`TracedClient`](crate::TracedClient).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpKind {
-    /// [`LockManager::lock`](redlock_core::LockManager::lock).
+    /// An acquire: [`LockManager::lock`](redlock_core::LockManager::lock),
+    /// [`try_lock`](redlock_core::LockManager::try_lock),
+    /// [`lock_opts`](redlock_core::LockManager::lock_opts), or the acquire of
+    /// [`with_lock`](redlock_core::LockManager::with_lock) (recorded when its job is first
+    /// polled); [`OpRecord::patience`] tells which.
     Lock,
     /// [`Lock::extend`](redlock_core::Lock::extend).
     Extend,
@@ -19,6 +23,15 @@ pub enum OpKind {
     /// The handle was dropped: the holder stopped using it (the manager releases it in the
     /// background when it has a spawner).
     Drop,
+    /// The job of a scoped lock ([`with_lock`](crate::TracedClient::with_lock)) saw at one of
+    /// its polls that its lease had been renewed: the manager's renewals are internal, so the
+    /// holder's window is extended when its job learns of them.
+    Renewed,
+    /// [`LockManager::close`](redlock_core::LockManager::close). It ends the windows of every
+    /// lock of its client; every call the client starts after it must fail with `Closed`, and
+    /// every acquire of the client in progress at its start must end within its
+    /// [`bound`](OpRecord::bound), granting nothing.
+    Close,
 }
 
 /// How a traced operation ended.
@@ -36,7 +49,12 @@ pub enum Outcome {
     Lost(LossReason),
     /// [`Error::Released`].
     Released,
-    /// Any other error (closed manager, invalid input).
+    /// [`Error::Closed`]: the manager was closed.
+    Closed,
+    /// The caller dropped the call's future before it returned (a timeout of its own, a
+    /// `select`): the call was told nothing, and nothing was granted to it.
+    Cancelled,
+    /// Any other error (invalid input).
     Other,
 }
 
@@ -46,12 +64,21 @@ impl Outcome {
     pub fn of<T>(result: &Result<T, Error>) -> Self {
         match result {
             Ok(_) => Self::Ok,
-            Err(Error::Contended(_)) => Self::Contended,
-            Err(Error::Unavailable(_)) => Self::Unavailable,
-            Err(Error::ValidityExpired(_)) => Self::ValidityExpired,
-            Err(Error::Lost(loss)) => Self::Lost(loss.reason),
-            Err(Error::Released) => Self::Released,
-            Err(_) => Self::Other,
+            Err(e) => Self::of_error(e),
+        }
+    }
+
+    /// Classifies an error.
+    #[must_use]
+    pub fn of_error(error: &Error) -> Self {
+        match error {
+            Error::Contended(_) => Self::Contended,
+            Error::Unavailable(_) => Self::Unavailable,
+            Error::ValidityExpired(_) => Self::ValidityExpired,
+            Error::Lost(loss) => Self::Lost(loss.reason),
+            Error::Released => Self::Released,
+            Error::Closed => Self::Closed,
+            _ => Self::Other,
         }
     }
 
@@ -80,11 +107,17 @@ pub struct OpRecord {
     pub end: Duration,
     /// How long it took on the client's own clock (what the documented bounds are about).
     pub local_elapsed: Duration,
-    /// The documented bound on `local_elapsed`.
+    /// The documented bound on `local_elapsed` (`Duration::MAX` when there is none:
+    /// [`Patience::UntilCancelled`]). For [`OpKind::Close`], also how long after the close
+    /// started every acquire of that client still in progress may run: one attempt of the
+    /// manager's (an attempt, its cleanup, a retry delay and the fair grace).
     pub bound: Duration,
+    /// For a `lock` call: how long it was allowed to wait (plain `lock` and the acquire of
+    /// `with_lock` wait the manager's `retry_count` attempts); `None` for the other calls.
+    pub patience: Option<Patience>,
     /// How it ended.
     pub outcome: Outcome,
-    /// For a successful `lock` or `extend`: the true time at which the client's deadline
+    /// For a successful `lock`, `extend` or renewal: the true time at which the client's deadline
     /// passes (its clock read `deadline`, converted to true time).
     pub holds_until: Option<Duration>,
     /// Whether the client was paused at some point during the call (bounds then do not apply).
@@ -131,10 +164,12 @@ impl History {
         })
     }
 
-    /// How many lock operations (lock, extend, release, check) were traced.
+    /// How many lock operations (lock, extend, release, check, close) were traced.
     #[must_use]
     pub fn op_count(&self) -> usize {
-        self.ops().filter(|op| op.op != OpKind::Drop).count()
+        self.ops()
+            .filter(|op| !matches!(op.op, OpKind::Drop | OpKind::Renewed))
+            .count()
     }
 
     /// One line per entry, stable across runs: two runs of one seed must render byte for byte
@@ -169,6 +204,9 @@ impl fmt::Display for OpRecord {
             self.outcome,
             self.end.as_nanos()
         )?;
+        if let Some(patience) = self.patience {
+            write!(f, " {patience:?}")?;
+        }
         if let Some(until) = self.holds_until {
             write!(f, " until {}", until.as_nanos())?;
         }

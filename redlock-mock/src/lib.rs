@@ -22,13 +22,18 @@
 //!   [`World::lose_replies`], [`World::inject_error`], [`World::set_instance_rate`],
 //!   [`World::jump_instance_clock`].
 //!
-//! Calls made through [`World::traced`] are recorded in a [`History`] with their windows in true
-//! time, and [`World::check`] judges them against the invariants of Redlock: no two holders'
-//! windows overlap, a loss is reported once an assumption broke, nothing is left behind after a
-//! failed acquire or a release, every call returns within its documented bound. The
-//! [`sweep`] module runs seeded families of random scenarios over seed ranges (the managers
-//! wake on release announcements, as by default, and one family puts half the clients in fair
-//! mode); a violation prints the seed and the command that replays it.
+//! Calls made through [`World::traced`] (`lock`, `try_lock`, `lock_opts`, `with_lock`, the
+//! lock's calls, `close`) are recorded in a [`History`] with their windows in true time, and
+//! [`World::check`] judges them against the invariants of Redlock: no two holders' windows
+//! overlap (two tasks of one client are two holders), a loss is reported once an assumption
+//! broke, nothing is left behind after a failed acquire or a release, every call returns within
+//! its documented bound (for an acquire, the bound of its
+//! [`Patience`](redlock_core::Patience), time queued behind the manager's other tasks
+//! included), calls after a close fail with `Closed`; [`check::served`] adds that no waiter
+//! waits on a free resource. The [`sweep`] module runs seeded families of random scenarios over
+//! seed ranges (the managers wake on release announcements, as by default, one family puts half
+//! the clients in fair mode, and one runs several tasks per client through its manager's local
+//! queue); a violation prints the seed and the command that replays it.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -361,6 +361,7 @@ mod tests {
             end,
             local_elapsed: Duration::ZERO,
             bound: Duration::ZERO,
+            patience: None,
             outcome: Outcome::Ok,
             holds_until: Some(end + Duration::from_secs(1)),
             paused: false,

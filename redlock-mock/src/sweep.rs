@@ -16,6 +16,10 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use redlock_core::BackendErrorKind;
 
+#[cfg(test)]
+mod broken;
+mod queue;
+
 use crate::check::{CheckReport, Violation, ViolationKind};
 use crate::history::{Entry, History};
 use crate::net::{Latency, NotifyStats};
@@ -44,12 +48,23 @@ pub enum Family {
     /// No invariant may break. This crate's unit tests run it against deliberately broken
     /// clients too, to prove that the checkers catch them.
     Contention,
-    /// The contention family against a deliberately broken client (unit tests only).
+    /// Several tasks per client on the same one or two resources through one manager, so they
+    /// wait in its local queue: every way to acquire (`lock`, `try_lock`, `lock_opts` with each
+    /// `Patience`, `with_lock`), waiters cancelled at random (their futures dropped), holders
+    /// losing their locks to partitions, crashes, hung instances and pauses while others
+    /// queue, and in some seeds one client's manager closed with tasks queued. After the
+    /// faults, every task makes one last `UntilCancelled` call, judged by
+    /// [`served`](crate::check::served). No invariant may break. This crate's unit tests run it
+    /// against deliberately broken clients too.
+    Queue,
+    /// A family run against a deliberately broken client or backend (unit tests only): the
+    /// contention family for the Redlock bugs, the queue family for `Bug::TokenPerManager` and
+    /// `Bug::AcquireAlwaysRefused`.
     #[cfg(test)]
     Buggy(Bug),
 }
 
-/// A known Redlock bug, reintroduced on purpose (unit tests only).
+/// A bug reintroduced on purpose, to prove a checker catches it (unit tests only).
 #[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bug {
@@ -59,6 +74,13 @@ pub enum Bug {
     /// Release as `GET` then `DEL` of whatever the key holds, without checking the token: a late
     /// release deletes the next holder's key.
     ReleaseWithoutTokenCheck,
+    /// Every lock of a manager sets one value (a process id as the lock value, see
+    /// `broken::OneToken`): a second task of the same manager "acquires" a key its manager already
+    /// holds, so two tasks of one manager hold the resource at once.
+    TokenPerManager,
+    /// Client 0's links answer every acquire as if the key were held (see
+    /// `broken::RefuseAcquires`): its waiters are never served, though the resource is free.
+    AcquireAlwaysRefused,
 }
 
 /// The result of one seed.
@@ -107,6 +129,15 @@ pub fn reproduce(seed: u64, family: Family) -> String {
         Family::Buggy(Bug::ReleaseWithoutTokenCheck) => {
             "--lib -- sweep::tests::checker_catches_release_without_token_check"
         }
+        Family::Queue => "--test sweep -- queue_family_keeps_every_invariant",
+        #[cfg(test)]
+        Family::Buggy(Bug::TokenPerManager) => {
+            "--lib -- sweep::tests::checker_catches_two_holders_in_one_manager"
+        }
+        #[cfg(test)]
+        Family::Buggy(Bug::AcquireAlwaysRefused) => {
+            "--lib -- sweep::tests::checker_catches_a_waiter_never_served"
+        }
     };
     format!("REDLOCK_SIM_SEED={seed} cargo test -p redlock-mock {test} --nocapture")
 }
@@ -134,12 +165,19 @@ pub fn run_seed(family: Family, seed: u64) -> SeedRun {
     let world_slot: Arc<Mutex<Option<World>>> = Arc::default();
     let slot = Arc::clone(&world_slot);
     let outcome = catch_unwind(AssertUnwindSafe(move || match family {
-        Family::Standard => standard(seed, false, &slot),
-        Family::Fair => standard(seed, true, &slot),
-        Family::Contention => contention(seed, &slot, |world| world),
+        Family::Standard => standard(seed, false, &slot).map(|()| None),
+        Family::Fair => standard(seed, true, &slot).map(|()| None),
+        Family::Contention => contention(seed, &slot, |world| world).map(|()| None),
+        Family::Queue => queue::queue(seed, &slot, |world| world).map(Some),
         #[cfg(test)]
-        Family::Buggy(bug) => contention(seed, &slot, |world| bug.reintroduce(world)),
-        Family::Adversarial => adversarial(seed, &slot),
+        Family::Buggy(bug @ (Bug::TokenPerManager | Bug::AcquireAlwaysRefused)) => {
+            queue::queue(seed, &slot, |world| bug.reintroduce(world)).map(Some)
+        }
+        #[cfg(test)]
+        Family::Buggy(bug) => {
+            contention(seed, &slot, |world| bug.reintroduce(world)).map(|()| None)
+        }
+        Family::Adversarial => adversarial(seed, &slot).map(|()| None),
     }));
     let world = world_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
     let (mut history, messages, notify, fair_heard) = match &world {
@@ -156,7 +194,10 @@ pub fn run_seed(family: Family, seed: u64) -> SeedRun {
     };
     let mut extra = Vec::new();
     match outcome {
-        Ok(Ok(())) => {}
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(live))) => {
+            extra.extend(crate::check::served(&history, live.since, live.free_for));
+        }
         Ok(Err(stalled)) => extra.push(Violation {
             kind: ViolationKind::Stalled,
             detail: stalled,

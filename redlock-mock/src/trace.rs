@@ -1,9 +1,12 @@
 //! Lock calls that record themselves in the world's history, for the checkers.
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
-use redlock_core::{Clock, Error, Lock, LockManager};
+use redlock_core::{Clock, CloseReport, Error, Lock, LockManager, LockOptions, Patience};
+
+mod scoped;
 
 use crate::history::{Entry, OpKind, OpRecord, Outcome};
 use crate::world::World;
@@ -40,7 +43,7 @@ impl fmt::Debug for TracedLock {
     }
 }
 
-struct Begin {
+pub(crate) struct Begin {
     start: Duration,
     start_local: Duration,
     pauses: u64,
@@ -74,22 +77,92 @@ impl TracedClient {
         ttl: Duration,
     ) -> Result<TracedLock, Error> {
         let resource = resource.as_ref();
+        let patience = Patience::Attempts(self.manager().config().retry_count());
+        self.acquire(resource, patience, self.manager().lock(resource, ttl))
+            .await
+    }
+
+    /// [`LockManager::try_lock`], recorded.
+    ///
+    /// # Errors
+    /// As [`LockManager::try_lock`].
+    pub async fn try_lock(
+        &self,
+        resource: impl AsRef<[u8]>,
+        ttl: Duration,
+    ) -> Result<TracedLock, Error> {
+        let resource = resource.as_ref();
+        self.acquire(
+            resource,
+            Patience::NoWait,
+            self.manager().try_lock(resource, ttl),
+        )
+        .await
+    }
+
+    /// [`LockManager::lock_opts`], recorded with the options' [`Patience`].
+    ///
+    /// # Errors
+    /// As [`LockManager::lock_opts`].
+    pub async fn lock_opts(
+        &self,
+        resource: impl AsRef<[u8]>,
+        options: LockOptions,
+    ) -> Result<TracedLock, Error> {
+        let resource = resource.as_ref();
+        let patience = options
+            .patience
+            .unwrap_or(Patience::Attempts(self.manager().config().retry_count()));
+        self.acquire(
+            resource,
+            patience,
+            self.manager().lock_opts(resource, options),
+        )
+        .await
+    }
+
+    /// [`LockManager::close`], recorded (see [`OpKind::Close`] for what the checkers hold it
+    /// to).
+    ///
+    /// # Errors
+    /// As [`LockManager::close`].
+    pub async fn close(&self) -> Result<CloseReport, Error> {
         let begin = self.begin();
-        let result = self.manager().lock(resource, ttl).await;
+        let result = self.manager().close().await;
         let serial = self.world.next_lock_serial();
         let outcome = Outcome::of(&result);
+        let call = Call {
+            op: OpKind::Close,
+            resource: &[],
+            serial,
+            patience: None,
+        };
+        self.finish(begin, &call, outcome, None, None);
+        result
+    }
+
+    /// Records an acquire: its outcome when `call` returns, [`Outcome::Cancelled`] when the
+    /// caller drops it first.
+    async fn acquire(
+        &self,
+        resource: &[u8],
+        patience: Patience,
+        call: impl Future<Output = Result<Lock, Error>>,
+    ) -> Result<TracedLock, Error> {
+        let pending = Pending::new(self, resource, patience);
+        let result = call.await;
+        let begin = pending.disarm();
+        let serial = self.world.next_lock_serial();
         match result {
             Ok(lock) => {
-                let holds_until = self.holds_until(&lock);
-                self.finish(
-                    begin,
-                    OpKind::Lock,
+                let holds_until = self.holds_until(lock.remaining());
+                let call = Call {
+                    op: OpKind::Lock,
                     resource,
                     serial,
-                    outcome,
-                    holds_until,
-                    None,
-                );
+                    patience: Some(patience),
+                };
+                self.finish(begin, &call, Outcome::Ok, holds_until, None);
                 Ok(TracedLock {
                     lock,
                     serial,
@@ -97,26 +170,48 @@ impl TracedClient {
                 })
             }
             Err(e) => {
-                // A call refused locally (another task of the same manager holds or is acquiring
-                // the resource: no attempt) sent nothing, so it cannot leave anything behind; the
-                // client's last acquire token is then that other task's. Otherwise the call was
-                // the only one of its manager sending acquires for the key, and the last token
-                // is its own.
-                let attempted = e.failure().is_none_or(|f| f.attempts > 0);
-                let key = self.key(resource);
-                let token = attempted
-                    .then(|| {
-                        self.world
-                            .net()
-                            .lock()
-                            .last_acquire_token(self.client, &key)
-                    })
-                    .flatten();
-                let probe = token.map(|t| (key, t));
-                self.finish(begin, OpKind::Lock, resource, serial, outcome, None, probe);
+                self.acquire_failed(begin, resource, serial, patience, &e);
                 Err(e)
             }
         }
+    }
+
+    /// Records an acquire that failed with `e`, probing for what it left behind.
+    pub(crate) fn acquire_failed(
+        &self,
+        begin: Begin,
+        resource: &[u8],
+        serial: u64,
+        patience: Patience,
+        e: &Error,
+    ) {
+        // A call refused locally (another task of the same manager holds or is acquiring the
+        // resource: no attempt) sent nothing, so it cannot leave anything behind; the client's
+        // last acquire token is then that other task's. So did a call refused because the
+        // manager was closed, and a loss after winning is not a failed acquire. Otherwise the
+        // call was the only one of its manager sending acquires for the key, and the last token
+        // is its own.
+        let attempted = matches!(
+            e,
+            Error::Contended(_) | Error::Unavailable(_) | Error::ValidityExpired(_)
+        ) && e.failure().is_none_or(|f| f.attempts > 0);
+        let key = self.key(resource);
+        let token = attempted
+            .then(|| {
+                self.world
+                    .net()
+                    .lock()
+                    .last_acquire_token(self.client, &key)
+            })
+            .flatten();
+        let probe = token.map(|t| (key, t));
+        let call = Call {
+            op: OpKind::Lock,
+            resource,
+            serial,
+            patience: Some(patience),
+        };
+        self.finish(begin, &call, Outcome::of_error(e), None, probe);
     }
 
     fn key(&self, resource: &[u8]) -> Vec<u8> {
@@ -125,7 +220,7 @@ impl TracedClient {
         key
     }
 
-    fn begin(&self) -> Begin {
+    pub(crate) fn begin(&self) -> Begin {
         let parts = self.world.parts(self.client);
         let gate = parts.gate.get();
         let start = self.world.now();
@@ -137,39 +232,55 @@ impl TracedClient {
         }
     }
 
-    fn holds_until(&self, lock: &Lock) -> Option<Duration> {
+    /// The true time at which a lock with `remaining` validity runs out on this client's clock.
+    pub(crate) fn holds_until(&self, remaining: Duration) -> Option<Duration> {
         let clock = &self.world.parts(self.client).clock;
-        let remaining = lock.remaining();
         (!remaining.is_zero()).then(|| clock.to_true(clock.now() + remaining))
     }
 
-    fn bound(&self, op: OpKind) -> Duration {
+    pub(crate) fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// The bound an acquire that waits `patience` documents.
+    fn acquire_bound(&self, patience: Patience) -> Duration {
         let config = self.manager().config();
         let timeout = config.instance_timeout();
-        match op {
-            OpKind::Lock => {
-                let per_attempt = timeout
-                    .saturating_mul(2)
-                    .saturating_add(config.retry_delay().1);
-                // Fair mode documents its own cost: one grace, before the first attempt, after a
-                // release someone heard.
-                let grace = config.fair().unwrap_or_default();
-                per_attempt
-                    .saturating_mul(config.retry_count())
-                    .saturating_add(grace)
-            }
-            OpKind::Extend | OpKind::Release | OpKind::Check => timeout,
-            OpKind::Drop => Duration::ZERO,
+        let round_trip = timeout.saturating_mul(2);
+        // Fair mode documents its own cost: one grace, before the first attempt, after a release
+        // someone heard.
+        let grace = config.fair().unwrap_or_default();
+        match patience {
+            Patience::Attempts(n) => round_trip
+                .saturating_add(config.retry_delay().1)
+                .saturating_mul(n.max(1))
+                .saturating_add(grace),
+            Patience::NoWait => round_trip.saturating_add(grace),
+            Patience::For(d) => d.saturating_add(round_trip).saturating_add(grace),
+            _ => Duration::MAX,
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn finish(
+    fn bound(&self, op: OpKind, patience: Option<Patience>) -> Duration {
+        match (op, patience) {
+            (OpKind::Lock, Some(patience)) => self.acquire_bound(patience),
+            (OpKind::Lock, None) => {
+                self.acquire_bound(Patience::Attempts(self.manager().config().retry_count()))
+            }
+            // One attempt of the manager's: what an acquire in progress at the close may still
+            // take (see `OpKind::Close`).
+            (OpKind::Close, _) => self.acquire_bound(Patience::Attempts(1)),
+            (OpKind::Extend | OpKind::Release | OpKind::Check, _) => {
+                self.manager().config().instance_timeout()
+            }
+            (OpKind::Drop | OpKind::Renewed, _) => Duration::ZERO,
+        }
+    }
+
+    pub(crate) fn finish(
         &self,
         begin: Begin,
-        op: OpKind,
-        resource: &[u8],
-        serial: u64,
+        call: &Call<'_>,
         outcome: Outcome,
         holds_until: Option<Duration>,
         probe: Option<(Vec<u8>, Vec<u8>)>,
@@ -191,13 +302,14 @@ impl TracedClient {
         };
         let record = OpRecord {
             client: self.client,
-            op,
-            resource: resource.to_vec(),
-            lock: serial,
+            op: call.op,
+            resource: call.resource.to_vec(),
+            lock: call.serial,
             start: begin.start,
             end,
             local_elapsed: parts.clock.now().saturating_sub(begin.start_local),
-            bound: self.bound(op),
+            bound: self.bound(call.op, call.patience),
+            patience: call.patience,
             outcome,
             holds_until,
             paused: begin.paused || gate.pauses != begin.pauses,
@@ -207,20 +319,62 @@ impl TracedClient {
     }
 }
 
+/// What a record is about.
+pub(crate) struct Call<'a> {
+    pub(crate) op: OpKind,
+    pub(crate) resource: &'a [u8],
+    pub(crate) serial: u64,
+    pub(crate) patience: Option<Patience>,
+}
+
+/// An acquire in progress: records itself as [`Outcome::Cancelled`] if dropped before
+/// [`disarm`](Self::disarm).
+struct Pending<'a> {
+    traced: &'a TracedClient,
+    resource: &'a [u8],
+    patience: Patience,
+    begin: Option<Begin>,
+}
+
+impl<'a> Pending<'a> {
+    fn new(traced: &'a TracedClient, resource: &'a [u8], patience: Patience) -> Self {
+        Self {
+            traced,
+            resource,
+            patience,
+            begin: Some(traced.begin()),
+        }
+    }
+
+    fn disarm(mut self) -> Begin {
+        match self.begin.take() {
+            Some(begin) => begin,
+            // Only `disarm` takes it, and it consumes the guard.
+            None => self.traced.begin(),
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(begin) = self.begin.take() {
+            // Nothing was granted and nothing is probed: the manager releases whatever the
+            // abandoned attempt set, in the background.
+            let call = Call {
+                op: OpKind::Lock,
+                resource: self.resource,
+                serial: self.traced.world.next_lock_serial(),
+                patience: Some(self.patience),
+            };
+            self.traced
+                .finish(begin, &call, Outcome::Cancelled, None, None);
+        }
+    }
+}
+
 impl Drop for TracedLock {
     fn drop(&mut self) {
-        let t = &self.traced;
-        let begin = t.begin();
-        let resource = self.lock.resource();
-        t.finish(
-            begin,
-            OpKind::Drop,
-            resource,
-            self.serial,
-            Outcome::Ok,
-            None,
-            None,
-        );
+        self.record(self.traced.begin(), OpKind::Drop, Outcome::Ok, None, None);
     }
 }
 
@@ -243,27 +397,40 @@ impl TracedLock {
         self.lock.remaining()
     }
 
+    fn record(
+        &self,
+        begin: Begin,
+        op: OpKind,
+        outcome: Outcome,
+        holds_until: Option<Duration>,
+        probe: Option<(Vec<u8>, Vec<u8>)>,
+    ) {
+        let call = Call {
+            op,
+            resource: self.lock.resource(),
+            serial: self.serial,
+            patience: None,
+        };
+        self.traced
+            .finish(begin, &call, outcome, holds_until, probe);
+    }
+
     /// [`Lock::extend`], recorded.
     ///
     /// # Errors
     /// As [`Lock::extend`].
     pub async fn extend(&self) -> Result<(), Error> {
-        let t = &self.traced;
-        let begin = t.begin();
+        let begin = self.traced.begin();
         let result = self.lock.extend().await;
-        let outcome = Outcome::of(&result);
         let holds_until = if result.is_ok() {
-            t.holds_until(&self.lock)
+            self.traced.holds_until(self.lock.remaining())
         } else {
             None
         };
-        let resource = self.lock.resource();
-        t.finish(
+        self.record(
             begin,
             OpKind::Extend,
-            resource,
-            self.serial,
-            outcome,
+            Outcome::of(&result),
             holds_until,
             None,
         );
@@ -275,20 +442,9 @@ impl TracedLock {
     /// # Errors
     /// As [`Lock::check`].
     pub async fn check(&self) -> Result<Duration, Error> {
-        let t = &self.traced;
-        let begin = t.begin();
+        let begin = self.traced.begin();
         let result = self.lock.check().await;
-        let outcome = Outcome::of(&result);
-        let resource = self.lock.resource();
-        t.finish(
-            begin,
-            OpKind::Check,
-            resource,
-            self.serial,
-            outcome,
-            None,
-            None,
-        );
+        self.record(begin, OpKind::Check, Outcome::of(&result), None, None);
         result
     }
 
@@ -297,24 +453,18 @@ impl TracedLock {
     /// # Errors
     /// As [`Lock::release`].
     pub async fn release(&self) -> Result<(), Error> {
-        let t = &self.traced;
-        let begin = t.begin();
+        let begin = self.traced.begin();
         let result = self.lock.release().await;
         let outcome = Outcome::of(&result);
-        let resource = self.lock.resource();
+        // Refused before anything was sent: nothing to probe.
         let probe = match outcome {
-            Outcome::Released | Outcome::Other => None,
-            _ => Some((t.key(resource), self.lock.token().to_vec())),
+            Outcome::Released | Outcome::Closed | Outcome::Other => None,
+            _ => Some((
+                self.traced.key(self.lock.resource()),
+                self.lock.token().to_vec(),
+            )),
         };
-        t.finish(
-            begin,
-            OpKind::Release,
-            resource,
-            self.serial,
-            outcome,
-            None,
-            probe,
-        );
+        self.record(begin, OpKind::Release, outcome, None, probe);
         result
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use redlock_core::{BackendErrorKind, Error, LossReason};
+use redlock_core::{BackendErrorKind, Error, LockOptions, LossReason, Patience};
 use redlock_mock::{Latency, Outcome, World};
 
 const TTL: Duration = Duration::from_secs(1);
@@ -595,7 +595,12 @@ fn fair_mode_yields_at_most_the_grace_to_a_paused_waiter() {
         w.traced(0).lock("r", TTL * 10).await.expect("free lock")
     }));
     let w = world.clone();
-    let waiter = world.spawn_client(1, async move { w.traced(1).lock("r", TTL).await.is_ok() });
+    // Patient enough to outlast its pause: a call paused past its own bound gives up (it makes
+    // no attempt after the last moment to start one).
+    let waiter = world.spawn_client(1, async move {
+        let options = LockOptions::new(TTL).patience(Patience::UntilCancelled);
+        w.traced(1).lock_opts("r", options).await.is_ok()
+    });
     let w = world.clone();
     let releaser = world.spawn_client(0, async move {
         w.sleep(ms(100)).await;

@@ -354,11 +354,18 @@ impl SentinelGroup {
             .find(|s| s.port() == old)
             .expect("old master");
         let port = new.to_string();
-        demoted.cmd(&["REPLICAOF", "127.0.0.1", port.as_str()]);
+        // Sentinel may be reconfiguring the old master at the same time (and closing client
+        // connections): ask until it is a replica.
         wait_until(
             Duration::from_secs(10),
             "the old master to be demoted",
-            || demoted.role() == "slave",
+            || {
+                demoted.role() == "slave"
+                    || demoted
+                        .try_cmd(&["REPLICAOF", "127.0.0.1", port.as_str()])
+                        .is_ok()
+                        && demoted.role() == "slave"
+            },
         );
         new
     }

@@ -271,9 +271,17 @@ impl RedisServer {
     /// # Panics
     /// When the server cannot be reached.
     pub fn cmd<A: AsRef<[u8]>>(&self, args: &[A]) -> Reply {
-        self.admin()
-            .and_then(|mut c| c.cmd(args))
+        self.try_cmd(args)
             .unwrap_or_else(|e| panic!("redis-server on port {}: {e}", self.port))
+    }
+
+    /// Like [`cmd`](Self::cmd), returning the connection error instead of panicking (a server
+    /// in the middle of a role change closes its clients' connections).
+    ///
+    /// # Errors
+    /// When the server cannot be reached or the connection is reset.
+    pub fn try_cmd<A: AsRef<[u8]>>(&self, args: &[A]) -> std::io::Result<Reply> {
+        self.admin().and_then(|mut c| c.cmd(args))
     }
 
     /// The server's log so far (for failure messages).
@@ -449,9 +457,12 @@ impl RedisServer {
     /// Role line of `INFO replication` (`master` or `slave`).
     #[must_use]
     pub fn role(&self) -> String {
+        // Empty while the server cannot answer: callers poll it through a role change, during
+        // which Sentinel kills client connections.
         let info = self
-            .cmd(&["INFO", "replication"])
-            .as_text()
+            .try_cmd(&["INFO", "replication"])
+            .ok()
+            .and_then(|r| r.as_text())
             .unwrap_or_default();
         info.lines()
             .find_map(|l| l.strip_prefix("role:"))

@@ -2,17 +2,18 @@
 //! retry windows, and the cleanup of an acquire whose future was dropped.
 
 use std::pin::pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{select, Either};
+use futures::FutureExt;
 
 use super::{Inner, LockManager};
 use crate::error::Error;
 use crate::lock::Lock;
 use crate::options::Patience;
 use crate::round::Verdict;
+use crate::telemetry;
 use crate::wait::Waiter;
 
 impl Inner {
@@ -20,7 +21,7 @@ impl Inner {
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         resource: &[u8],
-        key: Box<[u8]>,
+        key: Arc<[u8]>,
         token: Box<[u8]>,
         ttl: Duration,
         patience: Patience,
@@ -58,7 +59,10 @@ impl Inner {
             },
             _ => self.queues.join(&key),
         };
+        // Usually the head at once: no timer needed (a sleep allocates on some clocks).
+        let at_head = place.turn().now_or_never().is_some();
         match queue_until {
+            _ if at_head => {}
             Some(until) => {
                 let left = until.saturating_sub(self.clock().now());
                 let turn = place.turn();
@@ -81,7 +85,10 @@ impl Inner {
         };
         let mut waiter = Waiter::default();
         let engine = &self.engine;
-        self.fairness.yield_to_waiters(self.clock(), &key).await;
+        if let Some(until) = self.fairness.pending_yield(self.clock(), &key) {
+            telemetry::fair_yield(self.clock(), resource, until);
+            engine.yield_until(&key, &mut waiter, until).await;
+        }
         let (held_here, releases) = place.local_state();
         if held_here && patience != Patience::NoWait {
             // Another task of this manager holds the key: an attempt now would only be refused.
@@ -93,16 +100,30 @@ impl Inner {
             let _woke = select(pin!(wait), place.released_since(releases)).await;
         }
         loop {
+            // Closed since the last attempt: nothing of ours is set (its cleanup was awaited).
+            if let Err(closed) = self.ensure_open() {
+                cleanup_on_drop.armed = false;
+                return Err(closed);
+            }
             made += 1;
             let (_, releases) = place.local_state();
-            let rejected = match engine.acquire(&key, &token, ttl).await {
+            let granted = engine.acquire(&key, &token, ttl).await;
+            telemetry::attempt(made, &granted);
+            let rejected = match granted {
+                Ok(_) if self.ensure_open().is_err() => {
+                    // Won while the manager was being closed: the close did not see this lock
+                    // and no call on it could release it, so give it back now.
+                    let _ = engine.release(&key, &token, false).await;
+                    cleanup_on_drop.armed = false;
+                    return Err(Error::Closed);
+                }
                 Ok(lease) => {
                     cleanup_on_drop.armed = false;
                     drop(cleanup_on_drop);
                     let shared = self.new_shared(resource, key, token, ttl, lease);
                     // Counted before this head leaves the queue, so the next one waits for it.
-                    self.queues.hold(&shared.key);
-                    shared.held_here.store(true, Ordering::Release);
+                    *shared.holding.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(self.queues.hold(&place));
                     self.register(&shared);
                     return Ok(Lock::new(
                         shared,
@@ -144,6 +165,12 @@ impl Inner {
                 }
             };
             let (_, woke) = futures::future::join(cleanup, wait).await;
+            if last_start.is_some_and(|last| self.clock().now() > last) {
+                // The cleanup outlasted the window and the last moment to start an attempt:
+                // one more would overrun the call's bound by up to an instance timeout.
+                cleanup_on_drop.armed = false;
+                return Err(error);
+            }
             window_end = woke.then_some(until);
         }
     }

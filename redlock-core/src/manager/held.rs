@@ -8,11 +8,17 @@ use super::Inner;
 use crate::error::{Error, LossReason};
 use crate::lock::{LockShared, Status};
 use crate::round::Verdict;
+use crate::telemetry;
 
 impl Inner {
     /// One extend round: a fresh lease of `ttl` on a quorum, within validity, cut at the current
     /// deadline.
     pub(crate) async fn extend(&self, shared: &LockShared, ttl: Duration) -> Result<(), Error> {
+        let op = telemetry::Op::extend(self.clock(), shared, ttl);
+        op.finish(self.extend_round(shared, ttl)).await
+    }
+
+    async fn extend_round(&self, shared: &LockShared, ttl: Duration) -> Result<(), Error> {
         let deadline = {
             let state = shared.state();
             match state.status {
@@ -72,6 +78,24 @@ impl Inner {
         if prior == Status::Released {
             return Err(Error::Released);
         }
+        let op = telemetry::Op::release(self.clock(), shared);
+        op.finish(self.release_round(shared, prior)).await
+    }
+
+    /// Close's release: the lock stops being valid at once (its watchers see it, scoped work
+    /// is stopped), then the release round goes out.
+    pub(crate) async fn release_at_close(&self, shared: &LockShared) -> Result<(), Error> {
+        let prior = shared.state().status;
+        if prior == Status::Released {
+            return Err(Error::Released);
+        }
+        shared.mark_released();
+        let op = telemetry::Op::release(self.clock(), shared);
+        op.finish(self.release_round(shared, prior)).await
+    }
+
+    /// The release round of a lock whose status was `prior` when the release began.
+    async fn release_round(&self, shared: &LockShared, prior: Status) -> Result<(), Error> {
         // A release round already went out for this handle (it came back undecided): its deletes
         // may have landed since, so "not held" now is most likely our own doing.
         let sent_before = shared.release_sent.swap(true, Ordering::AcqRel);
@@ -105,13 +129,19 @@ impl Inner {
                 Some(self.engine.failure(round, 1)),
             )),
         };
-        shared.mark_released();
+        let was_held = shared.mark_released();
+        telemetry::released(shared, was_held, &result);
         self.unregister(shared);
         result
     }
 
     /// Whether a quorum still holds our token, and the validity left.
     pub(crate) async fn check(&self, shared: &LockShared) -> Result<Duration, Error> {
+        let op = telemetry::Op::check(self.clock(), shared);
+        op.finish(self.check_round(shared)).await
+    }
+
+    async fn check_round(&self, shared: &LockShared) -> Result<Duration, Error> {
         match shared.state().status {
             Status::Released => return Err(Error::Released),
             Status::Lost(reason) => return Err(Error::lost(reason, None)),

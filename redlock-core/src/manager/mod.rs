@@ -16,12 +16,14 @@ use crate::backend::{BackendError, LockBackend};
 use crate::config::{Config, LockManagerBuilder};
 use crate::engine::Engine;
 use crate::error::{Error, InvalidInput, LossReason};
+use crate::gate::Gate;
 use crate::lease::Lease;
 use crate::lock::{Lock, LockShared};
 use crate::options::{LockOptions, Patience};
 use crate::queue::KeyQueues;
 use crate::round::Verdict;
 use crate::runtime::{Clock, RandomSource, Spawner};
+use crate::telemetry;
 use crate::wait::Fairness;
 
 /// The longest key (prefix + resource name) accepted, in bytes.
@@ -112,6 +114,10 @@ impl LockManager {
         Self {
             inner: Arc::new(Inner {
                 engine: Engine {
+                    gates: instances
+                        .iter()
+                        .map(|_| Gate::new(config.max_in_flight))
+                        .collect(),
                     instances: instances.into_boxed_slice(),
                     clock,
                     drift: config.drift,
@@ -174,8 +180,8 @@ impl LockManager {
         let ttl = self.inner.ttl(ttl)?;
         let token = self.inner.new_token();
         let patience = Patience::Attempts(self.inner.config.retry_count);
-        self.inner
-            .acquire(resource, key, token, ttl, patience)
+        let op = telemetry::Op::acquire(self.inner.clock(), resource, &token, ttl);
+        op.finish(self.inner.acquire(resource, key, token, ttl, patience))
             .await
             .map_err(|e| e.about(resource))
     }
@@ -216,8 +222,8 @@ impl LockManager {
         let patience = options
             .patience
             .unwrap_or(Patience::Attempts(self.inner.config.retry_count));
-        self.inner
-            .acquire(resource, key, token, ttl, patience)
+        let op = telemetry::Op::acquire(self.inner.clock(), resource, &token, ttl);
+        op.finish(self.inner.acquire(resource, key, token, ttl, patience))
             .await
             .map_err(|e| e.about(resource))
     }
@@ -335,7 +341,10 @@ impl LockManager {
 
     /// Releases every lock this manager holds, closes the backends, and makes every later call
     /// (on the manager, its clones and its locks) fail with [`Error::Closed`]. aioredlock's
-    /// `destroy`. Closing twice is harmless.
+    /// `destroy`. Closing twice is harmless. Acquires in progress (queued or making rounds) end
+    /// with [`Error::Closed`] before their next attempt, within one attempt of the close (an
+    /// attempt, its cleanup, a retry delay and the fair grace); one that wins a round meanwhile
+    /// releases it.
     ///
     /// # Errors
     /// [`Error::Closed`] when already closed. Locks or backends that fail to release or close are
@@ -344,12 +353,15 @@ impl LockManager {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(Error::Closed);
         }
-        let held: Vec<Arc<LockShared>> = self.inner.active().drain().map(|(_, s)| s).collect();
+        let mut held: Vec<Arc<LockShared>> = self.inner.active().drain().map(|(_, s)| s).collect();
+        // In the order they were taken, not the map's: the same program sends the same
+        // requests in the same order every run (a seeded simulation replays exactly).
+        held.sort_by_key(|shared| shared.id);
         let mut report = CloseReport::default();
         let releases = held.iter().map(|shared| {
             let shared = Arc::clone(shared);
             async move {
-                let result = self.inner.release(&shared).await;
+                let result = self.inner.release_at_close(&shared).await;
                 (shared, result)
             }
         });
@@ -393,7 +405,8 @@ impl Inner {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn key(&self, resource: &[u8]) -> Result<Box<[u8]>, Error> {
+    /// The key of `resource`: shared by the handle and the local queue (one allocation).
+    pub(crate) fn key(&self, resource: &[u8]) -> Result<Arc<[u8]>, Error> {
         if resource.is_empty() {
             return Err(Error::invalid(InvalidInput::EmptyResource));
         }
@@ -402,10 +415,7 @@ impl Inner {
         if len > MAX_KEY_LEN {
             return Err(Error::invalid(InvalidInput::ResourceTooLong(len)));
         }
-        let mut key = Vec::with_capacity(len);
-        key.extend_from_slice(prefix);
-        key.extend_from_slice(resource);
-        Ok(key.into_boxed_slice())
+        Ok(prefix.iter().chain(resource).copied().collect())
     }
 
     pub(crate) fn ttl(&self, ttl: Duration) -> Result<Duration, Error> {
@@ -460,7 +470,7 @@ impl Inner {
     pub(crate) fn new_shared(
         &self,
         resource: &[u8],
-        key: Box<[u8]>,
+        key: Arc<[u8]>,
         token: Box<[u8]>,
         ttl: Duration,
         lease: Lease,
@@ -487,8 +497,13 @@ impl Inner {
     /// local waiter at the head of the key's queue, if any, tries at once).
     pub(crate) fn unregister(&self, shared: &LockShared) {
         self.forget(shared);
-        if shared.held_here.swap(false, Ordering::AcqRel) {
-            self.queues.unhold(&shared.key);
+        let holding = shared
+            .holding
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(holding) = holding {
+            self.queues.unhold(holding);
         }
     }
 
@@ -499,7 +514,9 @@ impl Inner {
         reason: LossReason,
         failure: Option<crate::error::Failure>,
     ) -> Error {
-        shared.mark_lost(reason);
+        if shared.mark_lost(reason) {
+            telemetry::lost(shared, reason, failure.as_ref());
+        }
         self.unregister(shared);
         Error::lost(reason, failure)
     }

@@ -1,6 +1,6 @@
 //! The checkers are proven when they catch bugs put back on purpose: seeds of the contention
-//! family run against a deliberately broken client until one overlaps, and the same seed
-//! without the bug is clean. Unit tests, so that the broken clients are not reachable from
+//! and queue families run against a deliberately broken client until one is caught, and the
+//! same seed without the bug is clean. Unit tests, so that the broken clients are not reachable from
 //! outside the crate.
 
 use std::sync::Arc;
@@ -11,7 +11,9 @@ use redlock_core::{
     async_trait, BackendError, BackendErrorKind, Config, KeyState, LockBackend, ReleaseNotify,
 };
 
-use super::{run_seed, seeds_from_env, Bug, Family};
+use super::broken::{OneToken, RefuseAcquires};
+use super::{run_seed, seeds_from_env, Bug, Family, SeedRun};
+use crate::check::ViolationKind;
 use crate::world::WorldBuilder;
 
 impl Bug {
@@ -22,17 +24,32 @@ impl Bug {
             Self::ReleaseWithoutTokenCheck => {
                 world.wrap_backends(|_, _, link| Arc::new(UncheckedRelease(link)))
             }
+            Self::TokenPerManager => world.wrap_backends(|k, _, link| {
+                Arc::new(OneToken {
+                    inner: link,
+                    token: format!("client-{k}").into_bytes(),
+                })
+            }),
+            Self::AcquireAlwaysRefused => world.wrap_backends(|k, _, link| {
+                if k == 0 {
+                    Arc::new(RefuseAcquires(link))
+                } else {
+                    link
+                }
+            }),
         }
     }
 }
 
-fn catches(bug: Bug) {
+/// The first seed of `bug`'s family whose run `caught` selects, or a panic naming the range;
+/// the same seed without the bug must be clean.
+fn caught_by(bug: Bug, healthy: Family, caught: impl Fn(&SeedRun) -> bool) {
     let seeds = seeds_from_env(0..100);
-    let caught = seeds
+    let found = seeds
         .clone()
         .map(|seed| run_seed(Family::Buggy(bug), seed))
-        .find(|r| !r.report.overlaps.is_empty());
-    let Some(caught) = caught else {
+        .find(|r| caught(r));
+    let Some(caught) = found else {
         panic!("the checker missed {bug:?} over seeds {seeds:?}");
     };
     eprintln!("{caught}");
@@ -44,8 +61,12 @@ fn catches(bug: Bug) {
         "{}",
         caught.reproduce()
     );
-    let healthy = run_seed(Family::Contention, caught.seed);
+    let healthy = run_seed(healthy, caught.seed);
     assert!(healthy.report.is_clean(), "{healthy}");
+}
+
+fn catches(bug: Bug) {
+    caught_by(bug, Family::Contention, |r| !r.report.overlaps.is_empty());
 }
 
 #[test]
@@ -56,6 +77,30 @@ fn checker_catches_missing_drift_compensation() {
 #[test]
 fn checker_catches_release_without_token_check() {
     catches(Bug::ReleaseWithoutTokenCheck);
+}
+
+/// Two tasks of one manager holding a resource at once are caught like two clients: every
+/// lock of a manager sets the same value, so a second task "wins" what a first one holds.
+#[test]
+fn checker_catches_two_holders_in_one_manager() {
+    caught_by(Bug::TokenPerManager, Family::Queue, |r| {
+        r.report
+            .overlaps
+            .iter()
+            .any(|o| o.first.client == o.second.client)
+    });
+}
+
+/// A waiter left waiting while its resource is free is caught: one client's acquires are all
+/// refused, so its last `UntilCancelled` waiters are never served.
+#[test]
+fn checker_catches_a_waiter_never_served() {
+    caught_by(Bug::AcquireAlwaysRefused, Family::Queue, |r| {
+        r.report
+            .violations
+            .iter()
+            .any(|v| v.kind == ViolationKind::NotServed)
+    });
 }
 
 /// Releases by reading the key and deleting whatever token it holds: the race of a `GET`

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Per-cycle breakdowns of two profiles of the same subject with two amounts of work
+(benches/profile/profile.sh); the difference divided by the extra cycles (or critical sections)
+is what one more cycle costs, without start-up and connection set-up.
+
+  buckets.py callgrind A.cg B.cg CYCLES      user instructions per cycle, by component
+  buckets.py calls A.cg B.cg CYCLES REGEX..  calls per cycle of functions matching REGEX
+  buckets.py syscalls A.counts B.counts CYCLES  syscalls and context switches per cycle
+  buckets.py perf B.txt                       share of the client's time samples, by component
+
+Components are matched on symbol names, first match wins (see BUCKETS)."""
+
+import re
+import signal
+import subprocess
+import sys
+
+BUCKETS = [
+    ('bench', r'^(redis|handoff)::(common|measure|main|print|contend)'),
+    ('fred: caller side (command build, send, await)',
+     r'^fred::(runtime|interfaces|utils|commands|clients|types)|<fred::(types|clients)'),
+    ('fred: router task (route, write, read, respond)',
+     r'^fred::(router|protocol::connection|protocol::responders|modules|protocol::types|protocol::command)'
+     r'|<fred::protocol::connection|<fred::router'),
+    ('RESP encode/decode',
+     r'redis_protocol|^fred::protocol::(codec|utils)|<fred::protocol::codec|e_log|log10|ieee754|^floor$'
+     r'|w_pow|^redis::(cmd|parser|types)|<redis::(cmd|types|parser)|combine::|itoa|ryu'),
+    ('tokio timers (per-command timeouts, sleeps)', r'tokio::(time|runtime::time)|<tokio::time|futures_timer'),
+    ('tokio scheduler, tasks, I/O driver',
+     r'tokio::runtime|<tokio::runtime|tokio::net|<tokio::net|tokio::io|mio::|tokio::task|tokio_util|<tokio_util'),
+    ('channels, oneshots, locks, futures glue',
+     r'tokio::sync|<tokio::sync|futures_channel|futures_util|<futures_util|futures_core|<futures|core::future'
+     r'|<core::future|core::task|async_lock|event_listener|parking_lot|std::sync|<std::sync|async_trait'
+     r'|<core::pin::Pin'),
+    ('allocation (malloc, free, realloc)',
+     r'malloc|_int_free|^\./malloc|__rust_alloc|__rdl_|__rust_dealloc|__rust_realloc|__rust_no_alloc'
+     r'|alloc::|<alloc::|cfree|arena|tcache|unlink_chunk'),
+    ('memcpy, memmove, memset', r'mem(cpy|move|set)|memcmp|bcmp'),
+    ('redlock-core (manager, rounds, wait)', r'redlock_core|<redlock_core'),
+    ('redlock-fred backend', r'redlock_fred|<redlock_fred'),
+    ('rslock', r'rslock|<rslock'),
+    ('redis-rs (multiplexed connection, script)', r'^redis::|<redis::'),
+    ('sha1 (rslock hashes its script on every call)', r'sha1'),
+    ('drop glue, hashing, formatting, misc std',
+     r'drop_in_place|core::|std::|hashbrown|<&|<T|<\[|<core|<std|bytes::|<bytes|rand|getrandom|chacha|fmt|memchr'),
+    ('libc other (syscall wrappers, futex, time)',
+     r'libc|sysdeps|nptl|\./(io|socket|posix|misc|time|nptl|string|stdlib)'),
+]
+
+KERNEL = [
+    ('kernel: wake-ups, scheduling, futex',
+     r'spin_unlock_irq|finish_task_switch|try_to_wake|schedule|futex|queued_spin|select_task|enqueue'
+     r'|dequeue|ttwu|update_curr|pick_next|switch|idle|hrtimer|irq|ipi|tick|native_'),
+    ('kernel: TCP send/receive, epoll',
+     r'tcp|skb|sock|ip_|net|epoll|ep_|copy_|_copy|inet|sys_|do_sys|entry_SYSCALL|syscall|__x64|loopback'
+     r'|kmem|kfree|alloc|memcg|page|fput|fget|rw_verify|vfs|iov'),
+]
+
+SYSCALLS = {'20': 'writev', '1': 'write', '45': 'recvfrom', '0': 'read', '232': 'epoll_wait',
+            '202': 'futex', 'switch': 'context switches'}
+
+
+def bucket(name, buckets):
+    for label, rx in buckets:
+        if re.search(rx, name):
+            return label
+    return 'other'
+
+
+def annotate(path, *args):
+    return subprocess.run(['callgrind_annotate', '--threshold=100', *args, path],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def self_costs(path):
+    costs = {}
+    for line in annotate(path).splitlines():
+        m = re.match(r'\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)$', line)
+        if m:
+            name = re.sub(r'^\?\?\?:', '', re.sub(r' \[[^\]]*\]$', '', m.group(2)))
+            costs[name] = costs.get(name, 0) + int(m.group(1).replace(',', ''))
+    return costs
+
+
+def calls(path, rx):
+    """Calls of the functions matching `rx`, summed over their callers."""
+    total, block = 0, []
+    for line in annotate(path, '--tree=caller').splitlines():
+        if line.startswith('---') or not line.strip():
+            block = []
+            continue
+        block.append(line)
+        if '*  ' in line and re.search(rx, line):
+            total += sum(int(n.replace(',', '')) for l in block[:-1]
+                         for n in re.findall(r'\(([\d,]+)x\)', l))
+            block = []
+    return total
+
+
+def callgrind(a, b, cycles):
+    A, B = self_costs(a), self_costs(b)
+    total = (B.pop('PROGRAM TOTALS') - A.pop('PROGRAM TOTALS')) / cycles
+    per = {}
+    for name in set(A) | set(B):
+        label = bucket(name, BUCKETS)
+        per[label] = per.get(label, 0) + (B.get(name, 0) - A.get(name, 0)) / cycles
+    print(f'{total:10,.0f}          user instructions per cycle (or critical section)')
+    for label, v in sorted(per.items(), key=lambda x: -x[1]):
+        if abs(v) >= 1:
+            print(f'{v:10,.0f}  {v / total * 100:5.1f}%  {label}')
+    for what, rx in [('malloc', r':malloc \['), ('free', r':free \['), ('realloc', r':realloc \[')]:
+        print(f'{(calls(b, rx) - calls(a, rx)) / cycles:10.1f}          {what} calls per cycle')
+
+
+def syscalls(a, b, cycles):
+    def load(path, who):
+        counts = {}
+        for line in open(path):
+            n, kind, what = line.split()
+            if kind == who:
+                counts[what] = int(n)
+        return counts
+    for who in ('client', 'server'):
+        A, B = load(a, who), load(b, who)
+        every = sum(B.get(k, 0) - A.get(k, 0) for k in B if k != 'switch') / cycles
+        parts = [f'{SYSCALLS[k]} {(B.get(k, 0) - A.get(k, 0)) / cycles:.2f}' for k in SYSCALLS]
+        print(f'{who}: all syscalls {every:.2f}; ' + ', '.join(parts))
+
+
+def perf(path):
+    shares, total = {}, 0.0
+    for line in open(path):
+        m = re.match(r'\s*([\d.]+)%\s+(\S+)\s+(\S+)\s+\[(.)\]\s+(.*)$', line)
+        if not m or m.group(2).startswith('redis-server'):
+            continue
+        pct, dso, kind, sym = float(m.group(1)), m.group(3), m.group(4), m.group(5).strip()
+        total += pct
+        if kind == 'k':
+            label = bucket(sym, KERNEL)
+            label = 'kernel: other' if label == 'other' else label
+        elif dso.startswith('[vdso'):
+            label = 'clock reads (vdso)'
+        else:
+            label = bucket(re.sub(r'^\?\?\?:', '', sym), BUCKETS)
+        shares[label] = shares.get(label, 0) + pct
+    print(f'client share of all samples (client and servers): {total:.1f}%')
+    for label, v in sorted(shares.items(), key=lambda x: -x[1]):
+        print(f'{v / total * 100:5.1f}%  {label}')
+
+
+def main():
+    mode, args = sys.argv[1], sys.argv[2:]
+    if mode == 'callgrind':
+        callgrind(args[0], args[1], float(args[2]))
+    elif mode == 'calls':
+        for rx in args[3:]:
+            print(f'{(calls(args[1], rx) - calls(args[0], rx)) / float(args[2]):8.2f}  {rx}')
+    elif mode == 'syscalls':
+        syscalls(args[0], args[1], float(args[2]))
+    elif mode == 'perf':
+        perf(args[0])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == '__main__':
+    # Piped into `head`: stop quietly.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    main()

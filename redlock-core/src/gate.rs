@@ -1,0 +1,158 @@
+//! Backpressure: at most so many calls in flight to one instance from one manager.
+//!
+//! Under overload a client that sends every call at once queues thousands of requests behind
+//! each other in its connection; by the time the last ones are written their callers have given
+//! up, every round times out, and the retries add more. A gate lets a call go out only while
+//! fewer than the limit are in flight; a call that cannot get through before its round's time
+//! limit is never sent (it counts as [`InstanceOutcome::Saturated`](crate::InstanceOutcome)), so
+//! a saturated instance sheds load instead of accumulating stale requests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+/// The in-flight limit of one instance.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    limit: usize,
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    in_flight: usize,
+    /// Calls waiting for a place, woken one per freed place (in no particular order).
+    waiting: Vec<Waker>,
+}
+
+impl Gate {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, GateState> {
+        // Counters and wakers only: consistent after any panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a place, or registers `cx` to be woken when one frees up.
+    fn take(&self, cx: &Context<'_>) -> bool {
+        let mut state = self.state();
+        if state.in_flight < self.limit {
+            state.in_flight += 1;
+            true
+        } else {
+            if !state.waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                state.waiting.push(cx.waker().clone());
+            }
+            false
+        }
+    }
+
+    fn give_back(&self) {
+        let wake = {
+            let mut state = self.state();
+            state.in_flight = state.in_flight.saturating_sub(1);
+            state.waiting.pop()
+        };
+        if let Some(waker) = wake {
+            waker.wake();
+        }
+    }
+
+    /// Calls in flight now.
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.state().in_flight
+    }
+}
+
+/// A call that goes out only once its gate lets it: the inner future is not polled (so, by the
+/// backend contract, nothing is sent) before then.
+pub(crate) struct Gated<'g, F> {
+    gate: Option<&'g Gate>,
+    holds: bool,
+    fut: F,
+}
+
+impl<'g, F> Gated<'g, F> {
+    pub(crate) fn new(gate: Option<&'g Gate>, fut: F) -> Self {
+        Self {
+            gate,
+            holds: false,
+            fut,
+        }
+    }
+
+    /// Whether the call went out.
+    pub(crate) fn sent(&self) -> bool {
+        self.gate.is_none() || self.holds
+    }
+}
+
+impl<F: Future + Unpin> Future for Gated<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        if let Some(gate) = this.gate {
+            if !this.holds {
+                if !gate.take(cx) {
+                    return Poll::Pending;
+                }
+                this.holds = true;
+            }
+        }
+        let out = Pin::new(&mut this.fut).poll(cx);
+        if out.is_ready() {
+            this.release();
+        }
+        out
+    }
+}
+
+impl<F> Gated<'_, F> {
+    fn release(&mut self) {
+        if std::mem::take(&mut self.holds) {
+            if let Some(gate) = self.gate {
+                gate.give_back();
+            }
+        }
+    }
+}
+
+impl<F> Drop for Gated<'_, F> {
+    fn drop(&mut self) {
+        // A call abandoned after it went out still frees its place: the backend bounds it with
+        // its own timeout, and the manager no longer waits for it.
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::future::{pending, ready, FutureExt};
+
+    #[test]
+    fn at_most_the_limit_goes_out_and_a_freed_place_is_taken() {
+        let gate = Gate::new(2);
+        let mut a = Gated::new(Some(&gate), pending::<()>().boxed());
+        let mut b = Gated::new(Some(&gate), pending::<()>().boxed());
+        let mut c = Gated::new(Some(&gate), ready(7).boxed());
+        assert!((&mut a).now_or_never().is_none() && a.sent());
+        assert!((&mut b).now_or_never().is_none() && b.sent());
+        assert_eq!((&mut c).now_or_never(), None);
+        assert!(!c.sent(), "the third waits, unsent");
+        assert_eq!(gate.in_flight(), 2);
+        drop(a);
+        assert_eq!((&mut c).now_or_never(), Some(7));
+        assert_eq!(gate.in_flight(), 1, "a finished call gives its place back");
+        drop(b);
+        assert_eq!(gate.in_flight(), 0);
+    }
+}
