@@ -37,8 +37,9 @@ const SHOWN_PARAMETERS: [&str; 8] = [
 /// last `@` is user information (a password may contain `/`, `?` or `#` written unescaped), of
 /// which only a user name before a `:` is kept; the fragment is dropped.
 pub(crate) fn redact_url(url: &str) -> String {
-    // Without a scheme there is no telling which part is what: show nothing of it.
-    let Some(scheme_end) = url.find("://") else {
+    // Without a scheme there is no telling which part is what: show nothing of it. A `://`
+    // after something that is no scheme (`:secret@://h`) does not make one.
+    let Some(scheme_end) = url.find("://").filter(|&end| is_scheme(&url[..end])) else {
         return "<not shown: no scheme://>".to_owned();
     };
     let (scheme, rest) = url.split_at(scheme_end + 3);
@@ -74,6 +75,14 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
     shown.push_str(fragment);
     shown
+}
+
+/// RFC 3986: a letter, then letters, digits, `+`, `-` or `.`.
+fn is_scheme(text: &str) -> bool {
+    text.starts_with(|c: char| c.is_ascii_alphabetic())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// Appends `query` with every value but those of [`SHOWN_PARAMETERS`] replaced by `***`.
@@ -545,6 +554,8 @@ mod tests {
             ("redis://u:pa?hunter2@h:1", "redis://u:***@h:1"),
             ("redis://h:1/0?db=2#hunter2", "redis://h:1/0?db=2#***"),
             ("redis://h?hunter2", "redis://h?***"),
+            (":hunter2@://h?x=1", "<not shown: no scheme://>"),
+            ("u:hunter2@x://h", "<not shown: no scheme://>"),
             (
                 "redis://h?sentinelPasword=hunter2",
                 "redis://h?sentinelPasword=***",
