@@ -318,28 +318,18 @@ fn sweep_guarded(
     threads: usize,
     keep: impl Fn(&StallRun) -> bool + Sync,
 ) -> StallSummary {
-    let next = AtomicU64::new(seeds.start);
-    let total = Mutex::new(StallSummary::default());
-    std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
-            scope.spawn(|| {
-                let mut local = StallSummary::default();
-                loop {
-                    let seed = next.fetch_add(1, Ordering::Relaxed);
-                    if seed >= seeds.end {
-                        break;
-                    }
-                    let run = run_seed_guarded(stall, guard, seed);
-                    local.add(&run);
-                    if keep(&run) {
-                        local.kept.push(run);
-                    }
-                }
-                total.lock().unwrap_or_else(|e| e.into_inner()).merge(local);
-            });
-        }
-    });
-    let mut total = total.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut total = crate::sweep::par_seeds(
+        seeds,
+        threads,
+        |seed| run_seed_guarded(stall, guard, seed),
+        |s: &mut StallSummary, run| {
+            s.add(&run);
+            if keep(&run) {
+                s.kept.push(run);
+            }
+        },
+        StallSummary::merge,
+    );
     total.kept.sort_by_key(|r| r.seed);
     total
 }

@@ -268,40 +268,79 @@ pub fn sweep(
     threads: usize,
     keep: impl Fn(&SeedRun) -> bool + Sync,
 ) -> SweepSummary {
+    let mut summary = par_seeds(
+        seeds,
+        threads,
+        |seed| run_seed(family, seed),
+        |s: &mut SweepSummary, run| {
+            s.seeds += 1;
+            s.ops += run.ops as u64;
+            s.messages += run.messages;
+            s.add_notify(run.notify, run.fair_heard);
+            s.seeds_with_overlaps += u64::from(!run.report.overlaps.is_empty());
+            if keep(&run) {
+                s.kept.push(run);
+            }
+        },
+        |total, local| {
+            total.seeds += local.seeds;
+            total.ops += local.ops;
+            total.messages += local.messages;
+            total.add_notify(local.notify, local.fair_heard);
+            total.seeds_with_overlaps += local.seeds_with_overlaps;
+            total.kept.extend(local.kept);
+        },
+    );
+    summary.kept.sort_by_key(|r| r.seed);
+    summary
+}
+
+/// Runs `run` for every seed of `seeds` on `threads` OS threads (each seed is deterministic on
+/// its own, so the split changes no result): each thread folds its runs into its own summary
+/// with `fold`, and the threads' summaries are combined with `merge`.
+pub(crate) fn par_seeds<R, S: Default + Send>(
+    seeds: Range<u64>,
+    threads: usize,
+    run: impl Fn(u64) -> R + Sync,
+    fold: impl Fn(&mut S, R) + Sync,
+    merge: impl Fn(&mut S, S) + Sync,
+) -> S {
     let next = AtomicU64::new(seeds.start);
-    let summary = Mutex::new(SweepSummary::default());
+    let total = Mutex::new(S::default());
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| {
-                let mut local = SweepSummary::default();
+                let mut local = S::default();
                 loop {
                     let seed = next.fetch_add(1, Ordering::Relaxed);
                     if seed >= seeds.end {
                         break;
                     }
-                    let run = run_seed(family, seed);
-                    local.seeds += 1;
-                    local.ops += run.ops as u64;
-                    local.messages += run.messages;
-                    local.add_notify(run.notify, run.fair_heard);
-                    local.seeds_with_overlaps += u64::from(!run.report.overlaps.is_empty());
-                    if keep(&run) {
-                        local.kept.push(run);
-                    }
+                    fold(&mut local, run(seed));
                 }
-                let mut total = summary.lock().unwrap_or_else(|e| e.into_inner());
-                total.seeds += local.seeds;
-                total.ops += local.ops;
-                total.messages += local.messages;
-                total.add_notify(local.notify, local.fair_heard);
-                total.seeds_with_overlaps += local.seeds_with_overlaps;
-                total.kept.extend(local.kept);
+                merge(&mut total.lock().unwrap_or_else(|e| e.into_inner()), local);
             });
         }
     });
-    let mut summary = summary.into_inner().unwrap_or_else(|e| e.into_inner());
-    summary.kept.sort_by_key(|r| r.seed);
-    summary
+    total.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Plays a fault script (time, order among simultaneous faults, action) on `world`'s clock in
+/// a task of its own.
+fn play(world: &World, mut script: Vec<(Duration, u64, Action)>) {
+    script.sort_by_key(|(at, order, _)| (*at, *order));
+    let nemesis = world.clone();
+    world
+        .spawn(async move {
+            for (at, _, action) in script {
+                let now = nemesis.now();
+                if at > now {
+                    nemesis.sleep(at - now).await;
+                }
+                action.apply(&nemesis);
+            }
+        })
+        .detach();
 }
 
 /// The seed range to sweep: `REDLOCK_SIM_SEED=n` (one seed), else `REDLOCK_SIM_SEEDS=a..b`,
@@ -431,19 +470,7 @@ fn standard(seed: u64, fair: bool, slot: &Mutex<Option<World>>) -> Result<(), St
             script.push((at + lasting, 2 * f + 1, stop));
         }
     }
-    script.sort_by_key(|(at, order, _)| (*at, *order));
-    let nemesis_world = world.clone();
-    world
-        .spawn(async move {
-            for (at, _, action) in script {
-                let now = nemesis_world.now();
-                if at > now {
-                    nemesis_world.sleep(at - now).await;
-                }
-                action.apply(&nemesis_world);
-            }
-        })
-        .detach();
+    play(&world, script);
     let mut handles = Vec::new();
     for k in 0..c {
         let wrng = StdRng::seed_from_u64(derive(seed, 100 + k as u64));

@@ -143,19 +143,7 @@ pub(super) fn queue(
             script.push((at + lasting, 2 * f + 1, stop));
         }
     }
-    script.sort_by_key(|(at, order, _)| (*at, *order));
-    let nemesis = world.clone();
-    world
-        .spawn(async move {
-            for (at, _, action) in script {
-                let now = nemesis.now();
-                if at > now {
-                    nemesis.sleep(at - now).await;
-                }
-                action.apply(&nemesis);
-            }
-        })
-        .detach();
+    super::play(&world, script);
     // The close of one client's manager, while its tasks are busy.
     if rng.random_bool(0.3) {
         let k = rng.random_range(0..c);
