@@ -74,22 +74,23 @@ impl Inner {
 
     /// Sends the release to every instance and reports whether the lock was still ours.
     pub(crate) async fn release(&self, shared: &LockShared) -> Result<(), Error> {
-        let prior = shared.state().status;
-        if prior == Status::Released {
-            return Err(Error::Released);
-        }
-        let op = telemetry::Op::release(self.clock(), shared);
-        op.finish(self.release_round(shared, prior)).await
+        self.release_as(shared, false).await
     }
 
     /// Close's release: the lock stops being valid at once (its watchers see it, scoped work
     /// is stopped), then the release round goes out.
     pub(crate) async fn release_at_close(&self, shared: &LockShared) -> Result<(), Error> {
+        self.release_as(shared, true).await
+    }
+
+    async fn release_as(&self, shared: &LockShared, invalid_at_once: bool) -> Result<(), Error> {
         let prior = shared.state().status;
         if prior == Status::Released {
             return Err(Error::Released);
         }
-        shared.mark_released();
+        if invalid_at_once {
+            shared.mark_released();
+        }
         let op = telemetry::Op::release(self.clock(), shared);
         op.finish(self.release_round(shared, prior)).await
     }
