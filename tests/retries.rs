@@ -217,10 +217,11 @@ fn every_attempt_uses_the_same_token() {
         .filter(|call| matches!(call.op, "acquire" | "release" | "release_and_notify"))
         .map(|call| call.token.clone())
         .collect();
+    // The three instances the rival holds said no: nothing of ours there, nothing to release.
     assert_eq!(
         tokens.len(),
-        4 * 5 * 2,
-        "an acquire and a release per instance per attempt"
+        4 * 5 + 4 * 2,
+        "an acquire per instance per attempt, a release where it may have landed"
     );
     tokens.dedup();
     assert_eq!(tokens.len(), 1, "one token throughout");

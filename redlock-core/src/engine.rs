@@ -15,7 +15,7 @@ use crate::backend::{KeyState, LockBackend};
 use crate::error::{Error, Failure};
 use crate::gate::Gate;
 use crate::lease::Lease;
-use crate::round::{self, Round, Verdict, Wait};
+use crate::round::{self, Ask, Round, Verdict, Wait};
 use crate::runtime::Clock;
 use crate::validity::DriftPpm;
 
@@ -29,12 +29,32 @@ pub(crate) struct Engine {
     pub(crate) instance_timeout: Duration,
 }
 
+/// A release still on its way when its round stopped waiting.
+pub(crate) type Straggler = BoxFuture<'static, Result<(bool, bool), crate::BackendError>>;
+
+/// One instance's release, announced through [`ReleaseNotify`](crate::ReleaseNotify) when asked
+/// and supported.
+fn release_call<'a>(
+    b: &'a Arc<dyn LockBackend>,
+    key: &'a [u8],
+    token: &'a [u8],
+    announce: bool,
+) -> BoxFuture<'a, Result<(bool, bool), crate::BackendError>> {
+    match b.release_notify().filter(|_| announce) {
+        Some(n) => n.release_and_notify(key, token),
+        None => b.release(key, token).map_ok(|r| (r, false)).boxed(),
+    }
+}
+
 /// A round that granted nothing: its verdict and what each instance did.
 #[derive(Debug)]
 pub(crate) struct Rejected {
     /// `Quorum` here means a quorum agreed, but too slowly to leave validity.
     pub(crate) verdict: Verdict,
     pub(crate) failure: Failure,
+    /// The instances that may hold our key after this round: every one but those that
+    /// answered a plain no (an acquire that says no wrote nothing).
+    pub(crate) dirty: Ask,
 }
 
 impl Rejected {
@@ -96,9 +116,16 @@ impl Engine {
                 return Ok(lease);
             }
         }
+        let dirty = round
+            .answers
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| !matches!(a, Some(Ok(false))))
+            .fold(Ask::none(), |ask, (i, _)| ask.with(i));
         Err(Rejected {
             verdict,
             failure: self.failure(round, 1),
+            dirty,
         })
     }
 
@@ -161,19 +188,56 @@ impl Engine {
         token: &'a [u8],
         announce: bool,
     ) -> BoxFuture<'a, Round<(bool, bool)>> {
-        round::run(
+        self.cleanup(key, token, announce, Ask::ALL)
+    }
+
+    /// [`release`](Self::release) on the instances in `ask` only: after a failed acquire, those
+    /// that answered no hold nothing of ours. Asks nobody when `ask` is empty.
+    pub(crate) fn cleanup<'a>(
+        &'a self,
+        key: &'a [u8],
+        token: &'a [u8],
+        announce: bool,
+        ask: Ask,
+    ) -> BoxFuture<'a, Round<(bool, bool)>> {
+        round::run_keep(
             &self.instances,
             Some(&self.gates),
             self.clock.as_ref(),
             self.instance_timeout,
             Wait::ForAll,
-            move |b| match b.release_notify().filter(|_| announce) {
-                Some(n) => n.release_and_notify(key, token),
-                None => b.release(key, token).map_ok(|r| (r, false)).boxed(),
+            ask,
+            move |b| release_call(b, key, token, announce),
+            |(released, _)| *released,
+        )
+        .map(|(round, _)| round)
+        .boxed()
+    }
+
+    /// A release that stops waiting once a quorum has answered (or the answer can no longer
+    /// change), and hands back the deletes still on their way, for the caller to see through in
+    /// the background: a slow instance then costs the caller nothing, and its key still goes
+    /// (by the delete, or by its expiry).
+    pub(crate) async fn release_at_quorum(
+        &self,
+        key: &Arc<[u8]>,
+        token: &Arc<[u8]>,
+        announce: bool,
+    ) -> (Round<(bool, bool)>, Vec<Straggler>) {
+        round::run_keep(
+            &self.instances,
+            Some(&self.gates),
+            self.clock.as_ref(),
+            self.instance_timeout,
+            Wait::UntilDecided,
+            Ask::ALL,
+            |b| {
+                let (b, key, token) = (Arc::clone(b), Arc::clone(key), Arc::clone(token));
+                async move { release_call(&b, &key, &token, announce).await }.boxed()
             },
             |(released, _)| *released,
         )
-        .boxed()
+        .await
     }
 
     /// Reads `key` on the instances until `is_yes` has a verdict.
@@ -232,6 +296,7 @@ impl Engine {
         Err(Rejected {
             verdict,
             failure: self.failure(round, 1),
+            dirty: Ask::none(),
         })
     }
 }

@@ -74,23 +74,35 @@ impl Gate {
 /// A call that goes out only once its gate lets it: the inner future is not polled (so, by the
 /// backend contract, nothing is sent) before then.
 pub(crate) struct Gated<'g, F> {
+    permit: Permit<'g>,
+    fut: F,
+}
+
+/// A place at the gate, taken or not; given back when dropped.
+struct Permit<'g> {
     gate: Option<&'g Gate>,
     holds: bool,
-    fut: F,
 }
 
 impl<'g, F> Gated<'g, F> {
     pub(crate) fn new(gate: Option<&'g Gate>, fut: F) -> Self {
         Self {
-            gate,
-            holds: false,
+            permit: Permit { gate, holds: false },
             fut,
         }
     }
 
     /// Whether the call went out.
     pub(crate) fn sent(&self) -> bool {
-        self.gate.is_none() || self.holds
+        self.permit.gate.is_none() || self.permit.holds
+    }
+
+    /// The call without its place at the gate, to be finished where the round no longer waits
+    /// for it: like an abandoned call, it stops counting against the limit.
+    pub(crate) fn into_inner(self) -> F {
+        let Self { permit, fut } = self;
+        drop(permit);
+        fut
     }
 }
 
@@ -99,23 +111,23 @@ impl<F: Future + Unpin> Future for Gated<'_, F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        if let Some(gate) = this.gate {
-            if !this.holds {
+        if let Some(gate) = this.permit.gate {
+            if !this.permit.holds {
                 if !gate.take(cx) {
                     return Poll::Pending;
                 }
-                this.holds = true;
+                this.permit.holds = true;
             }
         }
         let out = Pin::new(&mut this.fut).poll(cx);
         if out.is_ready() {
-            this.release();
+            this.permit.release();
         }
         out
     }
 }
 
-impl<F> Gated<'_, F> {
+impl Permit<'_> {
     fn release(&mut self) {
         if std::mem::take(&mut self.holds) {
             if let Some(gate) = self.gate {
@@ -125,7 +137,7 @@ impl<F> Gated<'_, F> {
     }
 }
 
-impl<F> Drop for Gated<'_, F> {
+impl Drop for Permit<'_> {
     fn drop(&mut self) {
         // A call abandoned after it went out still frees its place: the backend bounds it with
         // its own timeout, and the manager no longer waits for it.

@@ -38,10 +38,11 @@
 //! at once (each bounded by the per-instance timeout), and succeeds when at least `N/2 + 1`
 //! accepted and `validity = ttl − (now − T1) − (ttl × drift_factor + 2 ms)` is above zero. The
 //! lock then stands until `T1 + ttl − drift` on this client's clock. The attempt returns as
-//! soon as its outcome is decided. A failed attempt is released on *all* instances (a timed-out
-//! request may still have landed), then a random delay in `[retry_delay_min, retry_delay_max]`
-//! separates it from the next one. Extend follows the same rules with a fresh `T1`; release
-//! sends a compare-and-delete to every instance.
+//! soon as its outcome is decided. A failed attempt is released on every instance that may hold
+//! its key (a timed-out request may still have landed; an instance that said no wrote nothing),
+//! then a random delay in `[retry_delay_min, retry_delay_max]` separates it from the next one.
+//! Extend follows the same rules with a fresh `T1`; release sends a compare-and-delete to every
+//! instance and, with a spawner, returns once a quorum has answered.
 //!
 //! # The deadline
 //!

@@ -36,7 +36,7 @@ pub(crate) struct LockShared {
     pub(crate) id: u64,
     pub(crate) resource: Box<[u8]>,
     pub(crate) key: Arc<[u8]>,
-    pub(crate) token: Box<[u8]>,
+    pub(crate) token: Arc<[u8]>,
     /// Whether the manager owns the lock (registered; released on drop and close), as opposed
     /// to a borrowed handle from `get_lock`.
     pub(crate) owned: AtomicBool,
@@ -80,7 +80,7 @@ impl LockShared {
         id: u64,
         resource: &[u8],
         key: Arc<[u8]>,
-        token: Box<[u8]>,
+        token: Arc<[u8]>,
         ttl: Duration,
         lease: Lease,
     ) -> Self {
@@ -240,6 +240,14 @@ impl Lock {
     /// Releasing is always attempted, even for a lock already expired or lost, to clean up
     /// whatever keys are left; the result tells whether the lock was still ours until now.
     /// After any result other than [`Error::Unavailable`] the handle is released for good.
+    ///
+    /// With a spawner (see [`LockManagerBuilder::spawner`](crate::LockManagerBuilder::spawner))
+    /// it returns as soon as a quorum has answered: the lock is then free for the next holder.
+    /// The deletes to the slower instances are already on their way and are seen through in
+    /// the background, up to the per-instance timeout; a key on an instance that never answers
+    /// goes at its expiry. Such a leftover key is harmless: it holds our token, which no other
+    /// lock uses, and alone it is no quorum. Without a spawner, and at
+    /// [`LockManager::close`](crate::LockManager::close), it waits for every instance.
     ///
     /// # Errors
     /// - [`Error::Lost`]: the validity had run out, or a quorum did not hold our token: whatever

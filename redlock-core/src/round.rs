@@ -97,12 +97,45 @@ fn decided(yes: usize, no: usize, failed: usize, n: usize, quorum: usize) -> boo
     }
 }
 
+/// Which instances a round asks: bit `i` for instance `i`. Rounds over more than 64 instances
+/// ask every one (a cleanup may then ask more than it needs to, never fewer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ask(u64);
+
+impl Ask {
+    pub(crate) const ALL: Self = Self(u64::MAX);
+
+    /// No instance yet.
+    pub(crate) const fn none() -> Self {
+        Self(0)
+    }
+
+    /// Adds instance `i`.
+    pub(crate) fn with(self, i: usize) -> Self {
+        match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) => Self(self.0 | bit),
+            None => Self::ALL,
+        }
+    }
+
+    pub(crate) fn contains(self, i: usize) -> bool {
+        match u32::try_from(i).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) => self.0 & bit != 0,
+            None => self == Self::ALL,
+        }
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
 /// Sends `call` to every instance at once and collects the answers for at most `limit`.
 ///
 /// `is_yes` classifies an answer. Calls still running when the round stops are dropped: a
 /// backend must not write an abandoned request later (see the contract), and the manager's
 /// follow-up rounds (release after a failed acquire) reach every instance anyway.
-pub(crate) async fn run<'a, T, C, Y>(
+pub(crate) async fn run<'a, T, C, F, Y>(
     instances: &'a [Arc<dyn LockBackend>],
     gates: Option<&'a [Gate]>,
     clock: &dyn Clock,
@@ -112,7 +145,31 @@ pub(crate) async fn run<'a, T, C, Y>(
     is_yes: Y,
 ) -> Round<T>
 where
-    C: Fn(&'a dyn LockBackend) -> BoxFuture<'a, Result<T, BackendError>>,
+    C: Fn(&'a Arc<dyn LockBackend>) -> F,
+    F: Future<Output = Result<T, BackendError>> + Unpin,
+    Y: Fn(&T) -> bool,
+{
+    run_keep(instances, gates, clock, limit, wait, Ask::ALL, call, is_yes)
+        .await
+        .0
+}
+
+/// [`run`] over the instances in `ask` only (the others count as not awaited), returning also
+/// the calls still running when it stopped waiting, for the caller to finish or drop.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_keep<'a, T, C, F, Y>(
+    instances: &'a [Arc<dyn LockBackend>],
+    gates: Option<&'a [Gate]>,
+    clock: &dyn Clock,
+    limit: Duration,
+    wait: Wait,
+    ask: Ask,
+    call: C,
+    is_yes: Y,
+) -> (Round<T>, Vec<F>)
+where
+    C: Fn(&'a Arc<dyn LockBackend>) -> F,
+    F: Future<Output = Result<T, BackendError>> + Unpin,
     Y: Fn(&T) -> bool,
 {
     let n = instances.len();
@@ -120,7 +177,7 @@ where
     let start = clock.now();
     let mut answers: Vec<Option<Result<T, BackendError>>> = (0..n).map(|_| None).collect();
     let mut outcomes = vec![InstanceOutcome::NotAwaited; n];
-    let (mut yes, mut no, mut failed) = (0, 0, 0);
+    let (mut yes, mut no) = (0, 0);
 
     // Every pending call is polled on every wake-up, in the caller's task: the first sweep
     // polls each call once before any verdict (a call is on its way after its first poll, see
@@ -132,10 +189,12 @@ where
         .enumerate()
         .map(|(i, backend)| {
             let gate = gates.and_then(|g| g.get(i));
-            Some(Gated::new(gate, call(backend.as_ref())))
+            ask.contains(i).then(|| Gated::new(gate, call(backend)))
         })
         .collect();
-    let mut pending = n;
+    let mut pending = calls.iter().filter(|c| c.is_some()).count();
+    // Instances not asked can neither say yes nor no: for the verdict they are failures.
+    let mut failed = n - pending;
     // Made at the first sweep that leaves calls waiting: rounds that complete at once (an
     // in-memory backend) need no timer.
     let mut timer: Option<BoxFuture<'static, ()>> = None;
@@ -189,9 +248,10 @@ where
     .await;
     if timed_out {
         for ((outcome, answer), call) in outcomes.iter_mut().zip(&answers).zip(&calls) {
-            if answer.is_none() {
-                let sent = call.as_ref().is_none_or(Gated::sent);
-                *outcome = if sent {
+            // A call still here was asked and did not answer; a slot emptied without an answer
+            // was never asked.
+            if let (None, Some(call)) = (answer, call) {
+                *outcome = if call.sent() {
                     InstanceOutcome::TimedOut
                 } else {
                     InstanceOutcome::Saturated
@@ -200,14 +260,16 @@ where
         }
     }
     crate::telemetry::round(instances, &outcomes);
-    Round {
+    let running = calls.into_iter().flatten().map(Gated::into_inner).collect();
+    let round = Round {
         answers,
         outcomes,
         yes,
         no,
         quorum,
         elapsed: clock.now().saturating_sub(start),
-    }
+    };
+    (round, running)
 }
 
 #[cfg(test)]

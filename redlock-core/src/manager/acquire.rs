@@ -22,7 +22,7 @@ impl Inner {
         self: &Arc<Self>,
         resource: &[u8],
         key: Arc<[u8]>,
-        token: Box<[u8]>,
+        token: Arc<[u8]>,
         ttl: Duration,
         patience: Patience,
     ) -> Result<Lock, Error> {
@@ -135,10 +135,17 @@ impl Inner {
                 Err(rejected) => rejected,
             };
             let contended = rejected.verdict == Verdict::Refused;
+            let dirty = rejected.dirty;
             let error = rejected.into_acquire_error(made);
-            // A timed-out or ambiguous acquire may still have landed: clean up everywhere. Not
-            // announced: our own subscription would hear it and wake us for nothing.
-            let cleanup = engine.release(&key, &token, false);
+            // A timed-out or ambiguous acquire may still have landed: clean up wherever it may
+            // have (an instance that said no wrote nothing, so a fully contended attempt costs no
+            // release at all). Not announced: our own subscription would hear it and wake us for
+            // nothing.
+            let cleanup = async {
+                if !dirty.is_empty() {
+                    engine.cleanup(&key, &token, false, dirty).await;
+                }
+            };
             let now = self.clock().now();
             let out_of_time = last_start.is_some_and(|last| now >= last);
             let until = match window_end {

@@ -92,19 +92,47 @@ impl Inner {
             shared.mark_released();
         }
         let op = telemetry::Op::release(self.clock(), shared);
-        op.finish(self.release_round(shared, prior)).await
+        op.finish(self.release_round(shared, prior, !invalid_at_once))
+            .await
     }
 
-    /// The release round of a lock whose status was `prior` when the release began.
-    async fn release_round(&self, shared: &LockShared, prior: Status) -> Result<(), Error> {
+    /// The release round of a lock whose status was `prior` when the release began. With
+    /// `at_quorum` and a spawner, it returns once a quorum has answered and the other deletes
+    /// finish in the background (close waits for every instance: the runtime may be going away).
+    async fn release_round(
+        &self,
+        shared: &LockShared,
+        prior: Status,
+        at_quorum: bool,
+    ) -> Result<(), Error> {
         // A release round already went out for this handle (it came back undecided): its deletes
         // may have landed since, so "not held" now is most likely our own doing.
         let sent_before = shared.release_sent.swap(true, Ordering::AcqRel);
         let announce = self.config.wake_on_release;
-        let round = self
-            .engine
-            .release(&shared.key, &shared.token, announce)
-            .await;
+        let round = match self.spawner.as_ref().filter(|_| at_quorum) {
+            Some(spawner) => {
+                let (round, stragglers) = self
+                    .engine
+                    .release_at_quorum(&shared.key, &shared.token, announce)
+                    .await;
+                if !stragglers.is_empty() {
+                    // Bounded like the round they left: a hung instance's call is given up at the
+                    // per-instance timeout, as it would have been in the foreground.
+                    let left = self.config.instance_timeout.saturating_sub(round.elapsed);
+                    let timer = self.engine.clock.sleep(left);
+                    let rest = futures::future::join_all(stragglers);
+                    spawner.spawn(Box::pin(async move {
+                        let _ = futures::future::select(rest, timer).await;
+                    }));
+                }
+                round
+            }
+            None => {
+                self.engine
+                    .release(&shared.key, &shared.token, announce)
+                    .await
+            }
+        };
         let heard = round
             .answers
             .iter()

@@ -426,7 +426,7 @@ impl Inner {
     /// 128 random bits, hex-encoded, then this manager's number and the lock's: the suffix makes
     /// two tokens of one process differ even when their random parts are equal (managers built
     /// with the same seed), since a key that already holds "our" token counts as acquired.
-    pub(crate) fn new_token(&self) -> Box<[u8]> {
+    pub(crate) fn new_token(&self) -> Arc<[u8]> {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut raw = [0u8; TOKEN_BYTES];
         self.random.fill_bytes(&mut raw);
@@ -450,7 +450,7 @@ impl Inner {
                 put(HEX[usize::try_from((n >> (shift * 4)) & 0xf).unwrap_or(0)]);
             }
         }
-        Box::from(&buf[..len])
+        Arc::from(&buf[..len])
     }
 
     /// A random delay in the retry range.
@@ -471,7 +471,7 @@ impl Inner {
         &self,
         resource: &[u8],
         key: Arc<[u8]>,
-        token: Box<[u8]>,
+        token: Arc<[u8]>,
         ttl: Duration,
         lease: Lease,
     ) -> Arc<LockShared> {
