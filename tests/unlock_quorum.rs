@@ -97,3 +97,22 @@ fn a_release_refused_by_a_quorum_is_still_reported_lost() {
         "expected Lost, got {err:?}"
     );
 }
+
+#[test]
+fn close_waits_for_the_deletes_still_on_their_way() {
+    let c = Cluster::new(3);
+    let manager = with_spawner(&c, 6);
+    let lock = c.sim.run(manager.lock("res", TTL)).expect("lock");
+    let token = lock.token().to_vec();
+    c.faults[2].set_latency(ms(40));
+    c.sim.run(lock.release()).expect("released");
+    assert_eq!(c.keys_holding(&token), 1);
+    let start = c.now();
+    c.sim.run(manager.close()).expect("closed");
+    assert_eq!(
+        c.keys_holding(&token),
+        0,
+        "the slow delete landed before the close"
+    );
+    assert_eq!(c.now(), start + ms(40), "and its reply came back");
+}

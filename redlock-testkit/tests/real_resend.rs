@@ -52,6 +52,16 @@ impl Cluster {
         let lock = manager.lock("warm-up", TTL).await.expect("all up");
         lock.extend().await.expect("extend");
         lock.release().await.expect("release");
+        // The release returns at a quorum: the last delete's reply must be in before the test
+        // counts commands and starts losing replies. Replies come in order on a connection, so
+        // a PING answered on each means every earlier command was answered.
+        for backend in &backends {
+            backend
+                .client()
+                .ping::<()>(None)
+                .await
+                .expect("the warm-up connection is up");
+        }
         Self {
             servers,
             proxies,

@@ -121,9 +121,10 @@ impl Inner {
                     let left = self.config.instance_timeout.saturating_sub(round.elapsed);
                     let timer = self.engine.clock.sleep(left);
                     let rest = futures::future::join_all(stragglers);
-                    spawner.spawn(Box::pin(async move {
+                    let work = self.stragglers.track(async move {
                         let _ = futures::future::select(rest, timer).await;
-                    }));
+                    });
+                    spawner.spawn(Box::pin(work));
                 }
                 round
             }

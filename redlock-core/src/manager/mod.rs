@@ -5,6 +5,7 @@
 
 mod acquire;
 mod held;
+mod stragglers;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -64,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) fairness: Fairness,
     /// One contender per key: the local FIFO queues.
     pub(crate) queues: KeyQueues,
+    /// Releases finishing in the background after `unlock` returned at a quorum.
+    pub(crate) stragglers: Arc<stragglers::Stragglers>,
 }
 
 /// A snapshot of a lock this manager holds (see [`LockManager::active_locks`]).
@@ -132,6 +135,7 @@ impl LockManager {
                 next_lock_id: AtomicU64::new(0),
                 active: Mutex::new(HashMap::new()),
                 queues: KeyQueues::default(),
+                stragglers: Arc::default(),
             }),
         }
     }
@@ -339,7 +343,9 @@ impl LockManager {
         self.inner.closed.load(Ordering::Acquire)
     }
 
-    /// Releases every lock this manager holds, closes the backends, and makes every later call
+    /// Releases every lock this manager holds, waits for the deletes of earlier releases that
+    /// returned at a quorum (each bounded by the per-instance timeout), closes the backends,
+    /// and makes every later call
     /// (on the manager, its clones and its locks) fail with [`Error::Closed`]. aioredlock's
     /// `destroy`. Closing twice is harmless. Acquires in progress (queued or making rounds) end
     /// with [`Error::Closed`] before their next attempt, within one attempt of the close (an
@@ -371,6 +377,8 @@ impl LockManager {
                 Err(e) => report.failed.push((shared.resource.to_vec(), e)),
             }
         }
+        // Deletes still on their way from earlier releases go before their connections do.
+        self.inner.stragglers.settled().await;
         let closes = self
             .inner
             .engine
