@@ -118,6 +118,7 @@ mod connect;
 mod engine;
 mod error;
 mod gate;
+mod holders;
 mod lease;
 mod lifecycle;
 mod lock;

@@ -149,6 +149,7 @@ pub mod history;
 mod memory;
 mod net;
 pub mod polls;
+pub mod recovery;
 mod skew;
 pub mod sweep;
 mod trace;
