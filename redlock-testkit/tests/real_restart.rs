@@ -12,14 +12,11 @@ use std::time::{Duration, Instant};
 use redlock_core::conformance::{self, Reconnect};
 use redlock_core::{Error, LockManager, LossReason};
 use redlock_fred::{RedisBackend, TokioClock};
-use redlock_testkit::{require_redis, RedisServer};
+use redlock_testkit::{require_redis, Proxy, RedisServer};
 
 /// fred's reconnection backoff is capped here (exponential from 10 ms, plus up to 20 ms of
 /// jitter).
 const RECONNECT_MAX: Duration = Duration::from_millis(400);
-/// How long the servers stay down: long enough for the holders' backoff to reach its cap, so
-/// that the rival, connecting fresh, gets there first (the window the issue measured).
-const DOWN: Duration = Duration::from_secs(1);
 const JITTER: Duration = Duration::from_millis(20);
 const INSTANCE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Scheduling slack on a loaded machine (two cores shared by several test binaries).
@@ -29,8 +26,8 @@ const LEASE: Duration = Duration::from_secs(10);
 const RENEWAL: Duration = Duration::from_secs(6);
 const HOLDERS: usize = 4;
 
-fn holder(servers: &[RedisServer], recovery: bool) -> LockManager {
-    redlock_fred::manager(servers.iter().map(RedisServer::url))
+fn holder(urls: &[String], recovery: bool) -> LockManager {
+    redlock_fred::manager(urls.iter().cloned())
         .instance_timeout(INSTANCE_TIMEOUT)
         .reconnect_max_delay(RECONNECT_MAX)
         .internal_lock_timeout(LEASE)
@@ -50,15 +47,29 @@ struct Seen {
     holding: usize,
 }
 
-/// Holders take their locks, a majority restarts empty, a rival takes every key it can; returns
-/// when each holder was told `Lost` (or the horizon passed), and when the last server was back.
+/// Holders take their locks, a majority restarts empty, a rival takes every key; returns when
+/// each holder was told `Lost` (or the horizon passed), and when the restarted servers became
+/// reachable for the holders again.
+///
+/// The holders reach the three servers that restart through proxies, stalled from the kill
+/// until the rival is done: the window between a restart and the holders' reconnection, in
+/// which the issue saw other clients enter, made long enough for the rival every time.
 async fn majority_restart(recovery: bool) -> (Vec<Seen>, Instant) {
     require_redis();
     let mut servers: Vec<RedisServer> = (0..5).map(|_| RedisServer::start()).collect();
+    let proxies: Vec<Proxy> = servers[..3]
+        .iter()
+        .map(|s| Proxy::start(s.port()))
+        .collect();
+    let urls: Vec<String> = proxies
+        .iter()
+        .map(Proxy::url)
+        .chain(servers[3..].iter().map(RedisServer::url))
+        .collect();
     let mut watchers = Vec::new();
     let mut locks = Vec::new();
     for h in 0..HOLDERS {
-        let manager = holder(&servers, recovery);
+        let manager = holder(&urls, recovery);
         // Before the round: the lease (and its renewal time) counts from the round's start.
         let granted = Instant::now();
         let lock = manager
@@ -80,7 +91,9 @@ async fn majority_restart(recovery: bool) -> (Vec<Seen>, Instant) {
     for server in &mut servers[..3] {
         server.kill();
     }
-    tokio::time::sleep(DOWN).await;
+    for proxy in &proxies {
+        proxy.stall();
+    }
     tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
             for server in &mut servers[..3] {
@@ -88,8 +101,7 @@ async fn majority_restart(recovery: bool) -> (Vec<Seen>, Instant) {
             }
         });
     });
-    let back = Instant::now();
-    // A fresh client: connected at once, before the holders' backoff brings them back.
+    // A rival reaching every server directly.
     let rival = redlock_fred::manager(servers.iter().map(RedisServer::url))
         .instance_timeout(INSTANCE_TIMEOUT)
         .build()
@@ -124,6 +136,11 @@ async fn majority_restart(recovery: bool) -> (Vec<Seen>, Instant) {
             }
             Err(e) => panic!("rival: {e}"),
         }
+    }
+    // The holders can reach the restarted servers again.
+    let back = Instant::now();
+    for proxy in &proxies {
+        proxy.resume();
     }
     let holding: Vec<usize> = locks
         .iter()

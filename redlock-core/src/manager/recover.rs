@@ -95,7 +95,10 @@ impl Inner {
     }
 
     /// Sets the missing key on instance `i` again (only if still absent), for the validity left
-    /// on our clock rounded down to the millisecond, never longer. Whether it was set.
+    /// on our clock rounded down to the millisecond, never longer. Counted from its arrival,
+    /// the key can outlive the lock's deadline by the one-way delay of this call, and still
+    /// expires before the keys of the grant (whose TTL exceeds the validity by the drift
+    /// allowance and the grant round's time). Whether it was set.
     async fn reassert(&self, shared: &LockShared, i: usize) -> bool {
         let left = {
             let state = shared.state();
