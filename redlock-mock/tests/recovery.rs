@@ -75,14 +75,16 @@ mod scenarios {
     /// Instances 0 and 1 restart empty at 100 ms; the rival takes "job" at 101 ms. Returns
     /// what the scoped job's call returned and when, how many times the job was polled after
     /// the rival's grant, and when a watcher of a second lock heard its loss.
-    fn majority_restart_under_with_lock(
-        recovery: bool,
-    ) -> (
+    /// What the scoped call returned and when, the job's polls after the rival's grant, and
+    /// when (and why) a watcher of a second lock heard its loss.
+    type Outcome = (
         Result<(), Error>,
         Duration,
         usize,
         Option<(Duration, LossReason)>,
-    ) {
+    );
+
+    fn majority_restart_under_with_lock(recovery: bool) -> Outcome {
         let world = world(recovery);
         let rival_granted: Arc<Mutex<Option<Duration>>> = Arc::default();
         let polls_after_rival = Arc::new(Mutex::new(0usize));
