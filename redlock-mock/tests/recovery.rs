@@ -72,9 +72,6 @@ mod scenarios {
             .expect("a valid world")
     }
 
-    /// Instances 0 and 1 restart empty at 100 ms; the rival takes "job" at 101 ms. Returns
-    /// what the scoped job's call returned and when, how many times the job was polled after
-    /// the rival's grant, and when a watcher of a second lock heard its loss.
     /// What the scoped call returned and when, the job's polls after the rival's grant, and
     /// when (and why) a watcher of a second lock heard its loss.
     type Outcome = (
@@ -84,6 +81,8 @@ mod scenarios {
         Option<(Duration, LossReason)>,
     );
 
+    /// Instances 0 and 1 restart empty at 100 ms; the rival takes "job" (and "other") at
+    /// 101 ms.
     fn majority_restart_under_with_lock(recovery: bool) -> Outcome {
         let world = world(recovery);
         let rival_granted: Arc<Mutex<Option<Duration>>> = Arc::default();
