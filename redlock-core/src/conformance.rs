@@ -21,6 +21,10 @@
 //! }
 //! ```
 //!
+//! A backend that announces reconnections ([`LockBackend::reconnects`]) also runs
+//! [`a_reconnection_is_announced`], which is not part of [`run_all`]: it needs a way to break the
+//! connection, given through a [`Reconnect`].
+//!
 //! A decorator (fault injection, metrics, ...) should pass the suite too, with its faults off,
 //! wrapped around a backend that passes: it shows the decorator forwards what it must.
 
