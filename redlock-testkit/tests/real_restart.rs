@@ -288,3 +288,39 @@ async fn the_redis_backend_announces_reconnections() {
             .expect("close");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_lost_by_a_minority_restart_is_set_again_for_the_validity_left() {
+    require_redis();
+    let mut servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let manager = holder(&urls, true);
+    // Every connection up first: the reconnection of server 0 is then a re-connection.
+    let warm = manager.lock("warm-up", LEASE).await.expect("all up");
+    warm.release().await.expect("release");
+    let lock = manager.lock("minority", LEASE).await.expect("free");
+    tokio::task::block_in_place(|| servers[0].restart(false));
+    let token = lock.token().to_vec();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while servers[0].get("minority").as_deref() != Some(token.as_slice()) {
+        assert!(
+            Instant::now() < deadline,
+            "the key was not set again on the restarted server"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Never longer than the validity left when it was sent, counted from its arrival (a
+    // loopback one-way delay, well under a millisecond); PTTL is read after `remaining`.
+    let remaining = lock.remaining();
+    let pttl = u64::try_from(servers[0].pttl("minority")).expect("an expiry");
+    assert!(
+        Duration::from_millis(pttl) <= remaining + Duration::from_millis(1),
+        "{pttl} ms on the server, {remaining:?} left"
+    );
+    assert!(lock.check().await.is_ok(), "still held");
+    lock.release().await.expect("release");
+    for s in &servers {
+        assert_eq!(s.get("minority"), None, "released everywhere");
+    }
+    let _ = manager.close().await;
+}

@@ -102,7 +102,7 @@ impl Inner {
     async fn reassert(&self, shared: &LockShared, i: usize) -> bool {
         let left = {
             let state = shared.state();
-            if state.status != Status::Held {
+            if state.status != Status::Held || shared.release_sent.load(Ordering::Acquire) {
                 return false;
             }
             state.remaining(self.clock().now())
@@ -120,9 +120,12 @@ impl Inner {
             .await,
             Some(Ok(true))
         );
-        if set && shared.state().status != Status::Held {
-            // Released (or lost) while we were setting it: take it back, or it stays until its
-            // TTL.
+        // A release that began before this answer came may have passed this instance before our
+        // key landed: take it back, or it stays until its TTL. One that begins later finds it.
+        if set
+            && (shared.release_sent.load(Ordering::Acquire)
+                || shared.state().status != Status::Held)
+        {
             let _ = self
                 .on_one(i, |b| b.release(&shared.key, &shared.token), |r| *r)
                 .await;
