@@ -221,4 +221,43 @@ mod scenarios {
         );
         assert!(checked.is_ok(), "{checked:?}");
     }
+
+    #[test]
+    fn a_release_during_the_recheck_leaves_no_key_behind() {
+        let world = World::builder()
+            .seed(5)
+            .instances(3)
+            .clients(1)
+            .latency(Latency::Fixed(Duration::from_millis(5)))
+            .reconnect_delay(Latency::Fixed(RECONNECT))
+            .build()
+            .expect("a valid world");
+        let w = world.clone();
+        let released = world.run(world.spawn_client(0, async move {
+            let lock = w
+                .client(0)
+                .lock("job", Duration::from_secs(10))
+                .await
+                .expect("free");
+            // The release round waits for slow instances 1 and 2 long after instance 0 answered.
+            w.set_latency(0, 1, Latency::Fixed(Duration::from_millis(30)));
+            w.set_latency(0, 2, Latency::Fixed(Duration::from_millis(30)));
+            w.bounce(0);
+            // The re-check's read goes out at 20 ms and is answered at 30 ms: release in
+            // between, so its delete reaches instance 0 before a re-assert could, and the
+            // round is still open when the re-assert is answered.
+            w.sleep(RECONNECT + Duration::from_millis(5)).await;
+            let released = lock.release().await;
+            w.sleep(Duration::from_secs(1)).await;
+            released
+        }));
+        assert!(released.is_ok(), "{released:?}");
+        for i in 0..3 {
+            assert_eq!(
+                world.instance(i).get(b"job"),
+                None,
+                "instance {i} kept the key"
+            );
+        }
+    }
 }
