@@ -31,6 +31,10 @@ impl Inner {
             return;
         }
         let Some(spawner) = &self.spawner else { return };
+        // Closed meanwhile: close has stopped the subscriptions already, and would not again.
+        if self.ensure_open().is_err() {
+            return;
+        }
         if !self.config.restart_recovery || self.engine.instances.len() > MAX_TRACKED {
             return;
         }
