@@ -77,6 +77,10 @@ impl<B: LockBackend> LockBackend for Counting<B> {
             .map(|_| self as &dyn ReleaseNotify)
     }
 
+    fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+        self.inner.reconnects()
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.inner.connect().await
     }

@@ -132,6 +132,10 @@ impl<B: LockBackend> LockBackend for Timed<B> {
             .map(|_| self as &dyn ReleaseNotify)
     }
 
+    fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+        self.inner.reconnects()
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.inner.connect().await
     }

@@ -131,6 +131,30 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Reconnection announcements, when this backend can tell that its connection to the
+    /// instance was lost and made again (see the contract below). The manager subscribes once,
+    /// when it is built with a [`Spawner`](crate::Spawner), and re-checks at once every lock it
+    /// holds on this instance after each announcement: an instance that restarted empty lost
+    /// our keys, and a lock that no longer stands on a quorum is reported lost then, instead of
+    /// at its next renewal. The default has nothing to announce and returns `None`.
+    ///
+    /// # Contract
+    ///
+    /// 1. The stream yields once each time the connection to the instance is re-established
+    ///    after a loss (the server restarted, the connection was reset, ...), after the new
+    ///    connection can serve calls. The first connection is not a re-connection.
+    /// 2. It may yield spuriously (a re-check finds everything in place and costs one call per
+    ///    held lock), and may merge announcements that come close together, but must not stay
+    ///    silent after a re-connection.
+    /// 3. Each call returns a new, independent stream; dropping it unsubscribes. The stream may
+    ///    end when the backend is closed or dropped.
+    ///
+    /// Within the window between the restart and the re-connection nothing can be done by the
+    /// client: only a fenced resource protects it.
+    fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+        None
+    }
+
     /// Closes connections. Later calls may fail with [`BackendErrorKind::Closed`].
     ///
     /// # Errors

@@ -27,6 +27,8 @@ pub struct Config {
     /// Off only in tests that prove their checkers catch work running past the deadline.
     pub(crate) deadline_guard: bool,
     pub(crate) max_in_flight: usize,
+    /// Re-check held locks when a backend announces a reconnection.
+    pub(crate) restart_recovery: bool,
 }
 
 impl Config {
@@ -89,6 +91,13 @@ impl Config {
     pub fn max_in_flight(&self) -> usize {
         self.max_in_flight
     }
+
+    /// Whether held locks are re-checked when a backend announces a reconnection (see
+    /// [`LockManagerBuilder::restart_recovery`]).
+    #[must_use]
+    pub fn restart_recovery(&self) -> bool {
+        self.restart_recovery
+    }
 }
 
 /// Builds a [`LockManager`]; every value is checked by [`build`](Self::build).
@@ -108,6 +117,7 @@ impl Config {
 /// | `wake_on_release` | on (where the backend supports it) | no: waiters sleep out the delay |
 /// | `fair` | off | no |
 /// | `max_in_flight` | 1024 calls per instance | no limit |
+/// | `restart_recovery` | on (with a spawner, where the backend announces reconnections) | no |
 #[derive(Debug)]
 #[must_use]
 pub struct LockManagerBuilder {
@@ -125,6 +135,7 @@ pub struct LockManagerBuilder {
     fair: Option<Duration>,
     deadline_guard: bool,
     max_in_flight: usize,
+    restart_recovery: bool,
 }
 
 /// Default total number of acquire attempts.
@@ -167,6 +178,7 @@ impl LockManagerBuilder {
             fair: None,
             deadline_guard: true,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            restart_recovery: true,
         }
     }
 
@@ -270,6 +282,19 @@ impl LockManagerBuilder {
     /// instance, whatever the number of waiting tasks.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
+        self
+    }
+
+    /// Restart recovery: when a backend announces that its connection to an instance was lost
+    /// and made again ([`LockBackend::reconnects`]), re-check at once every lock this manager
+    /// holds there. A key the instance lost (it restarted empty) is set again with our token
+    /// for the validity left, never longer; an instance where another client's token is found,
+    /// or that cannot be checked, stops counting; and a lock left on fewer than a quorum is
+    /// reported lost at once ([`LossReason::InstancesLost`](crate::LossReason::InstancesLost))
+    /// instead of at its next renewal. Needs a [`spawner`](Self::spawner) (the re-checks run in
+    /// the background); with more than 64 instances it is off. On by default.
+    pub fn restart_recovery(mut self, on: bool) -> Self {
+        self.restart_recovery = on;
         self
     }
 
@@ -378,6 +403,7 @@ impl LockManagerBuilder {
             fair: self.fair,
             deadline_guard: self.deadline_guard,
             max_in_flight: self.max_in_flight,
+            restart_recovery: self.restart_recovery,
         };
         for backend in &self.instances {
             backend

@@ -21,6 +21,10 @@
 //! }
 //! ```
 //!
+//! A backend that announces reconnections ([`LockBackend::reconnects`]) also runs
+//! [`a_reconnection_is_announced`], which is not part of [`run_all`]: it needs a way to break the
+//! connection, given through a [`Reconnect`].
+//!
 //! A decorator (fault injection, metrics, ...) should pass the suite too, with its faults off,
 //! wrapped around a backend that passes: it shows the decorator forwards what it must.
 
@@ -32,6 +36,7 @@ use crate::backend::LockBackend;
 use crate::runtime::Clock;
 
 mod notify;
+mod reconnect;
 mod wrong_type;
 
 pub use notify::{
@@ -39,6 +44,7 @@ pub use notify::{
     release_and_notify_is_a_token_checked_release, release_notify_is_offered_as_declared,
     releases_are_heard_per_key,
 };
+pub use reconnect::{a_reconnection_is_announced, Reconnect};
 pub use wrong_type::another_type_is_an_error_and_left_alone;
 
 const LONG: Duration = Duration::from_secs(30);

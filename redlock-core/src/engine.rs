@@ -14,6 +14,7 @@ use futures::{FutureExt, TryFutureExt};
 use crate::backend::{KeyState, LockBackend};
 use crate::error::{Error, Failure};
 use crate::gate::Gate;
+use crate::holders::Holders;
 use crate::lease::Lease;
 use crate::round::{self, Ask, Round, Verdict, Wait};
 use crate::runtime::Clock;
@@ -113,7 +114,8 @@ impl Engine {
             if let Some(lease) =
                 Lease::granted(t1, ttl, round.elapsed, self.drift, self.instance_timeout)
             {
-                return Ok(lease);
+                let yes = round.answers.iter().map(|a| matches!(a, Some(Ok(true))));
+                return Ok(lease.held_on(Holders::of(yes)));
             }
         }
         let dirty = round
@@ -290,7 +292,11 @@ impl Engine {
                 self.drift,
                 self.instance_timeout,
             ) {
-                return Ok(lease);
+                let yes = round
+                    .answers
+                    .iter()
+                    .map(|a| matches!(a, Some(Ok(Some(s))) if s.value == token));
+                return Ok(lease.held_on(Holders::of(yes)));
             }
         }
         Err(Rejected {

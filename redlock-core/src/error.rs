@@ -185,6 +185,11 @@ pub enum LossReason {
     /// A quorum of instances answered that they do not hold our token: the keys expired, were
     /// deleted, or another client holds them.
     NotHeld,
+    /// The connection to an instance was lost and made again, and a re-check found that fewer
+    /// than a quorum of instances still hold our token: an instance restarted empty and another
+    /// client took the key there, or the instance could not be checked (see
+    /// [`LockBackend::reconnects`](crate::LockBackend::reconnects)).
+    InstancesLost,
 }
 
 impl fmt::Display for LossReason {
@@ -192,6 +197,9 @@ impl fmt::Display for LossReason {
         f.write_str(match self {
             Self::Expired => "its validity ran out",
             Self::NotHeld => "a quorum of instances does not hold this lock's token",
+            Self::InstancesLost => {
+                "after a reconnection, fewer than a quorum of instances still hold this lock's token"
+            }
         })
     }
 }

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use crate::holders::Holders;
 use crate::validity::DriftPpm;
 
 /// Renewals happen once this share of the lease has passed since it was granted (aioredlock
@@ -27,6 +28,8 @@ pub(crate) struct Lease {
     deadline: Duration,
     /// When a renewal should start: never later than `deadline − margin`.
     renew_at: Duration,
+    /// The instances known to hold the key with our token (restart recovery counts them).
+    holders: Holders,
 }
 
 impl Lease {
@@ -51,7 +54,20 @@ impl Lease {
             validity,
             deadline,
             renew_at: renew_at(t1, span, deadline, margin),
+            holders: Holders::default(),
         })
+    }
+
+    /// This lease, held on `holders`.
+    #[must_use]
+    pub(crate) fn held_on(mut self, holders: Holders) -> Self {
+        self.holders = holders;
+        self
+    }
+
+    /// The instances known to hold the key with our token.
+    pub(crate) fn holders(&self) -> Holders {
+        self.holders
     }
 
     /// When the lock must be considered gone.

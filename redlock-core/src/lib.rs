@@ -67,7 +67,13 @@
 //!   covers rate differences (1 % by default), not jumps.
 //! - **Servers that lose keys.** An instance restarted without persistence, or a replica
 //!   promoted before it received the key, forgets the lock. Safety holds only if such a server
-//!   stays out of the quorum for longer than the largest TTL (delayed restart).
+//!   stays out of the quorum for longer than the largest TTL (delayed restart). What the client
+//!   can do it does: when a backend reports that its connection came back
+//!   ([`LockBackend::reconnects`]), every lock held there is re-checked at once, a missing key
+//!   is set again, and a lock no longer on a quorum is reported lost
+//!   ([`LossReason::InstancesLost`]) one reconnection and one round after the restart instead of
+//!   at its next renewal (see [`LockManagerBuilder::restart_recovery`]). Between the restart
+//!   and the reconnection a rival can already hold the lock; only fencing covers that window.
 //!
 //! **Fencing** closes the first gap: have the protected resource reject writes from a holder
 //! older than the newest one it has seen (a monotonically increasing token, checked by the
@@ -103,7 +109,7 @@
 //! | `redlock_acquisitions_total` | counter | `outcome`: `acquired`, `contended`, `unavailable`, `validity_expired`, `closed`, `cancelled` | lock calls (`lock`, `try_lock`, `lock_opts`, `lock_auto`, `with_lock`) whose arguments were valid, by result |
 //! | `redlock_acquire_duration_seconds` | histogram | `outcome`, as above | time from such a call to its result, local queue and retries included, on the manager's clock |
 //! | `redlock_acquire_attempts_total` | counter | `outcome`: `acquired`, `contended` (contention: holders refused), `unavailable`, `validity_expired` | acquire rounds sent to the instances |
-//! | `redlock_losses_total` | counter | `reason`: `expired`, `not_held` | locks lost, once per lock, whether found by a renewal, an extend, a check, a release or the deadline |
+//! | `redlock_losses_total` | counter | `reason`: `expired`, `not_held`, `instances_lost` | locks lost, once per lock, whether found by a renewal, an extend, a check, a release, a reconnection re-check or the deadline |
 //! | `redlock_renewal_failures_total` | counter | `error`: `unavailable`, `validity_expired`, `lost` | renewal rounds that failed ([`Lock::keep_alive`], [`LockManager::lock_auto`], [`LockManager::with_lock`]); `lost` ends the renewals, the others are retried |
 //! | `redlock_instance_errors_total` | counter | `instance` (the backend's [`id`](LockBackend::id)); `kind`: `connection`, `timeout`, `wrong_type`, `server`, `auth`, `incompatible`, `protocol`, `closed`, `other` (the [`BackendErrorKind`]), `timed_out` (no answer within the per-instance timeout), `saturated` (not sent: too many calls in flight) | calls to one instance, in any round, that brought no answer |
 //! | `redlock_fair_yields_total` | counter | none | acquires that stepped aside in fair mode to let a waiter go first |
@@ -119,6 +125,7 @@ mod connect;
 mod engine;
 mod error;
 mod gate;
+mod holders;
 mod lease;
 mod lifecycle;
 mod lock;

@@ -245,8 +245,11 @@ impl Lock {
     }
 
     /// Completes with the reason when this lock is lost: its validity ran out without renewal,
-    /// or an extend or check found that a quorum no longer holds it. Never completes after a
-    /// release. Meant for `select!` next to the work the lock protects.
+    /// an extend or check found that a quorum no longer holds it, or a re-check after a
+    /// reconnection left it on fewer than a quorum
+    /// ([`LossReason::InstancesLost`], see
+    /// [`restart_recovery`](crate::LockManagerBuilder::restart_recovery)). Never completes
+    /// after a release. Meant for `select!` next to the work the lock protects.
     pub async fn lost(&self) -> LossReason {
         wait_lost(&self.shared, &self.manager.inner).await
     }

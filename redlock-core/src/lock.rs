@@ -1,7 +1,7 @@
 //! The handle of an acquired lock.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Duration;
@@ -45,6 +45,10 @@ pub(crate) struct LockShared {
     pub(crate) holding: Mutex<Option<Holding>>,
     /// A release round went out for this lock.
     pub(crate) release_sent: AtomicBool,
+    /// Counts reconnection re-checks that found an instance without our token (see
+    /// `manager::recover`): an extend round that saw it change must not count that instance
+    /// again on the strength of an answer given before.
+    pub(crate) rechecks: AtomicU64,
     state: Mutex<LockState>,
 }
 
@@ -92,6 +96,7 @@ impl LockShared {
             owned: AtomicBool::new(false),
             holding: Mutex::new(None),
             release_sent: AtomicBool::new(false),
+            rechecks: AtomicU64::new(0),
             state: Mutex::new(LockState {
                 status: Status::Held,
                 lease,

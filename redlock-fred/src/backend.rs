@@ -439,6 +439,12 @@ impl LockBackend for RedisBackend {
         Some(self)
     }
 
+    fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+        // From the main connection, the one lock calls use: the release-announcement connection
+        // carries no lock state, and it re-subscribes on its own.
+        Some(Box::pin(self.health.reconnects()))
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.ensure_started("connect")?;
         self.health.wait_connected(&self.client).await

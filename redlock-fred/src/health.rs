@@ -15,6 +15,7 @@ use fred::clients::Client;
 use fred::error::{Error as FredError, ErrorKind};
 use fred::interfaces::{ClientLike, EventInterface};
 use fred::types::Version;
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender};
 use redlock_core::{BackendError, BackendErrorKind};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
@@ -53,6 +54,8 @@ pub(crate) struct Health {
     changed: Notify,
     /// Connections made so far (the first one is not a reconnection).
     connections: AtomicU64,
+    /// The streams handed out by `LockBackend::reconnects`, told of every reconnection.
+    reconnect_listeners: Mutex<Vec<UnboundedSender<()>>>,
 }
 
 impl Health {
@@ -72,7 +75,15 @@ impl Health {
             incompatible: Mutex::new(None),
             changed: Notify::new(),
             connections: AtomicU64::new(0),
+            reconnect_listeners: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A stream that yields at every reconnection (not at the first connection).
+    pub(crate) fn reconnects(&self) -> UnboundedReceiver<()> {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        Self::lock(&self.reconnect_listeners).push(tx);
+        rx
     }
 
     fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -202,6 +213,10 @@ impl Health {
         telemetry::connected(&self.id, earlier);
         *Self::lock(&self.last_failure) = None;
         self.version.store(UNCHECKED, Ordering::Release);
+        if earlier > 0 {
+            // Dropped streams fall out here.
+            Self::lock(&self.reconnect_listeners).retain(|tx| tx.unbounded_send(()).is_ok());
+        }
     }
 
     fn version_reason(&self, version: Option<&Version>) -> Option<Reason> {

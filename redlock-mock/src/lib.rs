@@ -20,7 +20,9 @@
 //!   [`World::heal`], [`World::crash`], [`World::restart`], [`World::restart_after`],
 //!   [`World::bounce`], [`World::hang`], [`World::pause`], [`World::set_latency`],
 //!   [`World::lose_replies`], [`World::inject_error`], [`World::set_instance_rate`],
-//!   [`World::jump_instance_clock`].
+//!   [`World::jump_instance_clock`]. With [`WorldBuilder::reconnect_delay`] the links also
+//!   announce their reconnection after an instance restarts, and the managers' restart recovery
+//!   runs; the [`recovery`] module checks it under majority restarts.
 //!
 //! Calls made through [`World::traced`] (`lock`, `try_lock`, `lock_opts`, `with_lock`, the
 //! lock's calls, `close`) are recorded in a [`History`] with their windows in true time, and
@@ -149,6 +151,7 @@ pub mod history;
 mod memory;
 mod net;
 pub mod polls;
+pub mod recovery;
 mod skew;
 pub mod sweep;
 mod trace;

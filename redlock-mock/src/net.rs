@@ -145,6 +145,12 @@ enum Event {
         instance: usize,
         epoch: u64,
     },
+    /// The client end of `link` has made its connection again, after the instance's restart
+    /// of `epoch`.
+    Reconnect {
+        link: usize,
+        epoch: u64,
+    },
 }
 
 /// One live subscription, as the instance knows it.
@@ -191,6 +197,8 @@ pub(crate) struct LinkState {
     last_to_client: Duration,
     pub(crate) in_flight: usize,
     pub(crate) changed_at: Duration,
+    /// A reconnection came due while the link was cut: it happens once the link is healed.
+    reconnect_pending: bool,
 }
 
 pub(crate) struct NetState {
@@ -213,6 +221,13 @@ pub(crate) struct NetState {
     pub(crate) notify: NotifyStats,
     /// Per client, its releases answered "heard" (what makes a fair-mode manager yield).
     pub(crate) heard_by: Vec<u64>,
+    /// How long a client takes to connect again after an instance restarts; `None`: links
+    /// announce no reconnection.
+    reconnect_delay: Option<Latency>,
+    /// Per link, the reconnection streams handed out by its backend.
+    reconnect_subs: Vec<Vec<UnboundedSender<()>>>,
+    /// Per link, when its latest reconnection was announced (true time).
+    pub(crate) reconnected_at: Vec<Option<Duration>>,
 }
 
 /// The shared network of a [`World`](crate::World). Cheap to clone.
@@ -246,6 +261,7 @@ impl Net {
         servers: Vec<MemoryBackend>,
         clients: usize,
         latency: Latency,
+        reconnect_delay: Option<Latency>,
     ) -> Self {
         let n = servers.len();
         let link = LinkState {
@@ -256,6 +272,7 @@ impl Net {
             last_to_client: Duration::ZERO,
             in_flight: 0,
             changed_at: Duration::ZERO,
+            reconnect_pending: false,
         };
         Self {
             state: Arc::new(Mutex::new(NetState {
@@ -283,6 +300,9 @@ impl Net {
                 silenced: Vec::new(),
                 notify: NotifyStats::default(),
                 heard_by: vec![0; clients],
+                reconnect_delay,
+                reconnect_subs: vec![Vec::new(); n * clients],
+                reconnected_at: vec![None; n * clients],
             })),
         }
     }
@@ -342,6 +362,16 @@ impl Net {
                 counted,
             },
         );
+    }
+
+    /// A new reconnection stream of `link`, or `None` when the world models no reconnections.
+    fn reconnects(&self, client: usize, instance: usize) -> Option<UnboundedReceiver<()>> {
+        let mut st = self.lock();
+        st.reconnect_delay?;
+        let link = st.link_index(client, instance);
+        let (tx, rx) = mpsc::unbounded();
+        st.reconnect_subs[link].push(tx);
+        Some(rx)
     }
 
     fn next_subscription_id(&self) -> u64 {
@@ -467,6 +497,29 @@ impl NetState {
         server.backend.flush();
         // Empty after a crash; a restart of a running instance drops them here.
         self.reset_subscribers(instance, now);
+        // Every client lost its connection with the process and makes a new one.
+        let epoch = self.servers[instance].epoch;
+        for client in 0..self.clients {
+            let link = self.link_index(client, instance);
+            self.schedule_reconnect(link, epoch, now);
+        }
+    }
+
+    fn schedule_reconnect(&mut self, link: usize, epoch: u64, now: Duration) {
+        let Some(delay) = self.reconnect_delay else {
+            return;
+        };
+        let at = now.saturating_add(delay.draw(&mut self.rng));
+        self.push(at, Event::Reconnect { link, epoch });
+    }
+
+    /// A healed link makes the reconnection it missed while it was cut.
+    pub(crate) fn healed(&mut self, client: usize, instance: usize) {
+        let link = self.link_index(client, instance);
+        if std::mem::take(&mut self.links[link].reconnect_pending) {
+            let (now, epoch) = (self.truth.now(), self.servers[instance].epoch);
+            self.schedule_reconnect(link, epoch, now);
+        }
     }
 
     pub(crate) fn touch_link(&mut self, client: usize, instance: usize) -> &mut LinkState {
@@ -586,6 +639,20 @@ impl NetState {
                     self.notify.ended += u64::from(!tx.is_closed());
                 }
             }
+            Event::Reconnect { link, epoch } => {
+                let instance = link % self.servers.len();
+                let server = &self.servers[instance];
+                // Crashed or restarted again since: that restart schedules its own.
+                if server.epoch != epoch || server.status == ServerStatus::Crashed {
+                    return;
+                }
+                if self.links[link].partitioned {
+                    self.links[link].reconnect_pending = true;
+                    return;
+                }
+                self.reconnected_at[link] = Some(now);
+                self.reconnect_subs[link].retain(|tx| tx.unbounded_send(()).is_ok());
+            }
             Event::Restart { instance, epoch } => {
                 if self.servers[instance].epoch == epoch
                     && self.servers[instance].status == ServerStatus::Crashed
@@ -663,6 +730,16 @@ impl Future for Driver {
 ///   the reset travels over its link, and its stream ends when it arrives (the manager then
 ///   relies on its retry delay). If a partition swallows the reset, the stream stays silent
 ///   instead. A restarted instance knows no subscription (nothing re-subscribes).
+///
+/// # Reconnections
+///
+/// When the world is built with [`WorldBuilder::reconnect_delay`](crate::WorldBuilder::reconnect_delay),
+/// [`LockBackend::reconnects`] hands out a stream that yields each time this link's connection
+/// is made again: a reconnection delay (drawn from the world's seeded generator) after the
+/// instance restarts, or, when the link is cut at that moment, the same delay after it is
+/// healed. A partition alone does not reset the connection (TCP does not notice a silent
+/// link), so healing one that missed no restart announces nothing. Without that setting the
+/// backend offers no reconnection stream, as a backend that cannot tell.
 #[derive(Debug, Clone)]
 pub struct LinkBackend {
     net: Net,
@@ -782,6 +859,12 @@ impl LockBackend for LinkBackend {
 
     fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
         Some(self)
+    }
+
+    fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+        self.net
+            .reconnects(self.client, self.instance)
+            .map(|rx| Box::pin(rx) as BoxStream<'static, ()>)
     }
 
     async fn connect(&self) -> Result<(), BackendError> {

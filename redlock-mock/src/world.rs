@@ -57,6 +57,7 @@ pub struct WorldBuilder {
     instances: usize,
     clients: usize,
     latency: Latency,
+    reconnect_delay: Option<Latency>,
     configure: Option<Configure>,
     configure_client: Option<ConfigureClient>,
     wrap: Option<Wrap>,
@@ -98,6 +99,15 @@ impl WorldBuilder {
     /// The one-way latency of every link, until changed with [`World::set_latency`].
     pub fn latency(mut self, latency: Latency) -> Self {
         self.latency = latency;
+        self
+    }
+
+    /// Models reconnections: after an instance restarts, each client's link to it announces a
+    /// reconnection ([`LockBackend::reconnects`]) after a delay drawn from `delay` (seeded),
+    /// and the managers re-check their locks there (restart recovery). Off by default: the
+    /// links then offer no reconnection stream, and seeded runs are as before.
+    pub fn reconnect_delay(mut self, delay: Latency) -> Self {
+        self.reconnect_delay = Some(delay);
         self
     }
 
@@ -169,6 +179,7 @@ impl WorldBuilder {
             instances.clone(),
             self.clients,
             self.latency,
+            self.reconnect_delay,
         );
         sim.spawn(net.driver()).detach();
         let mut clients = Vec::with_capacity(self.clients);
@@ -277,6 +288,7 @@ impl World {
             instances: 5,
             clients: 1,
             latency: Latency::default(),
+            reconnect_delay: None,
             configure: None,
             configure_client: None,
             wrap: None,
@@ -431,6 +443,14 @@ impl World {
         self.inner.net.lock().heard_by[c]
     }
 
+    /// When client `c`'s link to instance `i` last announced a reconnection (true time), with
+    /// [`WorldBuilder::reconnect_delay`] set.
+    #[must_use]
+    pub fn reconnected_at(&self, c: usize, i: usize) -> Option<Duration> {
+        let net = self.inner.net.lock();
+        net.reconnected_at[net.link_index(c, i)]
+    }
+
     pub(crate) fn history_mut(&self) -> MutexGuard<'_, History> {
         self.inner.history.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -468,7 +488,11 @@ impl World {
 
     /// Restores the link between client `c` and instance `i`.
     pub fn heal(&self, c: usize, i: usize) {
-        self.inner.net.lock().touch_link(c, i).partitioned = false;
+        {
+            let mut net = self.inner.net.lock();
+            net.touch_link(c, i).partitioned = false;
+            net.healed(c, i);
+        }
         self.fault(format!("heal c{c} i{i}"));
     }
 
@@ -488,6 +512,7 @@ impl World {
                     let link = net.touch_link(c, i);
                     link.partitioned = false;
                     link.lose_replies = false;
+                    net.healed(c, i);
                 }
             }
         }

@@ -140,3 +140,81 @@ fn a_world_link_passes_the_conformance_suite() {
         );
     }
 }
+
+/// Restarts instance 0 of the world (empty, at once): every link to it reconnects.
+struct Bounce(World);
+
+#[async_trait]
+impl conformance::Reconnect for Bounce {
+    async fn break_connection(&self) {
+        self.0.bounce(0);
+    }
+}
+
+fn reconnecting_world_link(wrap: bool) -> (World, Arc<dyn LockBackend>) {
+    use redlock_mock::Latency;
+    use std::time::Duration;
+    let link: Arc<Mutex<Option<Arc<dyn LockBackend>>>> = Arc::default();
+    let slot = Arc::clone(&link);
+    let world = World::builder()
+        .seed(11)
+        .instances(3)
+        .clients(2)
+        .latency(Latency::Fixed(Duration::from_millis(1)))
+        .reconnect_delay(Latency::Uniform {
+            min: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+        })
+        .wrap_backends(move |c, i, backend| {
+            if (c, i) == (0, 0) {
+                *slot.lock().unwrap() = Some(Arc::clone(&backend));
+            }
+            backend
+        })
+        .build()
+        .expect("a valid world");
+    let link = link.lock().unwrap().take().expect("client 0's link");
+    let link: Arc<dyn LockBackend> = if wrap {
+        Arc::new(FaultyBackend::new(link, Arc::new(world.clock())))
+    } else {
+        link
+    };
+    (world, link)
+}
+
+#[test]
+fn a_reconnecting_world_link_announces_its_reconnections() {
+    for wrap in [false, true] {
+        let (world, link) = reconnecting_world_link(wrap);
+        let clock = world.clock();
+        let bounce = Bounce(world.clone());
+        world.run(conformance::a_reconnection_is_announced(
+            link.as_ref(),
+            &clock,
+            &bounce,
+            b"conformance:",
+        ));
+        assert!(world.reconnected_at(0, 0).is_some(), "wrapped: {wrap}");
+        assert!(world.instance(0).is_empty(), "wrapped: {wrap}: left keys");
+    }
+}
+
+#[test]
+fn a_world_without_reconnections_offers_no_stream() {
+    let (_world, link) = world_link(redlock_mock::Latency::default());
+    assert!(link.reconnects().is_none());
+}
+
+#[test]
+#[should_panic(expected = "reconnects() is None")]
+fn the_reconnection_rule_fails_a_backend_that_offers_nothing() {
+    let (world, link) = world_link(redlock_mock::Latency::default());
+    let clock = world.clock();
+    let bounce = Bounce(world.clone());
+    world.run(conformance::a_reconnection_is_announced(
+        link.as_ref(),
+        &clock,
+        &bounce,
+        b"conformance:",
+    ));
+}

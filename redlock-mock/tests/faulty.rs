@@ -75,6 +75,10 @@ impl LockBackend for Picky {
         }
     }
 
+    fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+        self.inner.reconnects()
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         Err(BackendError::new(
             BackendErrorKind::Auth,

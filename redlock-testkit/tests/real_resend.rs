@@ -46,6 +46,9 @@ impl Cluster {
             )
             .instance_timeout(timeout)
             .retry_count(1)
+            // Its re-check after the reset is a new command (a script), not a re-send, but it
+            // would be counted as one here; real_restart.rs covers it.
+            .restart_recovery(false)
             .build()
             .expect("valid");
         // Connect everything and cache the scripts, so each operation is one command.

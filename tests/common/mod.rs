@@ -266,6 +266,10 @@ impl LockBackend for Recorder {
             .map(|_| self as &dyn ReleaseNotify)
     }
 
+    fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+        self.inner.reconnects()
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.inner.connect().await
     }

@@ -56,6 +56,10 @@ macro_rules! forward {
                 (**self).release_notify()
             }
 
+            fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+                (**self).reconnects()
+            }
+
             async fn connect(&self) -> Result<(), BackendError> {
                 (**self).connect().await
             }
@@ -139,6 +143,10 @@ mod tests {
             self.note("release_notify");
             Some(self)
         }
+        fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+            self.note("reconnects");
+            Some(Box::pin(futures::stream::empty()))
+        }
         async fn connect(&self) -> Result<(), BackendError> {
             self.note("connect");
             Ok(())
@@ -178,7 +186,7 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 11] = [
+    const EVERY_METHOD: [&str; 12] = [
         "acquire",
         "check_config",
         "close",
@@ -186,6 +194,7 @@ mod tests {
         "extend",
         "id",
         "inspect",
+        "reconnects",
         "release",
         "release_and_notify",
         "release_notify",
@@ -218,6 +227,7 @@ mod tests {
                 (true, true)
             );
             assert!(notify.subscribe(b"k").await.is_ok());
+            assert!(backend.reconnects().is_some());
             backend.connect().await.unwrap();
             backend.close().await.unwrap();
         });

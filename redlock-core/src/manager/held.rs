@@ -34,6 +34,7 @@ impl Inner {
         };
         let guard = self.config.deadline_guard;
         let cut_at = guard.then_some(deadline);
+        let rechecks = shared.rechecks.load(Ordering::Acquire);
         let granted = self
             .engine
             .extend(&shared.key, &shared.token, ttl, cut_at)
@@ -45,6 +46,13 @@ impl Inner {
                     // The lease still ran when the new one came: a lock that was allowed to
                     // expire, even for a moment, has been reported invalid and stays lost.
                     Status::Held if !guard || state.lease.is_valid(self.clock().now()) => {
+                        // A reconnection re-check during the round found an instance without
+                        // our token: trust only instances both agree on.
+                        let lease = if shared.rechecks.load(Ordering::Acquire) == rechecks {
+                            lease
+                        } else {
+                            lease.held_on(lease.holders().and(state.lease.holders()))
+                        };
                         state.lease = lease;
                         state.ttl = ttl;
                         Ok(())

@@ -5,6 +5,7 @@
 
 mod acquire;
 mod held;
+mod recover;
 mod stragglers;
 
 use std::collections::HashMap;
@@ -67,6 +68,10 @@ pub(crate) struct Inner {
     pub(crate) queues: KeyQueues,
     /// Releases finishing in the background after `unlock` returned at a quorum.
     pub(crate) stragglers: Arc<stragglers::Stragglers>,
+    /// Whether the reconnection subscriptions were made (at the first owned lock).
+    watching: AtomicBool,
+    /// The reconnection subscriptions, stopped on close and drop.
+    reconnect_tasks: Mutex<Vec<futures::future::AbortHandle>>,
 }
 
 /// A snapshot of a lock this manager holds (see [`LockManager::active_locks`]).
@@ -136,6 +141,8 @@ impl LockManager {
                 active: Mutex::new(HashMap::new()),
                 queues: KeyQueues::default(),
                 stragglers: Arc::default(),
+                watching: AtomicBool::new(false),
+                reconnect_tasks: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -359,6 +366,7 @@ impl LockManager {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Err(Error::Closed);
         }
+        self.inner.stop_watching();
         let mut held: Vec<Arc<LockShared>> = self.inner.active().drain().map(|(_, s)| s).collect();
         // In the order they were taken, not the map's: the same program sends the same
         // requests in the same order every run (a seeded simulation replays exactly).
@@ -487,10 +495,19 @@ impl Inner {
         Arc::new(LockShared::new(id, resource, key, token, ttl, lease))
     }
 
-    /// Makes this manager the owner of `shared`: released on drop and on close.
-    pub(crate) fn register(&self, shared: &Arc<LockShared>) {
+    /// The reconnection subscriptions (handles only: consistent after any panic).
+    fn reconnect_tasks(&self) -> MutexGuard<'_, Vec<futures::future::AbortHandle>> {
+        self.reconnect_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes this manager the owner of `shared`: released on drop and on close, re-checked on
+    /// reconnections.
+    pub(crate) fn register(self: &Arc<Self>, shared: &Arc<LockShared>) {
         if !shared.owned.swap(true, Ordering::AcqRel) {
             self.active().insert(shared.id, Arc::clone(shared));
+            self.watch_reconnects();
         }
     }
 
@@ -527,6 +544,12 @@ impl Inner {
         }
         self.unregister(shared);
         Error::lost(reason, failure)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_watching();
     }
 }
 

@@ -22,6 +22,7 @@ pub(super) fn reason(r: LossReason) -> &'static str {
     match r {
         LossReason::Expired => "expired",
         LossReason::NotHeld => "not_held",
+        LossReason::InstancesLost => "instances_lost",
     }
 }
 

@@ -63,3 +63,6 @@ pub(crate) fn background_renewal_ended(_: &LockShared, _: &Result<(), Error>) {}
 
 #[inline]
 pub(crate) fn round(_: &[Arc<dyn LockBackend>], _: &[InstanceOutcome]) {}
+
+#[inline]
+pub(crate) fn reconnected(_: &str, _: usize) {}

@@ -421,3 +421,11 @@ fn millis(d: Duration) -> u64 {
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
+
+/// An instance's connection was made again: `locks` held locks are re-checked there.
+pub(crate) fn reconnected(instance: &str, locks: usize) {
+    #[cfg(feature = "tracing")]
+    tracing::info!(instance, locks, "reconnected: re-checking held locks");
+    #[cfg(not(feature = "tracing"))]
+    let _ = (instance, locks);
+}

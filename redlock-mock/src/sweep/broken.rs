@@ -61,6 +61,10 @@ impl LockBackend for OneToken {
             .map(|_| self as &dyn ReleaseNotify)
     }
 
+    fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+        self.inner.reconnects()
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.inner.connect().await
     }
@@ -131,6 +135,10 @@ impl LockBackend for RefuseAcquires {
 
     fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
         self.0.release_notify()
+    }
+
+    fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+        self.0.reconnects()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {

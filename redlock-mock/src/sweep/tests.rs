@@ -144,6 +144,10 @@ impl LockBackend for UncheckedRelease {
         self.0.release_notify().map(|_| self as &dyn ReleaseNotify)
     }
 
+    fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
+        self.0.reconnects()
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.0.connect().await
     }
