@@ -131,7 +131,10 @@ mod telemetry;
 mod validity;
 mod wait;
 
-pub use backend::{BackendError, BackendErrorKind, KeyState, LockBackend, ReleaseNotify};
+pub use backend::{
+    fence_key, BackendError, BackendErrorKind, Fencing, KeyState, LockBackend, ReleaseNotify,
+    FENCE_KEY_PREFIX,
+};
 pub use config::{
     Config, LockManagerBuilder, DEFAULT_DRIFT_FACTOR, DEFAULT_INSTANCE_TIMEOUT,
     DEFAULT_INTERNAL_LOCK_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY_COUNT,

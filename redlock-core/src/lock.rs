@@ -45,6 +45,8 @@ pub(crate) struct LockShared {
     pub(crate) holding: Mutex<Option<Holding>>,
     /// A release round went out for this lock.
     pub(crate) release_sent: AtomicBool,
+    /// The fencing token of a fenced acquire; set once, before the handle is made.
+    pub(crate) fence: Option<u64>,
     state: Mutex<LockState>,
 }
 
@@ -92,6 +94,7 @@ impl LockShared {
             owned: AtomicBool::new(false),
             holding: Mutex::new(None),
             release_sent: AtomicBool::new(false),
+            fence: None,
             state: Mutex::new(LockState {
                 status: Status::Held,
                 lease,

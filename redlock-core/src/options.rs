@@ -45,6 +45,9 @@ pub struct LockOptions {
     pub ttl: Duration,
     /// How long to wait; `None` uses the manager's `retry_count` attempts.
     pub patience: Option<Patience>,
+    /// Whether the lock carries a fencing token; `None` uses the manager's default
+    /// ([`LockManagerBuilder::fenced`](crate::LockManagerBuilder::fenced)).
+    pub fenced: Option<bool>,
 }
 
 impl LockOptions {
@@ -53,12 +56,22 @@ impl LockOptions {
         Self {
             ttl,
             patience: None,
+            fenced: None,
         }
     }
 
     /// How long to wait for a held resource.
     pub fn patience(mut self, patience: Patience) -> Self {
         self.patience = Some(patience);
+        self
+    }
+
+    /// Whether the lock carries a fencing token ([`Lock::fence`](crate::Lock::fence)): two
+    /// more rounds per acquire. A fenced lock on a manager whose backends keep no fencing
+    /// counters fails with [`InvalidInput::NoFencing`](crate::InvalidInput::NoFencing), nothing
+    /// sent.
+    pub fn fenced(mut self, fenced: bool) -> Self {
+        self.fenced = Some(fenced);
         self
     }
 }

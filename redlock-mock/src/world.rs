@@ -494,14 +494,24 @@ impl World {
         self.fault("heal all".into());
     }
 
-    /// Crashes instance `i`: it loses every key and refuses connections until
+    /// Crashes instance `i`: it loses every key (unless persistent) and refuses connections until
     /// [`restart`](Self::restart)ed.
     pub fn crash(&self, i: usize) {
         self.inner.net.lock().crash(i);
         self.fault(format!("crash i{i}"));
     }
 
-    /// Starts instance `i` again, empty (no persistence).
+    /// Whether instance `i` keeps its data across a crash, like Redis with AOF and
+    /// `appendfsync always` (keys then expire by their own deadlines on its clock, downtime
+    /// included); by default it restarts empty. Fencing counters survive a restart only on a
+    /// persistent instance.
+    pub fn set_persistent(&self, i: usize, persistent: bool) {
+        self.inner.net.lock().servers[i].persistent = persistent;
+        self.fault(format!("persistent i{i} {persistent}"));
+    }
+
+    /// Starts instance `i` again, empty unless it is persistent
+    /// ([`set_persistent`](Self::set_persistent)).
     pub fn restart(&self, i: usize) {
         self.inner.net.lock().restart(i);
         self.fault(format!("restart i{i}"));

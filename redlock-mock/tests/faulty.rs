@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::future::{select, Either};
 use futures::stream::{BoxStream, StreamExt};
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Clock, Config, Error, InvalidInput, KeyState,
-    LockBackend, LockManager, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Clock, Config, Error, Fencing, InvalidInput,
+    KeyState, LockBackend, LockManager, ReleaseNotify,
 };
 use redlock_mock::{FaultyBackend, MemoryBackend, Simulation};
 
@@ -70,6 +70,15 @@ impl LockBackend for Picky {
         // The point of this backend: a decorator must not announce what its inner one cannot.
         if self.announces {
             self.inner.release_notify()
+        } else {
+            None
+        }
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        // Likewise: a decorator must not offer counters its inner backend does not keep.
+        if self.announces {
+            self.inner.fencing()
         } else {
             None
         }

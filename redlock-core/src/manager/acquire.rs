@@ -17,7 +17,8 @@ use crate::telemetry;
 use crate::wait::Waiter;
 
 impl Inner {
-    /// Acquires `key` with `token` for `ttl`, waiting as `patience` allows.
+    /// Acquires `key` with `token` for `ttl`, waiting as `patience` allows; with `fenced`, each
+    /// granted attempt also draws a fence (two more rounds) before it counts.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         resource: &[u8],
@@ -25,6 +26,7 @@ impl Inner {
         token: Box<[u8]>,
         ttl: Duration,
         patience: Patience,
+        fenced: bool,
     ) -> Result<Lock, Error> {
         let start = self.clock().now();
         // `Attempts` counts attempts made at the end of a retry window (and the first). An
@@ -107,7 +109,19 @@ impl Inner {
             }
             made += 1;
             let (_, releases) = place.local_state();
-            let granted = engine.acquire(&key, &token, ttl).await;
+            let mut granted = engine.acquire(&key, &token, ttl).await;
+            let mut fence = None;
+            if let (true, Ok(lease)) = (fenced, &granted) {
+                let raise = self.config.fence_raise;
+                granted =
+                    engine
+                        .fence(&key, &token, ttl, *lease, raise)
+                        .await
+                        .map(|(lease, value)| {
+                            fence = Some(value);
+                            lease
+                        });
+            }
             telemetry::attempt(made, &granted);
             let rejected = match granted {
                 Ok(_) if self.ensure_open().is_err() => {
@@ -120,7 +134,7 @@ impl Inner {
                 Ok(lease) => {
                     cleanup_on_drop.armed = false;
                     drop(cleanup_on_drop);
-                    let shared = self.new_shared(resource, key, token, ttl, lease);
+                    let shared = self.new_shared(resource, key, token, ttl, lease, fence);
                     // Counted before this head leaves the queue, so the next one waits for it.
                     *shared.holding.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(self.queues.hold(&place));

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Config, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Config, Fencing, KeyState, LockBackend,
+    ReleaseNotify,
 };
 
 /// Writes one value for every lock of a client, whatever token the manager chose: the bug of
@@ -59,6 +60,11 @@ impl LockBackend for OneToken {
         self.inner
             .release_notify()
             .map(|_| self as &dyn ReleaseNotify)
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        // The queue family takes plain locks: the counters need not share the bug.
+        self.inner.fencing()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {
@@ -131,6 +137,11 @@ impl LockBackend for RefuseAcquires {
 
     fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
         self.0.release_notify()
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        // Only acquires are refused.
+        self.0.fencing()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {

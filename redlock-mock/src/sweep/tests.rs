@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Config, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Config, Fencing, KeyState, LockBackend,
+    ReleaseNotify,
 };
 
 use super::broken::{OneToken, RefuseAcquires};
@@ -142,6 +143,11 @@ impl LockBackend for UncheckedRelease {
         // Announcing releases the same broken way keeps the only difference from the healthy
         // contention family the bug itself.
         self.0.release_notify().map(|_| self as &dyn ReleaseNotify)
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        // Only releases are broken.
+        self.0.fencing()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {
