@@ -182,9 +182,17 @@ impl Engine {
                 _ => None,
             })
             .max();
+        // A round cut at the lease's deadline ran out of validity, whatever it heard by then.
+        let out_of_time = |engine: &Self, verdict| {
+            if engine.clock.now() >= granted.deadline() {
+                Verdict::Quorum
+            } else {
+                verdict
+            }
+        };
         let (Verdict::Quorum, Some(candidate)) = (verdict, candidate) else {
             return Err(Rejected {
-                verdict,
+                verdict: out_of_time(self, verdict),
                 failure: self.failure(round, 1),
             });
         };
@@ -207,7 +215,7 @@ impl Engine {
             let verdict = round.verdict();
             if verdict != Verdict::Quorum {
                 return Err(Rejected {
-                    verdict,
+                    verdict: out_of_time(self, verdict),
                     failure: self.failure(round, 1),
                 });
             }

@@ -154,6 +154,20 @@ impl Lock {
         &self.shared.token
     }
 
+    /// The fencing token of a fenced lock ([`LockOptions::fenced`](crate::LockOptions::fenced),
+    /// [`LockManagerBuilder::fenced`](crate::LockManagerBuilder::fenced)); `None` for a plain
+    /// lock, and for a handle rebuilt by [`LockManager::get_lock`] (the fence is not stored
+    /// with the lock). It stays the same across extends.
+    ///
+    /// Each fenced grant of a resource gets a fence greater than that of every grant handed out
+    /// before it, as long as the instances keep their counters (see the crate docs, "Fencing
+    /// tokens"): send it with every write to the protected resource, which rejects a write whose
+    /// fence is lower than the highest it has seen.
+    #[must_use]
+    pub fn fence(&self) -> Option<u64> {
+        self.shared.fence
+    }
+
     /// The lease used by [`extend`](Self::extend).
     #[must_use]
     pub fn ttl(&self) -> Duration {
