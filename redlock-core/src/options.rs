@@ -10,13 +10,15 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum Patience {
     /// Up to this many attempts, with the manager's jittered retry delay between them; the call
-    /// returns within `attempts × (2 × instance_timeout + retry_delay_max)` plus the fair grace.
+    /// returns within `attempts × (2 × instance_timeout + retry_delay_max)` plus the fair grace
+    /// (`4 × instance_timeout` for a fenced lock: two more rounds per attempt; likewise below).
     /// What [`LockManager::lock`](crate::LockManager::lock) does with the manager's
     /// `retry_count`.
     Attempts(u32),
     /// One attempt and no waiting: `Contended` at once when the resource is held, or when
     /// another task of this manager holds or is acquiring it (then nothing is sent). Returns
-    /// within two instance timeouts (the attempt and the cleanup of a failed one), plus the
+    /// within two instance timeouts (the attempt and the cleanup of a failed one; four when
+    /// fenced), plus the
     /// fair grace in fair mode.
     NoWait,
     /// Keep trying until this much time has passed since the call; returns within that plus two

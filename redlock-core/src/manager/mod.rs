@@ -165,7 +165,8 @@ impl LockManager {
     /// [`LockManagerBuilder::wake_on_release`]); `retry_count` counts the attempts made when a
     /// delay ran out, plus the first.
     ///
-    /// Takes at most `retry_count × (2 × instance_timeout + retry_delay_max)`.
+    /// Takes at most `retry_count × (2 × instance_timeout + retry_delay_max)`; a fenced lock
+    /// `retry_count × (4 × instance_timeout + retry_delay_max)` (two more rounds per attempt).
     ///
     /// # Errors
     /// - [`Error::InvalidInput`]: empty or too long name, unusable TTL (nothing is sent);

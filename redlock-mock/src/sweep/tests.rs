@@ -31,6 +31,7 @@ impl Bug {
                     token: format!("client-{k}").into_bytes(),
                 })
             }),
+            Self::NoFenceRaise => world.fenced(true).persistent(true).without_fence_raise(),
             Self::AcquireAlwaysRefused => world.wrap_backends(|k, _, link| {
                 if k == 0 {
                     Arc::new(RefuseAcquires(link))
@@ -64,6 +65,18 @@ fn caught_by(bug: Bug, healthy: Family, caught: impl Fn(&SeedRun) -> bool) {
     );
     let healthy = run_seed(healthy, caught.seed);
     assert!(healthy.report.is_clean(), "{healthy}");
+}
+
+/// Fences that do not grow are caught: without the raise round, two grants reaching different
+/// quorums can draw the same counter value. The same seed with the raise is clean.
+#[test]
+fn checker_catches_a_missing_fence_raise() {
+    caught_by(Bug::NoFenceRaise, Family::FencedStandard, |r| {
+        r.report
+            .violations
+            .iter()
+            .any(|v| v.kind == ViolationKind::FenceNotIncreasing)
+    });
 }
 
 fn catches(bug: Bug) {
