@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redlock_core::{LockOptions, OsRandom, Patience, RandomSource};
-use redlock_testkit::{require_redis, RedisServer, ServerOptions};
+use redlock_testkit::{require_redis, RedisServer, Reply, ServerOptions};
 
 const CHILDREN: usize = 4;
 const RESOURCES: u64 = 3;
@@ -270,4 +270,78 @@ fn fenced_grants_grow_across_processes_and_server_crashes() {
         crashes_during_grants > 0,
         "no server was killed while grants were being made"
     );
+}
+
+/// The README's resource-side check, verbatim: between the README's ```lua fence and the
+/// closing one.
+fn readme_cas_script() -> String {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("```lua\n").expect("the README's Lua example") + "```lua\n".len();
+    let len = readme[start..].find("```").expect("its end");
+    readme[start..start + len].to_owned()
+}
+
+/// The README's worked example: a second Redis is the protected resource, written through the
+/// README's compare-and-set script. A holder whose lease ran out (it was paused) keeps writing
+/// with its old fence after a newer holder wrote: every such write is refused, and the data is
+/// the newer holder's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_resource_refuses_a_holder_whose_lease_ran_out() {
+    require_redis();
+    let servers: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start_with(ServerOptions::new().persistence()))
+        .collect();
+    let resource = RedisServer::start();
+    let script = readme_cas_script();
+    let write = |fence: u64, value: &str| {
+        let fence = fence.to_string();
+        resource.cmd(&[
+            "EVAL",
+            script.as_str(),
+            "2",
+            "report",
+            "report:fence",
+            fence.as_str(),
+            value,
+        ])
+    };
+    let manager = redlock_fred::manager(servers.iter().map(RedisServer::url))
+        .fenced(true)
+        .build()
+        .expect("valid configuration");
+    let stale = manager
+        .lock("report", Duration::from_millis(300))
+        .await
+        .expect("lock");
+    let old = stale.fence().expect("fenced");
+    assert_eq!(write(old, "from the first holder"), Reply::Int(1));
+    // The first holder is "paused" past its lease; meanwhile another client takes the lock.
+    tokio::time::sleep(stale.remaining() + Duration::from_millis(20)).await;
+    assert!(!stale.is_valid());
+    let rival = redlock_fred::manager(servers.iter().map(RedisServer::url))
+        .fenced(true)
+        .build()
+        .expect("valid configuration");
+    let current = rival
+        .lock("report", Duration::from_secs(10))
+        .await
+        .expect("the expired lock is free");
+    let new = current.fence().expect("fenced");
+    assert!(new > old, "{new} > {old}");
+    assert_eq!(write(new, "from the second holder"), Reply::Int(1));
+    // The first holder wakes and writes as if it still held the lock: refused, every time.
+    for _ in 0..3 {
+        assert_eq!(write(old, "late write"), Reply::Int(0));
+    }
+    // The current holder can keep writing with its fence.
+    assert_eq!(write(new, "again from the second holder"), Reply::Int(1));
+    assert_eq!(
+        resource.get("report"),
+        Some(b"again from the second holder".to_vec())
+    );
+    assert!(matches!(
+        stale.release().await,
+        Err(redlock_core::Error::Lost(_))
+    ));
+    current.release().await.expect("release");
 }
