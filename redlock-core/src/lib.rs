@@ -105,7 +105,8 @@
 //! instance held has expired by then) but not the counters, which carry history older than any
 //! TTL: an instance that comes back empty counts from 0, and if B's quorum meets A's only there,
 //! fence(B) ≤ fence(A). Each instance must keep every acknowledged write across crashes: Redis
-//! AOF with `appendfsync always` (`everysec` survives a killed process, not a host crash). The
+//! AOF with `appendfsync always` (`everysec` survives a killed process, not a host crash); a
+//! failover to a replica that missed the last writes loses them the same way. The
 //! counters are one small key per fenced resource per instance, kept forever.
 //!
 //! The manager refuses (as [`InvalidInput::ReservedKey`], touching no instance) every lock key

@@ -60,8 +60,13 @@ pub enum Family {
     /// The standard family with every client's locks fenced and every instance persistent (AOF
     /// with `appendfsync always`): no invariant may break, the fencing checker's included.
     FencedStandard,
+    /// The fair family with fenced locks on persistent instances: no invariant may break.
+    FencedFair,
     /// The contention family with fenced locks on persistent instances: no invariant may break.
     FencedContention,
+    /// The queue family (every way to acquire, cancellations, a close) with fenced locks on
+    /// persistent instances: no invariant may break, liveness included.
+    FencedQueue,
     /// Fenced grants around a restart of a majority of instances **without persistence**,
     /// delayed beyond the TTL (within the lock's assumptions, not the counters'): a holder takes
     /// and releases the resource one to three times; a majority of instances crash and restart
@@ -141,9 +146,11 @@ pub fn reproduce(seed: u64, family: Family) -> String {
         Family::Adversarial => "--test sweep -- adversarial_family_is_caught",
         Family::Contention => "--test sweep -- contention_family_keeps_every_invariant",
         Family::FencedStandard => "--test fencing -- fenced_standard_family_keeps_every_invariant",
+        Family::FencedFair => "--test fencing -- fenced_fair_family_keeps_every_invariant",
         Family::FencedContention => {
             "--test fencing -- fenced_contention_family_keeps_every_invariant"
         }
+        Family::FencedQueue => "--test fencing -- fenced_queue_family_keeps_every_invariant",
         Family::FencedRestart => {
             "--test fencing -- restart_without_persistence_breaks_fences_as_documented"
         }
@@ -202,7 +209,9 @@ pub fn run_seed(family: Family, seed: u64) -> SeedRun {
         Family::Fair => standard(seed, true, &slot, |world| world).map(|()| None),
         Family::Contention => contention(seed, &slot, |world| world).map(|()| None),
         Family::FencedStandard => standard(seed, false, &slot, fenced).map(|()| None),
+        Family::FencedFair => standard(seed, true, &slot, fenced).map(|()| None),
         Family::FencedContention => contention(seed, &slot, fenced).map(|()| None),
+        Family::FencedQueue => queue::queue(seed, &slot, fenced).map(Some),
         Family::FencedRestart => fenced_restart(seed, false, &slot).map(|()| None),
         Family::FencedRestartPersistent => fenced_restart(seed, true, &slot).map(|()| None),
         #[cfg(test)]
@@ -269,7 +278,7 @@ pub fn run_seed(family: Family, seed: u64) -> SeedRun {
 
 /// Whether client `k` runs in fair mode in `family`.
 fn is_fair(family: Family, k: usize) -> bool {
-    family == Family::Fair && k % 2 == 1
+    matches!(family, Family::Fair | Family::FencedFair) && k % 2 == 1
 }
 
 /// Totals of a sweep.

@@ -69,10 +69,25 @@ fn default_range() -> bool {
 
 #[test]
 fn fenced_standard_family_keeps_every_invariant() {
-    let summary = clean(Family::FencedStandard, 0..1_500);
+    let summary = clean(Family::FencedStandard, 0..1_200);
     if default_range() {
-        // Fences were drawn, and compared: some resource was granted again after a hand-out.
         assert!(fenced_grants(&summary) > 5_000);
+    }
+}
+
+#[test]
+fn fenced_fair_family_keeps_every_invariant() {
+    let summary = clean(Family::FencedFair, 0..300);
+    if default_range() {
+        assert!(summary.fair_heard > 0, "no fair client ever yielded");
+    }
+}
+
+#[test]
+fn fenced_queue_family_keeps_every_invariant() {
+    let summary = clean(Family::FencedQueue, 0..200);
+    if default_range() {
+        assert!(fenced_grants(&summary) > 500);
     }
 }
 
