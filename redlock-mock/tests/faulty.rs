@@ -136,6 +136,27 @@ fn announces_exactly_when_the_inner_backend_does() {
     assert_eq!(err.kind(), BackendErrorKind::Other);
 }
 
+#[test]
+fn keeps_fence_counters_exactly_when_the_inner_backend_does() {
+    let sim = Simulation::new();
+    let clock = sim.clock_arc();
+    let keeping = FaultyBackend::new(Picky::new(&clock, true), Arc::clone(&clock));
+    let bare = FaultyBackend::new(Picky::new(&clock, false), Arc::clone(&clock));
+    assert!(keeping.fencing().is_some());
+    assert!(bare.fencing().is_none());
+    // Called anyway, the bare one's capability answers an error, not a panic.
+    let err = sim
+        .run(Fencing::raise_fence(&bare, b"c", 1))
+        .expect_err("no counters to raise");
+    assert_eq!(err.kind(), BackendErrorKind::Incompatible);
+    // Counter calls go through the faults: a down instance fails them.
+    keeping.faults().set_down(true);
+    let err = sim
+        .run(Fencing::next_fence(&keeping, b"k", b"t", b"c"))
+        .expect_err("down");
+    assert_eq!(err.kind(), BackendErrorKind::Connection);
+}
+
 /// One instance, a decorated view of it whose faults the test switches, and a healthy view.
 struct Setup {
     sim: Simulation,
