@@ -12,8 +12,9 @@
 //! `floor-lua` (the floor, but acquiring with the fred backend's Lua script instead of
 //! `SET NX`: what running a script on the server costs), `backends` (the fred backends' acquire
 //! and release sent to all N at once, no manager: separates the backend's cost from the core's),
-//! `redlock` (defaults: wake-on-release on) and `redlock-nowake` (wake-on-release off, to price
-//! what announcing releases costs when nobody waits). `floor-del`, run only when named in
+//! `redlock` (defaults: wake-on-release on), `redlock-nowake` (wake-on-release off, to price
+//! what announcing releases costs when nobody waits) and `redlock-fenced` (the defaults with
+//! fencing tokens: two more rounds per lock, to price them against `redlock`). `floor-del`, run only when named in
 //! `REDLOCK_BENCH_ONLY`, is a cost probe and not a lock: the floor releasing with a plain `DEL`,
 //! which fred batches like any built-in command, where a script forces a write of its own; what a
 //! built-in compare-and-delete (Redis 8.4 `DELEX ... IFEQ`) would cost on servers without one.
@@ -30,19 +31,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    backends, conc, env_count, header, instance_counts, manager, median, ms, pids, ports,
-    print_failures, quantile, quick, ratio, rslock, selected, seq, start_servers, us, warm_up,
-    Conc, Flavour, Floor, Seq, Subject,
+    backends, conc, env_count, fenced_manager, header, instance_counts, manager, median, ms, pids,
+    ports, print_failures, quantile, quick, ratio, rslock, selected, seq, start_servers, us,
+    warm_up, Conc, Flavour, Floor, Seq, Subject,
 };
 
 /// In the order of `measure`'s subjects; the first two are the references of the ratios.
-const SUBJECTS: [&str; 7] = [
+const SUBJECTS: [&str; 8] = [
     "floor",
     "rslock",
     "floor-lua",
     "backends",
     "redlock",
     "redlock-nowake",
+    "redlock-fenced",
     "floor-del",
 ];
 const FLOOR: usize = 0;
@@ -82,6 +84,7 @@ async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures
         Arc::new(Subject::Backends(backends(ports))),
         Arc::new(Subject::Redlock(manager(ports, true))),
         Arc::new(Subject::Redlock(manager(ports, false))),
+        Arc::new(Subject::Redlock(fenced_manager(ports))),
         Arc::new(Subject::FloorDel(floor_del)),
     ];
     for (s, subject) in subjects

@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{ms, TTL};
 use futures::stream::BoxStream;
 use redlock_lease::{
-    async_trait, BackendError, BackendErrorKind, Clock, Config, KeyState, LockBackend, LockManager,
-    ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Clock, Config, Fencing, KeyState, LockBackend,
+    LockManager, ReleaseNotify,
 };
 use redlock_mock::{FaultyBackend, MemoryBackend, Simulation};
 
@@ -81,6 +81,10 @@ impl<B: LockBackend> LockBackend for Counting<B> {
         self.inner.reconnects()
     }
 
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        self.inner.fencing().map(|_| self as &dyn Fencing)
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.inner.connect().await
     }
@@ -110,6 +114,35 @@ impl<B: LockBackend> ReleaseNotify for Counting<B> {
         match self.inner.release_notify() {
             Some(notify) => notify.subscribe(key).await,
             None => Err(no_announcements()),
+        }
+    }
+}
+
+fn no_counters() -> BackendError {
+    BackendError::new(BackendErrorKind::Incompatible, "no fencing counters")
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<B: LockBackend> Fencing for Counting<B> {
+    async fn next_fence(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        counter: &[u8],
+    ) -> Result<Option<u64>, BackendError> {
+        self.count();
+        match self.inner.fencing() {
+            Some(fencing) => fencing.next_fence(key, token, counter).await,
+            None => Err(no_counters()),
+        }
+    }
+
+    async fn raise_fence(&self, counter: &[u8], value: u64) -> Result<u64, BackendError> {
+        self.count();
+        match self.inner.fencing() {
+            Some(fencing) => fencing.raise_fence(counter, value).await,
+            None => Err(no_counters()),
         }
     }
 }

@@ -129,6 +129,15 @@ pub fn manager(ports: &[u16], wake: bool) -> LockManager {
         .expect("valid configuration")
 }
 
+/// [`manager`] with wake-on-release on and fenced locks (two more rounds per lock).
+pub fn fenced_manager(ports: &[u16]) -> LockManager {
+    redlock_lease::fred::manager(ports.iter().map(|&p| url(p)))
+        .instance_timeout(instance_timeout())
+        .fenced(true)
+        .build()
+        .expect("valid configuration")
+}
+
 /// The fred backends a manager over `ports` would have, to call them without the algorithm.
 pub fn backends(ports: &[u16]) -> Vec<Arc<RedisBackend>> {
     let options = ConnectionOptions::default().for_instance_timeout(instance_timeout());

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
-use redlock_core::{async_trait, BackendError, Config, KeyState, LockBackend, ReleaseNotify};
+use redlock_core::{
+    async_trait, BackendError, Config, Fencing, KeyState, LockBackend, ReleaseNotify,
+};
 
 /// What the decorated backends saw, shared between them.
 #[derive(Debug, Default)]
@@ -136,6 +138,10 @@ impl<B: LockBackend> LockBackend for Timed<B> {
         self.inner.reconnects()
     }
 
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        self.inner.fencing().map(|_| self as &dyn Fencing)
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.inner.connect().await
     }
@@ -176,6 +182,42 @@ impl<B: LockBackend> ReleaseNotify for Timed<B> {
         let call = Call::start(self.id(), "subscribe");
         let result = notify.subscribe(key).await;
         call.end(&result.as_ref().map(|_| ()));
+        result
+    }
+}
+
+fn no_counters(id: &str) -> BackendError {
+    BackendError::new(
+        redlock_core::BackendErrorKind::Incompatible,
+        format!("{id}: no fencing counters"),
+    )
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<B: LockBackend> Fencing for Timed<B> {
+    async fn next_fence(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        counter: &[u8],
+    ) -> Result<Option<u64>, BackendError> {
+        let Some(fencing) = self.inner.fencing() else {
+            return Err(no_counters(self.id()));
+        };
+        let call = Call::start(self.id(), "next_fence");
+        let result = fencing.next_fence(key, token, counter).await;
+        call.end(&result);
+        result
+    }
+
+    async fn raise_fence(&self, counter: &[u8], value: u64) -> Result<u64, BackendError> {
+        let Some(fencing) = self.inner.fencing() else {
+            return Err(no_counters(self.id()));
+        };
+        let call = Call::start(self.id(), "raise_fence");
+        let result = fencing.raise_fence(counter, value).await;
+        call.end(&result);
         result
     }
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
+mod fencing;
 mod forward;
+
+pub use fencing::{fence_key, Fencing, FENCE_KEY_PREFIX};
 
 /// One independent lock instance (one Redis master, one simulated server, ...).
 ///
@@ -111,6 +114,12 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
     /// manager then wakes waiting acquirers as soon as a lock is released instead of letting
     /// them sleep out their retry delay.
     fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
+        None
+    }
+
+    /// Fencing counters, when this backend supports them (see [`Fencing`]). A manager asked for
+    /// fenced locks refuses, without sending anything, backends that return `None`.
+    fn fencing(&self) -> Option<&dyn Fencing> {
         None
     }
 

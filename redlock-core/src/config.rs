@@ -29,6 +29,10 @@ pub struct Config {
     pub(crate) max_in_flight: usize,
     /// Re-check held locks when a backend announces a reconnection.
     pub(crate) restart_recovery: bool,
+    /// Whether locks are fenced unless the call says otherwise.
+    pub(crate) fenced: bool,
+    /// Off only in tests that prove the fencing checker catches a missing raise round.
+    pub(crate) fence_raise: bool,
 }
 
 impl Config {
@@ -98,6 +102,12 @@ impl Config {
     pub fn restart_recovery(&self) -> bool {
         self.restart_recovery
     }
+
+    /// Whether locks are fenced by default (see [`LockManagerBuilder::fenced`]).
+    #[must_use]
+    pub fn fenced(&self) -> bool {
+        self.fenced
+    }
 }
 
 /// Builds a [`LockManager`]; every value is checked by [`build`](Self::build).
@@ -118,6 +128,7 @@ impl Config {
 /// | `fair` | off | no |
 /// | `max_in_flight` | 1024 calls per instance | no limit |
 /// | `restart_recovery` | on (with a spawner, where the backend announces reconnections) | no |
+/// | `fenced` | off: one round per acquire | no fencing |
 #[derive(Debug)]
 #[must_use]
 pub struct LockManagerBuilder {
@@ -136,6 +147,8 @@ pub struct LockManagerBuilder {
     deadline_guard: bool,
     max_in_flight: usize,
     restart_recovery: bool,
+    fenced: bool,
+    fence_raise: bool,
 }
 
 /// Default total number of acquire attempts.
@@ -179,6 +192,8 @@ impl LockManagerBuilder {
             deadline_guard: true,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             restart_recovery: true,
+            fenced: false,
+            fence_raise: true,
         }
     }
 
@@ -298,6 +313,28 @@ impl LockManagerBuilder {
         self
     }
 
+    /// Whether locks carry a fencing token ([`Lock::fence`](crate::Lock::fence)) unless the call
+    /// says otherwise ([`LockOptions::fenced`](crate::LockOptions::fenced)). Off by default: a
+    /// plain acquire is one round, a fenced one three (the acquire, then a quorum of counter
+    /// increments where the key holds our token, then a quorum of raise-only write-backs of the
+    /// largest value). Every backend must keep fencing counters
+    /// ([`LockBackend::fencing`](crate::LockBackend::fencing)), or the build fails. See the
+    /// crate docs, "Fencing tokens", for the persistence the fences' monotonicity needs.
+    pub fn fenced(mut self, on: bool) -> Self {
+        self.fenced = on;
+        self
+    }
+
+    /// **Testing only.** Fenced acquires skip their third round (the raise-only write-back of
+    /// the largest counter value), so two grants can get the same fence. It exists so that a
+    /// test can prove the fencing checker catches that bug; never use it anywhere else.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn without_fence_raise(mut self) -> Self {
+        self.fence_raise = false;
+        self
+    }
+
     /// **Testing only.** Brings back the scoped form's old bug: renewal rounds bounded by the
     /// instance timeout instead of the lease's deadline, and the work raced against the renewal
     /// alone, so it can be polled after the deadline. It exists so that a test can prove its
@@ -316,8 +353,10 @@ impl LockManagerBuilder {
     /// `retry_count` is 0, the delay range has min > max or max above [`MAX_RETRY_DELAY`], the
     /// drift factor is not in `[0, 1)`, the instance timeout is zero or not shorter than the
     /// validity of `internal_lock_timeout`, `internal_lock_timeout` is not a usable TTL, fair
-    /// mode is on without `wake_on_release` or with a grace above [`MAX_FAIR_GRACE`], or a
-    /// backend refuses the settings ([`LockBackend::check_config`]).
+    /// mode is on without `wake_on_release` or with a grace above [`MAX_FAIR_GRACE`], fenced
+    /// locks are asked for and a backend keeps no fencing counters
+    /// ([`InvalidInput::NoFencing`]), or a backend refuses the settings
+    /// ([`LockBackend::check_config`]).
     pub fn build(self) -> Result<LockManager, Error> {
         let invalid = |what| Err(Error::invalid(what));
         if self.instances.is_empty() {
@@ -404,7 +443,14 @@ impl LockManagerBuilder {
             deadline_guard: self.deadline_guard,
             max_in_flight: self.max_in_flight,
             restart_recovery: self.restart_recovery,
+            fenced: self.fenced,
+            fence_raise: self.fence_raise,
         };
+        if self.fenced {
+            if let Some(b) = self.instances.iter().find(|b| b.fencing().is_none()) {
+                return invalid(InvalidInput::NoFencing(b.id().to_owned()));
+            }
+        }
         for backend in &self.instances {
             backend
                 .check_config(&config)

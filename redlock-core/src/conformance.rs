@@ -1,6 +1,7 @@
 //! The backend conformance suite: one `async fn` per rule of the
 //! [`LockBackend` contract](crate::LockBackend#contract) and of the
-//! [`ReleaseNotify` contract](crate::ReleaseNotify#contract). Every backend runs it.
+//! [`ReleaseNotify` contract](crate::ReleaseNotify#contract) and of the
+//! [`Fencing` contract](crate::Fencing#contract). Every backend runs it.
 //!
 //! Each function panics (like `assert!`) when the backend breaks the rule. Keys are built from
 //! `namespace`, so runs against a shared server do not collide; pass something unique per run.
@@ -35,10 +36,15 @@ use async_trait::async_trait;
 use crate::backend::LockBackend;
 use crate::runtime::Clock;
 
+mod fencing;
 mod notify;
 mod reconnect;
 mod wrong_type;
 
+pub use fencing::{
+    fencing_is_offered_as_declared, fencing_on_another_type_is_an_error,
+    next_fence_counts_only_for_the_holder, raise_fence_never_lowers,
+};
 pub use notify::{
     a_subscription_hears_every_later_release, dropping_a_subscription_unsubscribes,
     release_and_notify_is_a_token_checked_release, release_notify_is_offered_as_declared,
@@ -71,6 +77,11 @@ pub trait Fixture: Send + Sync {
     /// when this says so (a decorator that drops the capability is caught), and runs the
     /// [`ReleaseNotify`](crate::ReleaseNotify) rules when it does.
     fn announces_releases(&self) -> bool;
+
+    /// Whether the backend is meant to keep fencing counters ([`LockBackend::fencing`]
+    /// returns `Some`). The suite checks that it does exactly when this says so, and runs the
+    /// [`Fencing`](crate::Fencing) rules when it does.
+    fn keeps_fence_counters(&self) -> bool;
 }
 
 fn key(namespace: &[u8], name: &[u8]) -> Vec<u8> {
@@ -112,6 +123,12 @@ pub async fn run_all(
         a_subscription_hears_every_later_release(backend, clock, namespace).await;
         releases_are_heard_per_key(backend, clock, namespace).await;
         dropping_a_subscription_unsubscribes(backend, clock, namespace).await;
+    }
+    fencing_is_offered_as_declared(backend, fixture);
+    if fixture.keeps_fence_counters() {
+        next_fence_counts_only_for_the_holder(backend, clock, fixture, namespace).await;
+        raise_fence_never_lowers(backend, fixture, namespace).await;
+        fencing_on_another_type_is_an_error(backend, fixture, namespace).await;
     }
 }
 

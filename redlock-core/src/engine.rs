@@ -20,6 +20,13 @@ use crate::round::{self, Ask, Round, Verdict, Wait};
 use crate::runtime::Clock;
 use crate::validity::DriftPpm;
 
+fn no_fencing() -> crate::backend::BackendError {
+    crate::backend::BackendError::new(
+        crate::backend::BackendErrorKind::Incompatible,
+        "this backend keeps no fencing counters",
+    )
+}
+
 /// The instances and the settings a round needs.
 pub(crate) struct Engine {
     pub(crate) instances: Box<[Arc<dyn LockBackend>]>,
@@ -151,6 +158,112 @@ impl Engine {
         )
         .await;
         self.judge(t1, ttl, round)
+    }
+
+    /// The two rounds that give a granted acquire its fence, within the lease `granted` (the
+    /// acquire round's):
+    ///
+    /// 2. `next_fence` on every instance: where the key still holds our token, the counter is
+    ///    incremented. A quorum of values is needed; the candidate is their maximum.
+    /// 3. `raise_fence(candidate)` on every instance, raise-only; a quorum of acks is needed.
+    ///
+    /// Why the fence of a later grant is larger: let A be handed out before B is granted. B's
+    /// round-2 quorum meets A's round-3 quorum at some instance m; B's increment at m runs after
+    /// B's grant, so after A's hand-out, so after A's raise landed at m: B reads more than
+    /// fence(A) there, and its candidate is at least that. (Provided m kept its counter.)
+    ///
+    /// Validity is what is left of `ttl` after all three rounds, less the drift allowance. With
+    /// `raise` off (tests only), round 3 is skipped.
+    pub(crate) async fn fence(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl: Duration,
+        granted: Lease,
+        raise: bool,
+    ) -> Result<(Lease, u64), Rejected> {
+        let counter = crate::backend::fence_key(key);
+        let counter = counter.as_slice();
+        // No round may outlast the lease it is part of.
+        let limit = |engine: &Self| {
+            let left = granted.deadline().saturating_sub(engine.clock.now());
+            engine.instance_timeout.min(left)
+        };
+        let round = round::run(
+            &self.instances,
+            Some(&self.gates),
+            self.clock.as_ref(),
+            limit(self),
+            Wait::UntilDecided,
+            |b| match b.fencing() {
+                Some(f) => f.next_fence(key, token, counter),
+                None => futures::future::ready(Err(no_fencing())).boxed(),
+            },
+            Option::is_some,
+        )
+        .await;
+        let verdict = round.verdict();
+        let candidate = round
+            .answers
+            .iter()
+            .filter_map(|a| match a {
+                Some(Ok(Some(value))) => Some(*value),
+                _ => None,
+            })
+            .max();
+        // A round cut at the lease's deadline ran out of validity, whatever it heard by then.
+        let out_of_time = |engine: &Self, verdict| {
+            if engine.clock.now() >= granted.deadline() {
+                Verdict::Quorum
+            } else {
+                verdict
+            }
+        };
+        let (Verdict::Quorum, Some(candidate)) = (verdict, candidate) else {
+            return Err(Rejected {
+                verdict: out_of_time(self, verdict),
+                failure: self.failure(round, 1),
+                // The acquire won: our key is on a quorum at least.
+                dirty: Ask::ALL,
+            });
+        };
+        // Kept for the report of a grant that ran out of validity (the last round's).
+        let mut last = self.failure(round, 1);
+        if raise {
+            let round = round::run(
+                &self.instances,
+                Some(&self.gates),
+                self.clock.as_ref(),
+                limit(self),
+                Wait::UntilDecided,
+                |b| match b.fencing() {
+                    Some(f) => f.raise_fence(counter, candidate),
+                    None => futures::future::ready(Err(no_fencing())).boxed(),
+                },
+                |_| true,
+            )
+            .await;
+            let verdict = round.verdict();
+            if verdict != Verdict::Quorum {
+                return Err(Rejected {
+                    verdict: out_of_time(self, verdict),
+                    failure: self.failure(round, 1),
+                    dirty: Ask::ALL,
+                });
+            }
+            last = self.failure(round, 1);
+        }
+        let t1 = granted.granted_at();
+        let elapsed = self.clock.now().saturating_sub(t1);
+        match Lease::granted(t1, ttl, elapsed, self.drift, self.instance_timeout) {
+            // Held where the acquire said yes (the fence rounds write no lock key).
+            Some(lease) => Ok((lease.held_on(granted.holders()), candidate)),
+            None => Err(Rejected {
+                verdict: Verdict::Quorum,
+                failure: last,
+                dirty: Ask::ALL,
+            }),
+        }
     }
 
     /// One extend round: a fresh lease of `ttl` on a quorum. With `cut_at` (the current lease's

@@ -130,6 +130,12 @@ pub enum InvalidInput {
     ResourceTooLong(usize),
     /// A token given to rehydrate a lock is empty or too long.
     Token(&'static str),
+    /// The key (prefix + resource name) starts with
+    /// [`FENCE_KEY_PREFIX`](crate::FENCE_KEY_PREFIX), which is reserved for fencing counters.
+    ReservedKey,
+    /// A fenced lock was asked for, but this instance's backend keeps no fencing counters
+    /// ([`LockBackend::fencing`](crate::LockBackend::fencing) returned `None`).
+    NoFencing(String),
     /// A manager setting is out of range or conflicts with another.
     Setting {
         /// The builder setting, e.g. `"instance_timeout"`.
@@ -170,6 +176,14 @@ impl fmt::Display for InvalidInput {
                 crate::MAX_KEY_LEN
             ),
             Self::Token(reason) => write!(f, "token {reason}"),
+            Self::ReservedKey => f.write_str(
+                "the key starts with the byte 0xFF and \"redlock-fence:\", which are reserved for \
+                 fencing counters",
+            ),
+            Self::NoFencing(id) => write!(
+                f,
+                "fenced locks need fencing counters, and instance {id} does not keep them"
+            ),
             Self::Setting { setting, problem } => write!(f, "{setting}: {problem}"),
             Self::Config(msg) => f.write_str(msg),
         }

@@ -70,6 +70,11 @@ impl Lease {
         self.holders
     }
 
+    /// The start of the round that granted it.
+    pub(crate) fn granted_at(&self) -> Duration {
+        self.granted_at
+    }
+
     /// When the lock must be considered gone.
     pub(crate) fn deadline(&self) -> Duration {
         self.deadline

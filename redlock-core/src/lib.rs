@@ -76,9 +76,51 @@
 //!   and the reconnection a rival can already hold the lock; only fencing covers that window.
 //!
 //! **Fencing** closes the first gap: have the protected resource reject writes from a holder
-//! older than the newest one it has seen (a monotonically increasing token, checked by the
-//! resource itself). Redlock tokens are random, so keep a counter at the resource, or use the
-//! lock only where an occasional double holder is harmless (efficiency, not correctness).
+//! older than the newest one it has seen. Redlock tokens are random; ask for fenced locks
+//! (below) to get a number that grows with every grant, or use the lock only where an
+//! occasional double holder is harmless (efficiency, not correctness).
+//!
+//! # Fencing tokens
+//!
+//! With [`LockManagerBuilder::fenced`] (every lock of a manager) or [`LockOptions::fenced`]
+//! (one call), a lock carries a fence, [`Lock::fence`] (and [`LockWatch::fence`]): for two
+//! grants A and B of one resource where A was handed out before B was granted,
+//! `fence(B) > fence(A)`. The protected resource keeps the highest fence it has seen and refuses
+//! a write with a lower one (the README shows a Redis script that does it).
+//!
+//! **Protocol.** Each instance keeps a counter per lock key `k`, under
+//! [`fence_key`]`(k)` = [`FENCE_KEY_PREFIX`] + `k`, without expiry ([`Fencing`] is the backend
+//! capability). A fenced acquire is three rounds:
+//! 1. the ordinary acquire (unchanged);
+//! 2. on every instance, atomically: if `k` holds our token, increment the counter and return
+//!    it. A quorum of values is needed; the candidate is their maximum;
+//! 3. on every instance, `counter = max(counter, candidate)`. A quorum of acks is needed.
+//!
+//! Only then is the lock handed out, with the candidate as its fence. Validity is `ttl −` the
+//! time of all three rounds `−` the drift allowance; a round without a quorum, or out of time,
+//! fails the attempt, which is cleaned up and retried like any other.
+//!
+//! **Why fences grow.** Let A be handed out before B is granted. B's round-2 quorum and A's
+//! round-3 quorum are both majorities, so they share an instance m. B's increment at m runs
+//! after B's grant, so after A's hand-out, so after A's raise landed at m: the value B reads
+//! there exceeds fence(A), and B's candidate is at least that. Round 3 is what makes this work:
+//! with the increment alone, quorums that differ let counters diverge, and two grants can get
+//! the same value (N = 3: grants on {1,2}, {1,3}, {1,2}, then {2,3} draw 1, 2, 3 and 3).
+//!
+//! **What it needs: counters that are never lost.** The argument assumes m still has its
+//! counter. A restart delayed past the largest TTL keeps the *locks* safe (every lock the
+//! instance held has expired by then) but not the counters, which carry history older than any
+//! TTL: an instance that comes back empty counts from 0, and if B's quorum meets A's only there,
+//! fence(B) ≤ fence(A). Each instance must keep every acknowledged write across crashes: Redis
+//! AOF with `appendfsync always` (`everysec` survives a killed process, not a host crash); a
+//! failover to a replica that missed the last writes loses them the same way. The
+//! counters are one small key per fenced resource per instance, kept forever.
+//!
+//! The manager refuses (as [`InvalidInput::ReservedKey`], touching no instance) every lock key
+//! that starts with [`FENCE_KEY_PREFIX`]; its first byte, `0xFF`, never occurs in UTF-8, so
+//! clients that name resources with strings (aioredlock) never meet it. A fenced lock on a
+//! manager whose backends keep no counters fails with [`InvalidInput::NoFencing`], also touching
+//! nothing. [`LockManager::get_lock`] rebuilds handles without a fence.
 //!
 //! # Observing it
 //!
@@ -139,7 +181,10 @@ mod telemetry;
 mod validity;
 mod wait;
 
-pub use backend::{BackendError, BackendErrorKind, KeyState, LockBackend, ReleaseNotify};
+pub use backend::{
+    fence_key, BackendError, BackendErrorKind, Fencing, KeyState, LockBackend, ReleaseNotify,
+    FENCE_KEY_PREFIX,
+};
 pub use config::{
     Config, LockManagerBuilder, DEFAULT_DRIFT_FACTOR, DEFAULT_INSTANCE_TIMEOUT,
     DEFAULT_INTERNAL_LOCK_TIMEOUT, DEFAULT_MAX_IN_FLIGHT, DEFAULT_RETRY_COUNT,

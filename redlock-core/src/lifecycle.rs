@@ -94,6 +94,12 @@ impl LockWatch {
         &self.shared.token
     }
 
+    /// The lock's fencing token (see [`Lock::fence`]).
+    #[must_use]
+    pub fn fence(&self) -> Option<u64> {
+        self.shared.fence
+    }
+
     /// Validity left now; zero once lost, released or expired.
     #[must_use]
     pub fn remaining(&self) -> Duration {

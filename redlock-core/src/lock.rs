@@ -49,6 +49,8 @@ pub(crate) struct LockShared {
     /// `manager::recover`): an extend round that saw it change must not count that instance
     /// again on the strength of an answer given before.
     pub(crate) rechecks: AtomicU64,
+    /// The fencing token of a fenced acquire; set once, before the handle is made.
+    pub(crate) fence: Option<u64>,
     state: Mutex<LockState>,
 }
 
@@ -97,6 +99,7 @@ impl LockShared {
             holding: Mutex::new(None),
             release_sent: AtomicBool::new(false),
             rechecks: AtomicU64::new(0),
+            fence: None,
             state: Mutex::new(LockState {
                 status: Status::Held,
                 lease,
@@ -154,6 +157,20 @@ impl Lock {
     #[must_use]
     pub fn token(&self) -> &[u8] {
         &self.shared.token
+    }
+
+    /// The fencing token of a fenced lock ([`LockOptions::fenced`](crate::LockOptions::fenced),
+    /// [`LockManagerBuilder::fenced`](crate::LockManagerBuilder::fenced)); `None` for a plain
+    /// lock, and for a handle rebuilt by [`LockManager::get_lock`] (the fence is not stored
+    /// with the lock). It stays the same across extends.
+    ///
+    /// Each fenced grant of a resource gets a fence greater than that of every grant handed out
+    /// before it, as long as the instances keep their counters (see the crate docs, "Fencing
+    /// tokens"): send it with every write to the protected resource, which rejects a write whose
+    /// fence is lower than the highest it has seen.
+    #[must_use]
+    pub fn fence(&self) -> Option<u64> {
+        self.shared.fence
     }
 
     /// The lease used by [`extend`](Self::extend).

@@ -10,13 +10,15 @@ use std::time::Duration;
 #[non_exhaustive]
 pub enum Patience {
     /// Up to this many attempts, with the manager's jittered retry delay between them; the call
-    /// returns within `attempts × (2 × instance_timeout + retry_delay_max)` plus the fair grace.
+    /// returns within `attempts × (2 × instance_timeout + retry_delay_max)` plus the fair grace
+    /// (`4 × instance_timeout` for a fenced lock: two more rounds per attempt; likewise below).
     /// What [`LockManager::lock`](crate::LockManager::lock) does with the manager's
     /// `retry_count`.
     Attempts(u32),
     /// One attempt and no waiting: `Contended` at once when the resource is held, or when
     /// another task of this manager holds or is acquiring it (then nothing is sent). Returns
-    /// within two instance timeouts (the attempt and the cleanup of a failed one), plus the
+    /// within two instance timeouts (the attempt and the cleanup of a failed one; four when
+    /// fenced), plus the
     /// fair grace in fair mode.
     NoWait,
     /// Keep trying until this much time has passed since the call; returns within that plus two
@@ -45,6 +47,9 @@ pub struct LockOptions {
     pub ttl: Duration,
     /// How long to wait; `None` uses the manager's `retry_count` attempts.
     pub patience: Option<Patience>,
+    /// Whether the lock carries a fencing token; `None` uses the manager's default
+    /// ([`LockManagerBuilder::fenced`](crate::LockManagerBuilder::fenced)).
+    pub fenced: Option<bool>,
 }
 
 impl LockOptions {
@@ -53,12 +58,22 @@ impl LockOptions {
         Self {
             ttl,
             patience: None,
+            fenced: None,
         }
     }
 
     /// How long to wait for a held resource.
     pub fn patience(mut self, patience: Patience) -> Self {
         self.patience = Some(patience);
+        self
+    }
+
+    /// Whether the lock carries a fencing token ([`Lock::fence`](crate::Lock::fence)): two
+    /// more rounds per acquire. A fenced lock on a manager whose backends keep no fencing
+    /// counters fails with [`InvalidInput::NoFencing`](crate::InvalidInput::NoFencing), nothing
+    /// sent.
+    pub fn fenced(mut self, fenced: bool) -> Self {
+        self.fenced = Some(fenced);
         self
     }
 }

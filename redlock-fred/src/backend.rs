@@ -16,7 +16,7 @@ use fred::types::{
 };
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Fencing, KeyState, LockBackend, ReleaseNotify,
 };
 
 use crate::build::Parts;
@@ -197,14 +197,19 @@ impl RedisBackend {
     async fn run(
         &self,
         script: &Script,
-        key: &[u8],
+        keys: &[&[u8]],
         args: &[Value],
     ) -> Result<Value, BackendError> {
         self.ensure_started(script.name)?;
-        let key = Value::Bytes(Bytes::copy_from_slice(key));
+        let keys: Vec<Value> = keys
+            .iter()
+            .map(|k| Value::Bytes(Bytes::copy_from_slice(k)))
+            .collect();
+        let numkeys = i64::try_from(keys.len()).unwrap_or(i64::MAX);
         let command_args = |head: Str| {
-            let mut command = Vec::with_capacity(3 + args.len());
-            command.extend([Value::String(head), Value::Integer(1), key.clone()]);
+            let mut command = Vec::with_capacity(2 + keys.len() + args.len());
+            command.extend([Value::String(head), Value::Integer(numkeys)]);
+            command.extend_from_slice(&keys);
             command.extend_from_slice(args);
             command
         };
@@ -301,6 +306,16 @@ impl RedisBackend {
         )
     }
 
+    fn not_a_counter(&self, op: &str) -> BackendError {
+        BackendError::new(
+            BackendErrorKind::Server,
+            format!(
+                "{}: {op} failed: the fencing counter does not hold a decimal number",
+                self.id
+            ),
+        )
+    }
+
     fn unexpected(&self, op: &str, value: &Value) -> BackendError {
         BackendError::new(
             BackendErrorKind::Protocol,
@@ -375,25 +390,25 @@ impl LockBackend for RedisBackend {
             Err(e) => return Err(self.map_error(&e, "acquire")),
         }
         let reply = self
-            .run(&scripts::ACQUIRE, key, &[token(tok), millis(ttl)])
+            .run(&scripts::ACQUIRE, &[key], &[token(tok), millis(ttl)])
             .await?;
         self.code(reply, "acquire")
     }
 
     async fn extend(&self, key: &[u8], tok: &[u8], ttl: Duration) -> Result<bool, BackendError> {
         let reply = self
-            .run(&scripts::EXTEND, key, &[token(tok), millis(ttl)])
+            .run(&scripts::EXTEND, &[key], &[token(tok), millis(ttl)])
             .await?;
         self.code(reply, "extend")
     }
 
     async fn release(&self, key: &[u8], tok: &[u8]) -> Result<bool, BackendError> {
-        let reply = self.run(&scripts::RELEASE, key, &[token(tok)]).await?;
+        let reply = self.run(&scripts::RELEASE, &[key], &[token(tok)]).await?;
         self.code(reply, "release")
     }
 
     async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
-        match self.run(&scripts::INSPECT, key, &[]).await? {
+        match self.run(&scripts::INSPECT, &[key], &[]).await? {
             Value::Integer(0) => Ok(None),
             Value::Integer(scripts::WRONG_TYPE) => Err(self.wrong_type("inspect")),
             Value::Array(mut parts) if parts.len() == 2 => {
@@ -445,6 +460,10 @@ impl LockBackend for RedisBackend {
         Some(Box::pin(self.health.reconnects()))
     }
 
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        Some(self)
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.ensure_started("connect")?;
         self.health.wait_connected(&self.client).await
@@ -482,7 +501,7 @@ impl ReleaseNotify for RedisBackend {
     ) -> Result<(bool, bool), BackendError> {
         let channel = Value::from(crate::notify::channel(key));
         match self
-            .run(&scripts::RELEASE_NOTIFY, key, &[token(tok), channel])
+            .run(&scripts::RELEASE_NOTIFY, &[key], &[token(tok), channel])
             .await?
         {
             Value::Integer(2) => Ok((true, true)),
@@ -498,6 +517,46 @@ impl ReleaseNotify for RedisBackend {
         self.notifier
             .subscribe(key, |e| self.map_error(&e, "subscribe"))
             .await
+    }
+}
+
+#[async_trait]
+impl Fencing for RedisBackend {
+    async fn next_fence(
+        &self,
+        key: &[u8],
+        tok: &[u8],
+        counter: &[u8],
+    ) -> Result<Option<u64>, BackendError> {
+        let op = scripts::NEXT_FENCE.name;
+        match self
+            .run(&scripts::NEXT_FENCE, &[key, counter], &[token(tok)])
+            .await?
+        {
+            Value::Integer(0) => Ok(None),
+            Value::Integer(scripts::WRONG_TYPE) => Err(self.wrong_type(op)),
+            Value::Integer(n) if n > 0 => Ok(Some(n.unsigned_abs())),
+            Value::Integer(_) => Err(self.not_a_counter(op)),
+            other => Err(self.unexpected(op, &other)),
+        }
+    }
+
+    async fn raise_fence(&self, counter: &[u8], value: u64) -> Result<u64, BackendError> {
+        let op = scripts::RAISE_FENCE.name;
+        let value = Value::String(Str::from(value.to_string()));
+        let reply = self
+            .run(&scripts::RAISE_FENCE, &[counter], &[value])
+            .await?;
+        let digits = match &reply {
+            Value::Integer(scripts::WRONG_TYPE) => return Err(self.wrong_type(op)),
+            Value::Integer(_) => return Err(self.not_a_counter(op)),
+            Value::Bytes(b) => std::str::from_utf8(b).ok(),
+            Value::String(s) => Some(&**s),
+            _ => None,
+        };
+        digits
+            .and_then(|d| d.parse::<u64>().ok())
+            .ok_or_else(|| self.unexpected(op, &reply))
     }
 }
 

@@ -146,6 +146,13 @@ impl RedisManagerBuilder {
         self
     }
 
+    /// Fenced locks by default: each lock carries a fencing token (see
+    /// [`LockManagerBuilder::fenced`]; the Redis backend keeps the counters).
+    pub fn fenced(mut self, on: bool) -> Self {
+        self.core = self.core.fenced(on);
+        self
+    }
+
     /// The source of tokens and jitter (see [`LockManagerBuilder::random`]).
     pub fn random(mut self, random: Arc<dyn RandomSource>) -> Self {
         self.core = self.core.random(random);

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use crate::history::{Entry, History, OpKind, OpRecord, Outcome};
 
+mod fencing;
 mod liveness;
 
+pub use fencing::{fence_regressions, FenceRegression};
 pub use liveness::served;
 
 /// The true-time interval during which a client believed it held a lock: from `lock` (or a
@@ -79,6 +81,9 @@ pub enum ViolationKind {
     /// an error other than `Closed`, or waited through a long stretch in which its resource
     /// was free (see [`served`]).
     NotServed,
+    /// A fenced grant made after another was handed out got a fence that is not larger (see
+    /// [`fence_regressions`]).
+    FenceNotIncreasing,
 }
 
 /// One broken invariant, with enough detail to find it in the history.
@@ -108,6 +113,9 @@ pub struct CheckReport {
     pub followups: Vec<Option<Outcome>>,
     /// Every violation, overlaps included.
     pub violations: Vec<Violation>,
+    /// Every pair of fenced grants whose fences do not grow (each also a
+    /// [`FenceNotIncreasing`](ViolationKind::FenceNotIncreasing) violation).
+    pub fence_regressions: Vec<FenceRegression>,
 }
 
 impl CheckReport {
@@ -200,6 +208,26 @@ pub fn check(history: &History) -> CheckReport {
                 ),
             });
         }
+    }
+    report.fence_regressions = fence_regressions(history);
+    for r in &report.fence_regressions {
+        report.violations.push(Violation {
+            kind: ViolationKind::FenceNotIncreasing,
+            detail: format!(
+                "{:?}: c{} (lock #{}) got fence {} in [{}, {}), after c{} (lock #{}) was handed \
+                 out fence {} at {}",
+                String::from_utf8_lossy(&r.later.resource),
+                r.later.client,
+                r.later.lock,
+                r.later_fence(),
+                ns(r.later.start),
+                ns(r.later.end),
+                r.earlier.client,
+                r.earlier.lock,
+                r.earlier_fence(),
+                ns(r.earlier.end),
+            ),
+        });
     }
     liveness::closes(history, &mut report.violations);
     liveness::gave_up(history, &mut report.violations);
@@ -376,6 +404,7 @@ mod tests {
             holds_until: (op == OpKind::Lock).then(|| ms(span.1 + 100)),
             paused: false,
             leftovers: Vec::new(),
+            fence: None,
         })
     }
 

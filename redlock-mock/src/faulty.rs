@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Clock, Config, KeyState, LockBackend,
+    async_trait, BackendError, BackendErrorKind, Clock, Config, Fencing, KeyState, LockBackend,
     ReleaseNotify,
 };
 
@@ -160,6 +160,13 @@ impl<B: LockBackend> FaultyBackend<B> {
     }
 }
 
+fn no_counters() -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Incompatible,
+        "the inner backend keeps no fencing counters",
+    )
+}
+
 fn no_announcements() -> BackendError {
     BackendError::new(
         BackendErrorKind::Other,
@@ -205,6 +212,11 @@ impl<B: LockBackend> LockBackend for FaultyBackend<B> {
         self.inner.reconnects()
     }
 
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        // Counter calls go through the faults too.
+        self.inner.fencing().map(|_| self as &dyn Fencing)
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.inner.connect().await
     }
@@ -236,6 +248,35 @@ impl<B: LockBackend> ReleaseNotify for FaultyBackend<B> {
             match self.inner.release_notify() {
                 Some(notify) => notify.subscribe(key).await,
                 None => Err(no_announcements()),
+            }
+        })
+        .await
+    }
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<B: LockBackend> Fencing for FaultyBackend<B> {
+    async fn next_fence(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        counter: &[u8],
+    ) -> Result<Option<u64>, BackendError> {
+        self.call(async {
+            match self.inner.fencing() {
+                Some(fencing) => fencing.next_fence(key, token, counter).await,
+                None => Err(no_counters()),
+            }
+        })
+        .await
+    }
+
+    async fn raise_fence(&self, counter: &[u8], value: u64) -> Result<u64, BackendError> {
+        self.call(async {
+            match self.inner.fencing() {
+                Some(fencing) => fencing.raise_fence(counter, value).await,
+                None => Err(no_counters()),
             }
         })
         .await

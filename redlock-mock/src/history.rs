@@ -125,6 +125,8 @@ pub struct OpRecord {
     /// Instances that were reachable throughout the call yet kept our token after a failed
     /// `lock` or a `release` (should be empty).
     pub leftovers: Vec<usize>,
+    /// For a successful fenced `lock`: the lock's fence ([`Lock::fence`](redlock_core::Lock::fence)).
+    pub fence: Option<u64>,
 }
 
 /// One entry of a [`History`].
@@ -209,6 +211,9 @@ impl fmt::Display for OpRecord {
         }
         if let Some(until) = self.holds_until {
             write!(f, " until {}", until.as_nanos())?;
+        }
+        if let Some(fence) = self.fence {
+            write!(f, " fence {fence}")?;
         }
         if self.paused {
             f.write_str(" paused")?;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use futures::channel::mpsc::UnboundedSender;
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Clock, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Clock, Fencing, KeyState, LockBackend,
+    ReleaseNotify,
 };
 
 /// One in-memory lock instance.
@@ -291,6 +292,98 @@ impl MemoryBackend {
         }
     }
 
+    /// The counter under `counter` (0 when absent), after the type checks of
+    /// [`Fencing`]'s contract.
+    fn counter_value(
+        store: &mut HashMap<Vec<u8>, Entry>,
+        counter: &[u8],
+        now: Duration,
+    ) -> Result<u64, BackendError> {
+        match Self::live(store, counter, now) {
+            None => Ok(0),
+            Some(Entry {
+                value: Value::List, ..
+            }) => Err(wrong_type()),
+            Some(Entry {
+                value: Value::Str(v),
+                ..
+            }) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    BackendError::new(
+                        BackendErrorKind::Server,
+                        "ERR value is not an integer or out of range",
+                    )
+                }),
+        }
+    }
+
+    fn set_counter(store: &mut HashMap<Vec<u8>, Entry>, counter: &[u8], value: u64) {
+        store.insert(
+            counter.to_vec(),
+            Entry {
+                value: Value::Str(value.to_string().into_bytes()),
+                expires_at: None,
+            },
+        );
+    }
+
+    /// [`Fencing::next_fence`] without the async wrapper.
+    ///
+    /// # Errors
+    /// `WrongType` when the key or the counter holds a list; `Server` when the counter is not
+    /// a number (or would overflow).
+    pub fn next_fence_now(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        counter: &[u8],
+    ) -> Result<Option<u64>, BackendError> {
+        let now = self.clock.now();
+        let mut store = self.store();
+        let held = match Self::live(&mut store, key, now) {
+            Some(Entry {
+                value: Value::List, ..
+            }) => return Err(wrong_type()),
+            Some(Entry {
+                value: Value::Str(v),
+                ..
+            }) => v == token,
+            None => false,
+        };
+        if !held {
+            // The type is checked even when the key is not ours, as the Redis script does.
+            if let Some(Entry {
+                value: Value::List, ..
+            }) = Self::live(&mut store, counter, now)
+            {
+                return Err(wrong_type());
+            }
+            return Ok(None);
+        }
+        let current = Self::counter_value(&mut store, counter, now)?;
+        let next = current.checked_add(1).ok_or_else(|| {
+            BackendError::new(BackendErrorKind::Server, "ERR increment would overflow")
+        })?;
+        Self::set_counter(&mut store, counter, next);
+        Ok(Some(next))
+    }
+
+    /// [`Fencing::raise_fence`] without the async wrapper.
+    ///
+    /// # Errors
+    /// `WrongType` when the counter holds a list; `Server` when it is not a number.
+    pub fn raise_fence_now(&self, counter: &[u8], value: u64) -> Result<u64, BackendError> {
+        let now = self.clock.now();
+        let mut store = self.store();
+        let current = Self::counter_value(&mut store, counter, now)?;
+        if value > current {
+            Self::set_counter(&mut store, counter, value);
+        }
+        Ok(current.max(value))
+    }
+
     /// `inspect` without the async wrapper.
     ///
     /// # Errors
@@ -337,6 +430,26 @@ impl LockBackend for MemoryBackend {
 
     fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
         Some(self)
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Fencing for MemoryBackend {
+    async fn next_fence(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        counter: &[u8],
+    ) -> Result<Option<u64>, BackendError> {
+        self.next_fence_now(key, token, counter)
+    }
+
+    async fn raise_fence(&self, counter: &[u8], value: u64) -> Result<u64, BackendError> {
+        self.raise_fence_now(counter, value)
     }
 }
 

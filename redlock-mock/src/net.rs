@@ -19,7 +19,7 @@ use futures::stream::{BoxStream, Stream};
 use rand::rngs::StdRng;
 use rand::Rng;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Clock, Config, KeyState, LockBackend,
+    async_trait, BackendError, BackendErrorKind, Clock, Config, Fencing, KeyState, LockBackend,
     ReleaseNotify,
 };
 
@@ -88,6 +88,9 @@ pub(crate) enum Request {
     Release(Vec<u8>, Vec<u8>),
     Inspect(Vec<u8>),
     ReleaseNotify(Vec<u8>, Vec<u8>),
+    /// Key, token, counter.
+    NextFence(Vec<u8>, Vec<u8>, Vec<u8>),
+    RaiseFence(Vec<u8>, u64),
     Subscribe {
         key: Vec<u8>,
         id: u64,
@@ -112,6 +115,8 @@ pub(crate) enum Answer {
     State(Option<KeyState>),
     Released { released: bool, heard: bool },
     Subscribed,
+    Fence(Option<u64>),
+    Counter(u64),
 }
 
 type Reply = Result<Answer, BackendError>;
@@ -185,6 +190,9 @@ pub(crate) struct Server {
     epoch: u64,
     /// Live subscriptions by id (ids grow, so iteration is in subscription order).
     subscribers: BTreeMap<u64, Subscriber>,
+    /// Whether its data survives a crash (AOF with `appendfsync always`); otherwise it
+    /// restarts empty.
+    pub(crate) persistent: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -287,6 +295,7 @@ impl Net {
                         changed_at: Duration::ZERO,
                         epoch: 0,
                         subscribers: BTreeMap::new(),
+                        persistent: false,
                     })
                     .collect(),
                 links: vec![link; n * clients],
@@ -413,7 +422,9 @@ impl NetState {
         server.status = ServerStatus::Crashed;
         server.epoch += 1;
         server.changed_at = now;
-        server.backend.flush();
+        if !server.persistent {
+            server.backend.flush();
+        }
         self.reset_subscribers(instance, now);
     }
 
@@ -465,6 +476,12 @@ impl NetState {
             }
             Request::Release(key, token) => backend.release_now(&key, &token).map(Answer::Flag),
             Request::Inspect(key) => backend.inspect_now(&key).map(Answer::State),
+            Request::NextFence(key, token, counter) => backend
+                .next_fence_now(&key, &token, &counter)
+                .map(Answer::Fence),
+            Request::RaiseFence(counter, value) => backend
+                .raise_fence_now(&counter, value)
+                .map(Answer::Counter),
             Request::ReleaseNotify(key, token) => {
                 let released = backend.release_now(&key, &token)?;
                 let heard = released && self.announce(instance, &key, now);
@@ -494,7 +511,9 @@ impl NetState {
         server.epoch += 1;
         server.changed_at = now;
         // Without persistence a restarted server starts empty, whatever it held before.
-        server.backend.flush();
+        if !server.persistent {
+            server.backend.flush();
+        }
         // Empty after a crash; a restart of a running instance drops them here.
         self.reset_subscribers(instance, now);
         // Every client lost its connection with the process and makes a new one.
@@ -867,6 +886,10 @@ impl LockBackend for LinkBackend {
             .map(|rx| Box::pin(rx) as BoxStream<'static, ()>)
     }
 
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        Some(self)
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         // Nothing to set up: the link exists from the start, and its faults show on the calls
         // that cross it.
@@ -923,6 +946,34 @@ impl ReleaseNotify for LinkBackend {
                 stream.registered = false;
                 Err(e)
             }
+        }
+    }
+}
+
+/// Counter calls are requests over the link like the lock calls, under the same faults.
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl Fencing for LinkBackend {
+    async fn next_fence(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        counter: &[u8],
+    ) -> Result<Option<u64>, BackendError> {
+        let request = Request::NextFence(key.to_vec(), token.to_vec(), counter.to_vec());
+        match self.call(request).await? {
+            Answer::Fence(value) => Ok(value),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn raise_fence(&self, counter: &[u8], value: u64) -> Result<u64, BackendError> {
+        match self
+            .call(Request::RaiseFence(counter.to_vec(), value))
+            .await?
+        {
+            Answer::Counter(value) => Ok(value),
+            _ => Err(unexpected()),
         }
     }
 }

@@ -366,6 +366,7 @@ mod tests {
             holds_until: Some(end + Duration::from_secs(1)),
             paused: false,
             leftovers: Vec::new(),
+            fence: None,
         })
     }
 

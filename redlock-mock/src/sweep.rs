@@ -57,6 +57,26 @@ pub enum Family {
     /// [`served`](crate::check::served). No invariant may break. This crate's unit tests run it
     /// against deliberately broken clients too.
     Queue,
+    /// The standard family with every client's locks fenced and every instance persistent (AOF
+    /// with `appendfsync always`): no invariant may break, the fencing checker's included.
+    FencedStandard,
+    /// The fair family with fenced locks on persistent instances: no invariant may break.
+    FencedFair,
+    /// The contention family with fenced locks on persistent instances: no invariant may break.
+    FencedContention,
+    /// The queue family (every way to acquire, cancellations, a close) with fenced locks on
+    /// persistent instances: no invariant may break, liveness included.
+    FencedQueue,
+    /// Fenced grants around a restart of a majority of instances **without persistence**,
+    /// delayed beyond the TTL (within the lock's assumptions, not the counters'): a holder takes
+    /// and releases the resource one to three times; a majority of instances crash and restart
+    /// empty after more than the TTL; a rival cut off from the other instances then takes it,
+    /// from counters back at 0. Every seed must produce a fence regression, each with a crash
+    /// between the two grants, and nothing else.
+    FencedRestart,
+    /// [`FencedRestart`](Self::FencedRestart) with persistent instances: the counters survive
+    /// the restarts, and no invariant may break.
+    FencedRestartPersistent,
     /// A family run against a deliberately broken client or backend (unit tests only): the
     /// contention family for the Redlock bugs, the queue family for `Bug::TokenPerManager` and
     /// `Bug::AcquireAlwaysRefused`.
@@ -81,6 +101,10 @@ pub enum Bug {
     /// Client 0's links answer every acquire as if the key were held (see
     /// `broken::RefuseAcquires`): its waiters are never served, though the resource is free.
     AcquireAlwaysRefused,
+    /// Fenced acquires skip the raise-only write-back of the largest counter value (the
+    /// issue's single round): two grants reaching different quorums can get the same fence.
+    /// Run on the fenced standard family.
+    NoFenceRaise,
 }
 
 /// The result of one seed.
@@ -121,6 +145,22 @@ pub fn reproduce(seed: u64, family: Family) -> String {
         Family::Fair => "--test sweep -- fair_family_keeps_every_invariant",
         Family::Adversarial => "--test sweep -- adversarial_family_is_caught",
         Family::Contention => "--test sweep -- contention_family_keeps_every_invariant",
+        Family::FencedStandard => "--test fencing -- fenced_standard_family_keeps_every_invariant",
+        Family::FencedFair => "--test fencing -- fenced_fair_family_keeps_every_invariant",
+        Family::FencedContention => {
+            "--test fencing -- fenced_contention_family_keeps_every_invariant"
+        }
+        Family::FencedQueue => "--test fencing -- fenced_queue_family_keeps_every_invariant",
+        Family::FencedRestart => {
+            "--test fencing -- restart_without_persistence_breaks_fences_as_documented"
+        }
+        Family::FencedRestartPersistent => {
+            "--test fencing -- restart_with_persistence_keeps_fences_growing"
+        }
+        #[cfg(test)]
+        Family::Buggy(Bug::NoFenceRaise) => {
+            "--lib -- sweep::tests::checker_catches_a_missing_fence_raise"
+        }
         #[cfg(test)]
         Family::Buggy(Bug::NoDriftCompensation) => {
             "--lib -- sweep::tests::checker_catches_missing_drift_compensation"
@@ -165,9 +205,19 @@ pub fn run_seed(family: Family, seed: u64) -> SeedRun {
     let world_slot: Arc<Mutex<Option<World>>> = Arc::default();
     let slot = Arc::clone(&world_slot);
     let outcome = catch_unwind(AssertUnwindSafe(move || match family {
-        Family::Standard => standard(seed, false, &slot).map(|()| None),
-        Family::Fair => standard(seed, true, &slot).map(|()| None),
+        Family::Standard => standard(seed, false, &slot, |world| world).map(|()| None),
+        Family::Fair => standard(seed, true, &slot, |world| world).map(|()| None),
         Family::Contention => contention(seed, &slot, |world| world).map(|()| None),
+        Family::FencedStandard => standard(seed, false, &slot, fenced).map(|()| None),
+        Family::FencedFair => standard(seed, true, &slot, fenced).map(|()| None),
+        Family::FencedContention => contention(seed, &slot, fenced).map(|()| None),
+        Family::FencedQueue => queue::queue(seed, &slot, fenced).map(Some),
+        Family::FencedRestart => fenced_restart(seed, false, &slot).map(|()| None),
+        Family::FencedRestartPersistent => fenced_restart(seed, true, &slot).map(|()| None),
+        #[cfg(test)]
+        Family::Buggy(bug @ Bug::NoFenceRaise) => {
+            standard(seed, false, &slot, |world| bug.reintroduce(world)).map(|()| None)
+        }
         Family::Queue => queue::queue(seed, &slot, |world| world).map(Some),
         #[cfg(test)]
         Family::Buggy(bug @ (Bug::TokenPerManager | Bug::AcquireAlwaysRefused)) => {
@@ -228,7 +278,7 @@ pub fn run_seed(family: Family, seed: u64) -> SeedRun {
 
 /// Whether client `k` runs in fair mode in `family`.
 fn is_fair(family: Family, k: usize) -> bool {
-    family == Family::Fair && k % 2 == 1
+    matches!(family, Family::Fair | Family::FencedFair) && k % 2 == 1
 }
 
 /// Totals of a sweep.
@@ -377,7 +427,14 @@ fn ms(x: u64) -> Duration {
 ///
 /// `fair`: the [`Family::Fair`] variant. Its own choices come from a separate stream, so the
 /// standard family's draws stay as they were.
-fn standard(seed: u64, fair: bool, slot: &Mutex<Option<World>>) -> Result<(), String> {
+///
+/// `tamper` gets the world's builder last (fencing, or a bug put back).
+fn standard(
+    seed: u64,
+    fair: bool,
+    slot: &Mutex<Option<World>>,
+    tamper: impl FnOnce(WorldBuilder) -> WorldBuilder,
+) -> Result<(), String> {
     let mut rng = StdRng::seed_from_u64(derive(seed, 0x5EED));
     let mut fair_rng = StdRng::seed_from_u64(derive(seed, 0xFA1));
     let n = rng.random_range(1..=7usize);
@@ -399,7 +456,7 @@ fn standard(seed: u64, fair: bool, slot: &Mutex<Option<World>>) -> Result<(), St
     // Clock rates within ±0.4 %: the ratio of any instance's rate to any client's stays
     // below 1.01, which the default drift factor covers.
     let (inst_ppm, client_ppm) = ((-4_000, 4_000), (-4_000, 4_000));
-    let world = World::builder()
+    let builder = World::builder()
         .seed(seed)
         .instances(n)
         .clients(c)
@@ -412,9 +469,8 @@ fn standard(seed: u64, fair: bool, slot: &Mutex<Option<World>>) -> Result<(), St
                 .retry_delay(delay_min, delay_max)
                 .instance_timeout(timeout)
         })
-        .configure_client(move |k, b| if is_fair(family, k) { b.fair(grace) } else { b })
-        .build()
-        .map_err(|e| e.to_string())?;
+        .configure_client(move |k, b| if is_fair(family, k) { b.fair(grace) } else { b });
+    let world = tamper(builder).build().map_err(|e| e.to_string())?;
     *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(world.clone());
     for i in 0..n {
         world.set_instance_rate(i, rng.random_range(inst_ppm.0..=inst_ppm.1));
@@ -724,6 +780,61 @@ fn adversarial(seed: u64, slot: &Mutex<Option<World>>) -> Result<(), String> {
                 followup(&w, &lock_a, &mut rng).await;
             }
         }
+        Ok::<(), String>(())
+    };
+    let handle = world.spawn_client(0, script);
+    world.try_run(handle).map_err(|e| e.to_string())?
+}
+
+/// Fenced locks on persistent instances: what the fenced families run within the assumptions.
+fn fenced(world: WorldBuilder) -> WorldBuilder {
+    world.fenced(true).persistent(true)
+}
+
+/// See [`Family::FencedRestart`]; `persistent`: [`Family::FencedRestartPersistent`].
+fn fenced_restart(seed: u64, persistent: bool, slot: &Mutex<Option<World>>) -> Result<(), String> {
+    let mut rng = StdRng::seed_from_u64(derive(seed, 0xFE2CE));
+    let n = rng.random_range(3..=7usize);
+    let q = n / 2 + 1;
+    let ttl = ms(rng.random_range(200..=2_000u64));
+    let world = World::builder()
+        .seed(seed)
+        .instances(n)
+        .clients(2)
+        .latency(Latency::Uniform {
+            min: Duration::ZERO,
+            max: ms(1),
+        })
+        .configure(|b| b.retry_count(1).instance_timeout(ms(20)))
+        .fenced(true)
+        .persistent(persistent)
+        .build()
+        .map_err(|e| e.to_string())?;
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(world.clone());
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    let a = world.traced(0);
+    let b = world.traced(1);
+    let w = world.clone();
+    let grants = rng.random_range(1..=3u32);
+    // Down for longer than the TTL: no live lock relied on the lost keys.
+    let down = ttl + ms(rng.random_range(1..=500u64));
+    let script = async move {
+        for _ in 0..grants {
+            let lock = a.lock("r", ttl).await.map_err(|e| e.to_string())?;
+            w.sleep(ttl.mul_f64(rng.random::<f64>() / 4.0)).await;
+            lock.release().await.map_err(|e| e.to_string())?;
+        }
+        for &i in &order[..q] {
+            w.restart_after(i, down);
+        }
+        w.sleep(down + ms(1)).await;
+        for &i in &order[q..] {
+            w.partition(1, i);
+        }
+        let lock = b.lock("r", ttl).await.map_err(|e| e.to_string())?;
+        lock.release().await.map_err(|e| e.to_string())?;
+        w.heal_all();
         Ok::<(), String>(())
     };
     let handle = world.spawn_client(0, script);

@@ -136,6 +136,7 @@ impl TracedClient {
             resource: &[],
             serial,
             patience: None,
+            fence: None,
         };
         self.finish(begin, &call, outcome, None, None);
         result
@@ -161,6 +162,7 @@ impl TracedClient {
                     resource,
                     serial,
                     patience: Some(patience),
+                    fence: lock.fence(),
                 };
                 self.finish(begin, &call, Outcome::Ok, holds_until, None);
                 Ok(TracedLock {
@@ -210,6 +212,7 @@ impl TracedClient {
             resource,
             serial,
             patience: Some(patience),
+            fence: None,
         };
         self.finish(begin, &call, Outcome::of_error(e), None, probe);
     }
@@ -242,11 +245,12 @@ impl TracedClient {
         &self.world
     }
 
-    /// The bound an acquire that waits `patience` documents.
-    fn acquire_bound(&self, patience: Patience) -> Duration {
+    /// The bound an acquire that waits `patience` documents; `fenced`: two more rounds per
+    /// attempt.
+    fn acquire_bound(&self, patience: Patience, fenced: bool) -> Duration {
         let config = self.manager().config();
         let timeout = config.instance_timeout();
-        let round_trip = timeout.saturating_mul(2);
+        let round_trip = timeout.saturating_mul(if fenced { 4 } else { 2 });
         // Fair mode documents its own cost: one grace, before the first attempt, after a release
         // someone heard.
         let grace = config.fair().unwrap_or_default();
@@ -261,15 +265,20 @@ impl TracedClient {
         }
     }
 
-    fn bound(&self, op: OpKind, patience: Option<Patience>) -> Duration {
+    /// `fenced`: the call got a fence, or its manager fences by default. (A failed acquire
+    /// fenced by its options on a manager that does not fence by default is held to the plain
+    /// bound: the simulation families fence per manager.)
+    fn bound(&self, op: OpKind, patience: Option<Patience>, fenced: bool) -> Duration {
+        let fenced = fenced || self.manager().config().fenced();
         match (op, patience) {
-            (OpKind::Lock, Some(patience)) => self.acquire_bound(patience),
-            (OpKind::Lock, None) => {
-                self.acquire_bound(Patience::Attempts(self.manager().config().retry_count()))
-            }
+            (OpKind::Lock, Some(patience)) => self.acquire_bound(patience, fenced),
+            (OpKind::Lock, None) => self.acquire_bound(
+                Patience::Attempts(self.manager().config().retry_count()),
+                fenced,
+            ),
             // One attempt of the manager's: what an acquire in progress at the close may still
             // take (see `OpKind::Close`).
-            (OpKind::Close, _) => self.acquire_bound(Patience::Attempts(1)),
+            (OpKind::Close, _) => self.acquire_bound(Patience::Attempts(1), fenced),
             (OpKind::Extend | OpKind::Release | OpKind::Check, _) => {
                 self.manager().config().instance_timeout()
             }
@@ -308,12 +317,13 @@ impl TracedClient {
             start: begin.start,
             end,
             local_elapsed: parts.clock.now().saturating_sub(begin.start_local),
-            bound: self.bound(call.op, call.patience),
+            bound: self.bound(call.op, call.patience, call.fence.is_some()),
             patience: call.patience,
             outcome,
             holds_until,
             paused: begin.paused || gate.pauses != begin.pauses,
             leftovers,
+            fence: call.fence,
         };
         self.world.history_mut().entries.push(Entry::Op(record));
     }
@@ -325,6 +335,8 @@ pub(crate) struct Call<'a> {
     pub(crate) resource: &'a [u8],
     pub(crate) serial: u64,
     pub(crate) patience: Option<Patience>,
+    /// The fence of a granted fenced lock.
+    pub(crate) fence: Option<u64>,
 }
 
 /// An acquire in progress: records itself as [`Outcome::Cancelled`] if dropped before
@@ -365,6 +377,7 @@ impl Drop for Pending<'_> {
                 resource: self.resource,
                 serial: self.traced.world.next_lock_serial(),
                 patience: Some(self.patience),
+                fence: None,
             };
             self.traced
                 .finish(begin, &call, Outcome::Cancelled, None, None);
@@ -410,6 +423,7 @@ impl TracedLock {
             resource: self.lock.resource(),
             serial: self.serial,
             patience: None,
+            fence: None,
         };
         self.traced
             .finish(begin, &call, outcome, holds_until, probe);

@@ -50,6 +50,8 @@ pub(crate) fn derive(seed: u64, stream: u64) -> u64 {
 /// | `instances` | 5 |
 /// | `clients` | 1 |
 /// | `latency` | [`Latency::Fixed`] 0 on every link |
+/// | `fenced` | off: plain locks |
+/// | `persistent` | off: a crashed instance restarts empty |
 /// | manager settings | the core's defaults (3 attempts, 100–300 ms delays, 1 % drift, 100 ms instance timeout, wake-on-release on, fair mode off) |
 #[must_use]
 pub struct WorldBuilder {
@@ -61,8 +63,12 @@ pub struct WorldBuilder {
     configure: Option<Configure>,
     configure_client: Option<ConfigureClient>,
     wrap: Option<Wrap>,
+    fenced: bool,
+    persistent: bool,
     #[cfg(test)]
     deadline_guard: bool,
+    #[cfg(test)]
+    fence_raise: bool,
 }
 
 impl fmt::Debug for WorldBuilder {
@@ -144,6 +150,29 @@ impl WorldBuilder {
         self
     }
 
+    /// Every client's manager fences its locks by default
+    /// ([`LockManagerBuilder::fenced`]); the traced `lock` calls record their fences.
+    pub fn fenced(mut self, on: bool) -> Self {
+        self.fenced = on;
+        self
+    }
+
+    /// Every instance keeps its data across a crash (see [`World::set_persistent`]); by
+    /// default they restart empty.
+    pub fn persistent(mut self, on: bool) -> Self {
+        self.persistent = on;
+        self
+    }
+
+    /// Every client's manager is built with `LockManagerBuilder::without_fence_raise` (fenced
+    /// acquires skip the raise round): this crate's unit tests prove with it that the fencing
+    /// checker catches that bug.
+    #[cfg(test)]
+    pub(crate) fn without_fence_raise(mut self) -> Self {
+        self.fence_raise = false;
+        self
+    }
+
     /// Every client's manager is built with `LockManagerBuilder::without_deadline_guard`, which
     /// brings back the scoped form's old bug (its job polled past the lease's deadline): this
     /// crate's unit tests prove with it that [`PollLog`](crate::PollLog) catches that bug.
@@ -181,6 +210,9 @@ impl WorldBuilder {
             self.latency,
             self.reconnect_delay,
         );
+        for server in &mut net.lock().servers {
+            server.persistent = self.persistent;
+        }
         sim.spawn(net.driver()).detach();
         let mut clients = Vec::with_capacity(self.clients);
         for c in 0..self.clients {
@@ -204,6 +236,13 @@ impl WorldBuilder {
             #[cfg(test)]
             if !self.deadline_guard {
                 builder = builder.without_deadline_guard();
+            }
+            #[cfg(test)]
+            if !self.fence_raise {
+                builder = builder.without_fence_raise();
+            }
+            if self.fenced {
+                builder = builder.fenced(true);
             }
             if let Some(configure) = &self.configure {
                 builder = configure(builder);
@@ -292,8 +331,12 @@ impl World {
             configure: None,
             configure_client: None,
             wrap: None,
+            fenced: false,
+            persistent: false,
             #[cfg(test)]
             deadline_guard: true,
+            #[cfg(test)]
+            fence_raise: true,
         }
     }
 
@@ -519,14 +562,24 @@ impl World {
         self.fault("heal all".into());
     }
 
-    /// Crashes instance `i`: it loses every key and refuses connections until
+    /// Crashes instance `i`: it loses every key (unless persistent) and refuses connections until
     /// [`restart`](Self::restart)ed.
     pub fn crash(&self, i: usize) {
         self.inner.net.lock().crash(i);
         self.fault(format!("crash i{i}"));
     }
 
-    /// Starts instance `i` again, empty (no persistence).
+    /// Whether instance `i` keeps its data across a crash, like Redis with AOF and
+    /// `appendfsync always` (keys then expire by their own deadlines on its clock, downtime
+    /// included); by default it restarts empty. Fencing counters survive a restart only on a
+    /// persistent instance.
+    pub fn set_persistent(&self, i: usize, persistent: bool) {
+        self.inner.net.lock().servers[i].persistent = persistent;
+        self.fault(format!("persistent i{i} {persistent}"));
+    }
+
+    /// Starts instance `i` again, empty unless it is persistent
+    /// ([`set_persistent`](Self::set_persistent)).
     pub fn restart(&self, i: usize) {
         self.inner.net.lock().restart(i);
         self.fault(format!("restart i{i}"));

@@ -28,6 +28,10 @@ impl Fixture for MemoryFixture {
     fn announces_releases(&self) -> bool {
         true
     }
+
+    fn keeps_fence_counters(&self) -> bool {
+        true
+    }
 }
 
 /// Runs the suite over `wrap(instance)` on a fresh simulation.

@@ -7,8 +7,8 @@ use std::time::Duration;
 use futures::future::{select, Either};
 use futures::stream::{BoxStream, StreamExt};
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Clock, Config, Error, InvalidInput, KeyState,
-    LockBackend, LockManager, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Clock, Config, Error, Fencing, InvalidInput,
+    KeyState, LockBackend, LockManager, ReleaseNotify,
 };
 use redlock_mock::{FaultyBackend, MemoryBackend, Simulation};
 
@@ -79,6 +79,15 @@ impl LockBackend for Picky {
         self.inner.reconnects()
     }
 
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        // Likewise: a decorator must not offer counters its inner backend does not keep.
+        if self.announces {
+            self.inner.fencing()
+        } else {
+            None
+        }
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         Err(BackendError::new(
             BackendErrorKind::Auth,
@@ -129,6 +138,27 @@ fn announces_exactly_when_the_inner_backend_does() {
         .err()
         .expect("no announcements to subscribe to");
     assert_eq!(err.kind(), BackendErrorKind::Other);
+}
+
+#[test]
+fn keeps_fence_counters_exactly_when_the_inner_backend_does() {
+    let sim = Simulation::new();
+    let clock = sim.clock_arc();
+    let keeping = FaultyBackend::new(Picky::new(&clock, true), Arc::clone(&clock));
+    let bare = FaultyBackend::new(Picky::new(&clock, false), Arc::clone(&clock));
+    assert!(keeping.fencing().is_some());
+    assert!(bare.fencing().is_none());
+    // Called anyway, the bare one's capability answers an error, not a panic.
+    let err = sim
+        .run(Fencing::raise_fence(&bare, b"c", 1))
+        .expect_err("no counters to raise");
+    assert_eq!(err.kind(), BackendErrorKind::Incompatible);
+    // Counter calls go through the faults: a down instance fails them.
+    keeping.faults().set_down(true);
+    let err = sim
+        .run(Fencing::next_fence(&keeping, b"k", b"t", b"c"))
+        .expect_err("down");
+    assert_eq!(err.kind(), BackendErrorKind::Connection);
 }
 
 /// One instance, a decorated view of it whose faults the test switches, and a healthy view.

@@ -137,6 +137,8 @@ fn same_seed_same_history_byte_for_byte() {
             Family::Fair,
             Family::Adversarial,
             Family::Queue,
+            Family::FencedStandard,
+            Family::FencedRestart,
         ] {
             let a = run_seed(family, seed).history.render();
             let b = run_seed(family, seed).history.render();

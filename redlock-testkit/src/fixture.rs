@@ -66,4 +66,8 @@ impl Fixture for ServerFixture<'_> {
     fn announces_releases(&self) -> bool {
         true
     }
+
+    fn keeps_fence_counters(&self) -> bool {
+        true
+    }
 }

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use redlock_lease::{
-    async_trait, BackendError, BackendErrorKind, Clock, Config, Error, Failure, InstanceOutcome,
-    KeyState, LockBackend, LockManager, LockManagerBuilder, ReleaseNotify, SeededRandom,
+    async_trait, BackendError, BackendErrorKind, Clock, Config, Error, Failure, Fencing,
+    InstanceOutcome, KeyState, LockBackend, LockManager, LockManagerBuilder, ReleaseNotify,
+    SeededRandom,
 };
 use redlock_mock::{Faults, FaultyBackend, MemoryBackend, Simulation};
 
@@ -270,6 +271,10 @@ impl LockBackend for Recorder {
         self.inner.reconnects()
     }
 
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        self.inner.fencing().map(|_| self as &dyn Fencing)
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.inner.connect().await
     }
@@ -303,6 +308,35 @@ impl ReleaseNotify for Recorder {
         match self.inner.release_notify() {
             Some(notify) => notify.subscribe(key).await,
             None => Err(no_announcements()),
+        }
+    }
+}
+
+fn no_counters() -> BackendError {
+    BackendError::new(BackendErrorKind::Incompatible, "no fencing counters")
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl Fencing for Recorder {
+    async fn next_fence(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        counter: &[u8],
+    ) -> Result<Option<u64>, BackendError> {
+        self.note("next_fence", token);
+        match self.inner.fencing() {
+            Some(fencing) => fencing.next_fence(key, token, counter).await,
+            None => Err(no_counters()),
+        }
+    }
+
+    async fn raise_fence(&self, counter: &[u8], value: u64) -> Result<u64, BackendError> {
+        self.note("raise_fence", &[]);
+        match self.inner.fencing() {
+            Some(fencing) => fencing.raise_fence(counter, value).await,
+            None => Err(no_counters()),
         }
     }
 }

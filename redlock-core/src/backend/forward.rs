@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use super::{BackendError, KeyState, LockBackend, ReleaseNotify};
+use super::{BackendError, Fencing, KeyState, LockBackend, ReleaseNotify};
 use crate::Config;
 
 macro_rules! forward {
@@ -60,6 +60,10 @@ macro_rules! forward {
                 (**self).reconnects()
             }
 
+            fn fencing(&self) -> Option<&dyn Fencing> {
+                (**self).fencing()
+            }
+
             async fn connect(&self) -> Result<(), BackendError> {
                 (**self).connect().await
             }
@@ -84,6 +88,23 @@ macro_rules! forward {
                 (**self).subscribe(key).await
             }
         }
+
+        #[async_trait]
+        #[deny(clippy::missing_trait_methods)]
+        impl<T: Fencing + ?Sized> Fencing for $pointer<T> {
+            async fn next_fence(
+                &self,
+                key: &[u8],
+                token: &[u8],
+                counter: &[u8],
+            ) -> Result<Option<u64>, BackendError> {
+                (**self).next_fence(key, token, counter).await
+            }
+
+            async fn raise_fence(&self, counter: &[u8], value: u64) -> Result<u64, BackendError> {
+                (**self).raise_fence(counter, value).await
+            }
+        }
     };
 }
 
@@ -99,7 +120,7 @@ mod tests {
     use futures::executor::block_on;
     use futures::stream::BoxStream;
 
-    use crate::{BackendError, Config, KeyState, LockBackend, ReleaseNotify};
+    use crate::{BackendError, Config, Fencing, KeyState, LockBackend, ReleaseNotify};
 
     /// Logs every method called on it; refuses every configuration so a forwarded check shows.
     #[derive(Debug, Default)]
@@ -147,6 +168,11 @@ mod tests {
             self.note("reconnects");
             Some(Box::pin(futures::stream::empty()))
         }
+
+        fn fencing(&self) -> Option<&dyn Fencing> {
+            self.note("fencing");
+            Some(self)
+        }
         async fn connect(&self) -> Result<(), BackendError> {
             self.note("connect");
             Ok(())
@@ -173,6 +199,23 @@ mod tests {
         }
     }
 
+    #[async_trait]
+    impl Fencing for Probe {
+        async fn next_fence(
+            &self,
+            _: &[u8],
+            _: &[u8],
+            _: &[u8],
+        ) -> Result<Option<u64>, BackendError> {
+            self.note("next_fence");
+            Ok(Some(7))
+        }
+        async fn raise_fence(&self, _: &[u8], value: u64) -> Result<u64, BackendError> {
+            self.note("raise_fence");
+            Ok(value)
+        }
+    }
+
     /// A clock the manager builder accepts; these tests never wait.
     #[derive(Debug)]
     struct Still;
@@ -186,14 +229,17 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 12] = [
+    const EVERY_METHOD: [&str; 15] = [
         "acquire",
         "check_config",
         "close",
         "connect",
         "extend",
+        "fencing",
         "id",
         "inspect",
+        "next_fence",
+        "raise_fence",
         "reconnects",
         "release",
         "release_and_notify",
@@ -228,6 +274,9 @@ mod tests {
             );
             assert!(notify.subscribe(b"k").await.is_ok());
             assert!(backend.reconnects().is_some());
+            let fencing = backend.fencing().expect("the probe keeps counters");
+            assert_eq!(fencing.next_fence(b"k", b"t", b"c").await.unwrap(), Some(7));
+            assert_eq!(fencing.raise_fence(b"c", 9).await.unwrap(), 9);
             backend.connect().await.unwrap();
             backend.close().await.unwrap();
         });

@@ -17,7 +17,8 @@ use crate::telemetry;
 use crate::wait::Waiter;
 
 impl Inner {
-    /// Acquires `key` with `token` for `ttl`, waiting as `patience` allows.
+    /// Acquires `key` with `token` for `ttl`, waiting as `patience` allows; with `fenced`, each
+    /// granted attempt also draws a fence (two more rounds) before it counts.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         resource: &[u8],
@@ -25,6 +26,7 @@ impl Inner {
         token: Arc<[u8]>,
         ttl: Duration,
         patience: Patience,
+        fenced: bool,
     ) -> Result<Lock, Error> {
         let start = self.clock().now();
         // `Attempts` counts attempts made at the end of a retry window (and the first). An
@@ -34,13 +36,14 @@ impl Inner {
         // drawn delay, and an early attempt that runs past the window's end counts.
         // The last moment an attempt may start, and the last moment to stop waiting in the
         // local queue, so that the call keeps its documented bound: an attempt and the cleanup
-        // of a failed one take at most two instance timeouts, and the fair yield its grace.
-        let round_trip = self.config.instance_timeout.saturating_mul(2);
+        // of a failed one take at most two instance timeouts (four when fenced: two more
+        // rounds), and the fair yield its grace.
+        let round_trip = self.config.instance_timeout.saturating_mul(rounds(fenced));
         let grace = self.config.fair.unwrap_or_default();
         let (attempts, last_start, queue_until) = match patience {
             Patience::Attempts(n) => {
                 let last = start
-                    .saturating_add(self.bound(n))
+                    .saturating_add(self.bound(n, fenced))
                     .saturating_sub(round_trip);
                 (n.max(1), Some(last), Some(last.saturating_sub(grace)))
             }
@@ -107,7 +110,19 @@ impl Inner {
             }
             made += 1;
             let (_, releases) = place.local_state();
-            let granted = engine.acquire(&key, &token, ttl).await;
+            let mut granted = engine.acquire(&key, &token, ttl).await;
+            let mut fence = None;
+            if let (true, Ok(lease)) = (fenced, &granted) {
+                let raise = self.config.fence_raise;
+                granted =
+                    engine
+                        .fence(&key, &token, ttl, *lease, raise)
+                        .await
+                        .map(|(lease, value)| {
+                            fence = Some(value);
+                            lease
+                        });
+            }
             telemetry::attempt(made, &granted);
             let rejected = match granted {
                 Ok(_) if self.ensure_open().is_err() => {
@@ -120,7 +135,7 @@ impl Inner {
                 Ok(lease) => {
                     cleanup_on_drop.armed = false;
                     drop(cleanup_on_drop);
-                    let shared = self.new_shared(resource, key, token, ttl, lease);
+                    let shared = self.new_shared(resource, key, token, ttl, lease, fence);
                     // Counted before this head leaves the queue, so the next one waits for it.
                     *shared.holding.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(self.queues.hold(&place));
@@ -184,11 +199,11 @@ impl Inner {
 
     /// How long `attempts` attempts may take in all: each an attempt, its cleanup and a retry
     /// delay, plus the fair grace.
-    fn bound(&self, attempts: u32) -> Duration {
+    fn bound(&self, attempts: u32, fenced: bool) -> Duration {
         let (_, delay_max) = self.config.retry_delay();
         self.config
             .instance_timeout
-            .saturating_mul(2)
+            .saturating_mul(rounds(fenced))
             .saturating_add(delay_max)
             .saturating_mul(attempts.max(1))
             .saturating_add(self.config.fair.unwrap_or_default())
@@ -198,6 +213,16 @@ impl Inner {
     fn refused_locally(&self, start: Duration) -> Error {
         let elapsed = self.clock().now().saturating_sub(start);
         Error::Contended(Box::new(self.engine.not_asked(elapsed)))
+    }
+}
+
+/// The rounds an attempt and the cleanup of a failed one make at most, each bounded by the
+/// instance timeout: the acquire and the release, plus the two fence rounds when fenced.
+fn rounds(fenced: bool) -> u32 {
+    if fenced {
+        4
+    } else {
+        2
     }
 }
 

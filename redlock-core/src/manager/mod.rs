@@ -176,7 +176,8 @@ impl LockManager {
     /// [`LockManagerBuilder::wake_on_release`]); `retry_count` counts the attempts made when a
     /// delay ran out, plus the first.
     ///
-    /// Takes at most `retry_count × (2 × instance_timeout + retry_delay_max)`.
+    /// Takes at most `retry_count × (2 × instance_timeout + retry_delay_max)`; a fenced lock
+    /// `retry_count × (4 × instance_timeout + retry_delay_max)` (two more rounds per attempt).
     ///
     /// # Errors
     /// - [`Error::InvalidInput`]: empty or too long name, unusable TTL (nothing is sent);
@@ -191,10 +192,14 @@ impl LockManager {
         let ttl = self.inner.ttl(ttl)?;
         let token = self.inner.new_token();
         let patience = Patience::Attempts(self.inner.config.retry_count);
+        let fenced = self.inner.config.fenced;
         let op = telemetry::Op::acquire(self.inner.clock(), resource, &token, ttl);
-        op.finish(self.inner.acquire(resource, key, token, ttl, patience))
-            .await
-            .map_err(|e| e.about(resource))
+        op.finish(
+            self.inner
+                .acquire(resource, key, token, ttl, patience, fenced),
+        )
+        .await
+        .map_err(|e| e.about(resource))
     }
 
     /// One attempt, no waiting: the lock if the resource is free, `Contended` at once otherwise
@@ -233,10 +238,17 @@ impl LockManager {
         let patience = options
             .patience
             .unwrap_or(Patience::Attempts(self.inner.config.retry_count));
+        let fenced = options.fenced.unwrap_or(self.inner.config.fenced);
+        if fenced {
+            self.inner.check_fencing().map_err(|e| e.about(resource))?;
+        }
         let op = telemetry::Op::acquire(self.inner.clock(), resource, &token, ttl);
-        op.finish(self.inner.acquire(resource, key, token, ttl, patience))
-            .await
-            .map_err(|e| e.about(resource))
+        op.finish(
+            self.inner
+                .acquire(resource, key, token, ttl, patience, fenced),
+        )
+        .await
+        .map_err(|e| e.about(resource))
     }
 
     /// Extends `lock` to a fresh lease of `ttl` (see [`Lock::extend_for`]).
@@ -311,7 +323,7 @@ impl LockManager {
             Ok(lease) => {
                 let shared = self
                     .inner
-                    .new_shared(resource, key, token.into(), ttl, lease);
+                    .new_shared(resource, key, token.into(), ttl, lease, None);
                 Ok(Lock::new(shared, self.clone()))
             }
             Err(rejected) => Err(match rejected.verdict {
@@ -431,7 +443,21 @@ impl Inner {
         if len > MAX_KEY_LEN {
             return Err(Error::invalid(InvalidInput::ResourceTooLong(len)));
         }
-        Ok(prefix.iter().chain(resource).copied().collect())
+        let key: Arc<[u8]> = prefix.iter().chain(resource).copied().collect();
+        // A lock on a counter's key would let a fenced lock's counter be taken as a lock, or
+        // deleted by its release.
+        if key.starts_with(crate::backend::FENCE_KEY_PREFIX) {
+            return Err(Error::invalid(InvalidInput::ReservedKey));
+        }
+        Ok(key)
+    }
+
+    /// Whether every instance keeps fencing counters, as a fenced lock needs.
+    pub(crate) fn check_fencing(&self) -> Result<(), Error> {
+        match self.engine.instances.iter().find(|b| b.fencing().is_none()) {
+            Some(b) => Err(Error::invalid(InvalidInput::NoFencing(b.id().to_owned()))),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn ttl(&self, ttl: Duration) -> Result<Duration, Error> {
@@ -490,9 +516,12 @@ impl Inner {
         token: Arc<[u8]>,
         ttl: Duration,
         lease: Lease,
+        fence: Option<u64>,
     ) -> Arc<LockShared> {
         let id = self.next_lock_id.fetch_add(1, Ordering::Relaxed);
-        Arc::new(LockShared::new(id, resource, key, token, ttl, lease))
+        let mut shared = LockShared::new(id, resource, key, token, ttl, lease);
+        shared.fence = fence;
+        Arc::new(shared)
     }
 
     /// The reconnection subscriptions (handles only: consistent after any panic).

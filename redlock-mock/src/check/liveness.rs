@@ -199,6 +199,7 @@ mod tests {
             holds_until: None,
             paused: false,
             leftovers: Vec::new(),
+            fence: None,
         }
     }
 

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Config, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Config, Fencing, KeyState, LockBackend,
+    ReleaseNotify,
 };
 
 /// Writes one value for every lock of a client, whatever token the manager chose: the bug of
@@ -63,6 +64,11 @@ impl LockBackend for OneToken {
 
     fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
         self.inner.reconnects()
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        // The queue family takes plain locks: the counters need not share the bug.
+        self.inner.fencing()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {
@@ -139,6 +145,11 @@ impl LockBackend for RefuseAcquires {
 
     fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
         self.0.reconnects()
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        // Only acquires are refused.
+        self.0.fencing()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Config, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Config, Fencing, KeyState, LockBackend,
+    ReleaseNotify,
 };
 
 use super::broken::{OneToken, RefuseAcquires};
@@ -30,6 +31,7 @@ impl Bug {
                     token: format!("client-{k}").into_bytes(),
                 })
             }),
+            Self::NoFenceRaise => world.fenced(true).persistent(true).without_fence_raise(),
             Self::AcquireAlwaysRefused => world.wrap_backends(|k, _, link| {
                 if k == 0 {
                     Arc::new(RefuseAcquires(link))
@@ -63,6 +65,18 @@ fn caught_by(bug: Bug, healthy: Family, caught: impl Fn(&SeedRun) -> bool) {
     );
     let healthy = run_seed(healthy, caught.seed);
     assert!(healthy.report.is_clean(), "{healthy}");
+}
+
+/// Fences that do not grow are caught: without the raise round, two grants reaching different
+/// quorums can draw the same counter value. The same seed with the raise is clean.
+#[test]
+fn checker_catches_a_missing_fence_raise() {
+    caught_by(Bug::NoFenceRaise, Family::FencedStandard, |r| {
+        r.report
+            .violations
+            .iter()
+            .any(|v| v.kind == ViolationKind::FenceNotIncreasing)
+    });
 }
 
 fn catches(bug: Bug) {
@@ -146,6 +160,11 @@ impl LockBackend for UncheckedRelease {
 
     fn reconnects(&self) -> Option<BoxStream<'static, ()>> {
         self.0.reconnects()
+    }
+
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        // Only releases are broken.
+        self.0.fencing()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {

@@ -140,6 +140,7 @@ impl ScopedCall<'_> {
                     resource: self.resource,
                     serial,
                     patience: Some(patience),
+                    fence: None,
                 };
                 self.traced.finish(begin, &call, Outcome::Ok, None, None);
             }
@@ -156,6 +157,7 @@ impl Drop for ScopedCall<'_> {
                 resource: self.resource,
                 serial: self.traced.world().next_lock_serial(),
                 patience: Some(self.traced.patience()),
+                fence: None,
             };
             self.traced
                 .finish(begin, &call, Outcome::Cancelled, None, None);
@@ -191,6 +193,7 @@ impl<F> Job<F> {
                     resource: self.watch.resource(),
                     serial,
                     patience: Some(self.traced.patience()),
+                    fence: self.watch.fence(),
                 };
                 let holds_until = self.traced.holds_until(remaining);
                 self.traced
@@ -205,6 +208,7 @@ impl<F> Job<F> {
                         resource: self.watch.resource(),
                         serial,
                         patience: None,
+                        fence: None,
                     };
                     let holds_until = self.traced.holds_until(remaining);
                     self.traced
@@ -232,6 +236,7 @@ impl<F> Job<F> {
                 resource: self.watch.resource(),
                 serial,
                 patience: None,
+                fence: None,
             };
             self.traced
                 .finish(self.traced.begin(), &call, Outcome::Ok, None, None);
