@@ -5,6 +5,7 @@
 //! belong to the manager. That keeps the safety-relevant arithmetic in one place that can be
 //! tested on the in-memory backend without a manager.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use crate::backend::{KeyState, LockBackend};
 use crate::error::{Error, Failure};
 use crate::gate::Gate;
 use crate::lease::Lease;
-use crate::round::{self, Round, Verdict, Wait};
+use crate::round::{self, Gating, Round, Verdict, Wait};
 use crate::runtime::Clock;
 use crate::validity::DriftPpm;
 
@@ -103,17 +104,19 @@ impl Engine {
     }
 
     /// One acquire attempt: `key = token` for `ttl` on a quorum, within validity. A failed
-    /// attempt may have left keys anywhere: the caller releases them.
+    /// attempt may have left keys anywhere: the caller releases them. `sent` is set once a
+    /// request went out (before that, nothing can be set: no cleanup needed).
     pub(crate) async fn acquire(
         &self,
         key: &[u8],
         token: &[u8],
         ttl: Duration,
+        sent: Option<&AtomicBool>,
     ) -> Result<Lease, Rejected> {
         let t1 = self.clock.now();
         let round = round::run(
             &self.instances,
-            Some(&self.gates),
+            Gating::Limit(&self.gates, sent),
             self.clock.as_ref(),
             self.limit(ttl),
             Wait::UntilDecided,
@@ -141,7 +144,7 @@ impl Engine {
         };
         let round = round::run(
             &self.instances,
-            Some(&self.gates),
+            Gating::Limit(&self.gates, None),
             self.clock.as_ref(),
             limit,
             Wait::UntilDecided,
@@ -163,7 +166,7 @@ impl Engine {
     ) -> BoxFuture<'a, Round<(bool, bool)>> {
         round::run(
             &self.instances,
-            Some(&self.gates),
+            Gating::Always(&self.gates),
             self.clock.as_ref(),
             self.instance_timeout,
             Wait::ForAll,
@@ -183,7 +186,7 @@ impl Engine {
     {
         round::run(
             &self.instances,
-            Some(&self.gates),
+            Gating::Limit(&self.gates, None),
             self.clock.as_ref(),
             self.instance_timeout,
             Wait::UntilDecided,
@@ -354,7 +357,7 @@ mod tests {
     #[test]
     fn a_quorum_grants_a_lease_from_the_round_start() {
         let e = engine(&[Up, Up, Down]);
-        let lease = block_on(e.acquire(b"k", b"t", TTL)).unwrap();
+        let lease = block_on(e.acquire(b"k", b"t", TTL, None)).unwrap();
         assert_eq!(lease.validity(), Duration::from_millis(9_898));
         assert_eq!(lease.deadline(), Duration::from_millis(9_898));
     }
@@ -362,13 +365,13 @@ mod tests {
     #[test]
     fn a_minority_is_undecided_and_a_holder_refuses() {
         let e = engine(&[Up, Down, Down]);
-        let err = block_on(e.acquire(b"k", b"t", TTL)).unwrap_err();
+        let err = block_on(e.acquire(b"k", b"t", TTL, None)).unwrap_err();
         assert_eq!(err.verdict, Verdict::Undecided);
         assert!(matches!(err.into_acquire_error(1), Error::Unavailable(_)));
 
         let e = engine(&[Up, Up, Up]);
-        block_on(e.acquire(b"k", b"rival", TTL)).unwrap();
-        let err = block_on(e.acquire(b"k", b"t", TTL)).unwrap_err();
+        block_on(e.acquire(b"k", b"rival", TTL, None)).unwrap();
+        let err = block_on(e.acquire(b"k", b"t", TTL, None)).unwrap_err();
         assert_eq!(err.verdict, Verdict::Refused);
         assert_eq!(err.failure.quorum, 2);
         assert!(matches!(err.into_acquire_error(1), Error::Contended(_)));
@@ -383,7 +386,7 @@ mod tests {
                 .verdict,
             Verdict::Refused
         );
-        block_on(e.acquire(b"k", b"t", TTL)).unwrap();
+        block_on(e.acquire(b"k", b"t", TTL, None)).unwrap();
         block_on(e.extend(b"k", b"t", TTL, Some(Duration::from_secs(1)))).unwrap();
         let round = block_on(e.release(b"k", b"t", false));
         assert_eq!(round.verdict(), Verdict::Quorum);
@@ -405,7 +408,7 @@ mod tests {
     #[test]
     fn rehydration_takes_the_quorum_th_longest_ttl() {
         let e = engine(&[Up, Up, Up]);
-        block_on(e.acquire(b"k", b"t", TTL)).unwrap();
+        block_on(e.acquire(b"k", b"t", TTL, None)).unwrap();
         let lease = block_on(e.rehydrate(b"k", b"t", TTL)).unwrap();
         // Every instance reports 5 s left: validity 5 s − 1 % − 2 ms.
         assert_eq!(lease.validity(), Duration::from_millis(4_948));

@@ -2,6 +2,7 @@
 //! retry windows, and the cleanup of an acquire whose future was dropped.
 
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,18 +78,17 @@ impl Inner {
         let mut window_end: Option<Duration> = None;
         // If this future is dropped mid-attempt, keys may be set with our token: release them in
         // the background when a spawner is available (otherwise they expire by their TTL).
-        let mut cleanup_on_drop = CancelCleanup {
+        // Armed only once an attempt's request went out, and disarmed when its cleanup is done:
+        // a mass drop of queued waiters must not spawn a release for every one of them (those
+        // releases would crowd out the few that matter).
+        let cleanup_on_drop = CancelCleanup {
             inner: Arc::clone(self),
             key: &key,
             token: &token,
-            armed: true,
+            armed: AtomicBool::new(false),
         };
         let mut waiter = Waiter::default();
         let engine = &self.engine;
-        if let Some(until) = self.fairness.pending_yield(self.clock(), &key) {
-            telemetry::fair_yield(self.clock(), resource, until);
-            engine.yield_until(&key, &mut waiter, until).await;
-        }
         let (held_here, releases) = place.local_state();
         if held_here && patience != Patience::NoWait {
             // Another task of this manager holds the key: an attempt now would only be refused.
@@ -102,23 +102,33 @@ impl Inner {
         loop {
             // Closed since the last attempt: nothing of ours is set (its cleanup was awaited).
             if let Err(closed) = self.ensure_open() {
-                cleanup_on_drop.armed = false;
                 return Err(closed);
+            }
+            // Fair mode: a release of this manager that a rival heard lets the rival go first.
+            // Checked before every attempt, not only the first: a queued task is past its
+            // first attempt when the local holder releases, and would otherwise take the lock
+            // straight back while the rival that heard the release is trying.
+            if let Some(until) = self.fairness.pending_yield(self.clock(), &key) {
+                let until = last_start.map_or(until, |last| until.min(last));
+                telemetry::fair_yield(self.clock(), resource, until);
+                engine.yield_until(&key, &mut waiter, until).await;
             }
             made += 1;
             let (_, releases) = place.local_state();
-            let granted = engine.acquire(&key, &token, ttl).await;
+            let granted = engine
+                .acquire(&key, &token, ttl, Some(&cleanup_on_drop.armed))
+                .await;
             telemetry::attempt(made, &granted);
             let rejected = match granted {
                 Ok(_) if self.ensure_open().is_err() => {
                     // Won while the manager was being closed: the close did not see this lock
                     // and no call on it could release it, so give it back now.
                     let _ = engine.release(&key, &token, false).await;
-                    cleanup_on_drop.armed = false;
+                    cleanup_on_drop.disarm();
                     return Err(Error::Closed);
                 }
                 Ok(lease) => {
-                    cleanup_on_drop.armed = false;
+                    cleanup_on_drop.disarm();
                     drop(cleanup_on_drop);
                     let shared = self.new_shared(resource, key, token, ttl, lease);
                     // Counted before this head leaves the queue, so the next one waits for it.
@@ -147,7 +157,7 @@ impl Inner {
                     counted = counted.saturating_add(1);
                     if counted >= attempts || out_of_time {
                         cleanup.await;
-                        cleanup_on_drop.armed = false;
+                        cleanup_on_drop.disarm();
                         return Err(error);
                     }
                     let until = now.saturating_add(self.retry_delay());
@@ -165,10 +175,11 @@ impl Inner {
                 }
             };
             let (_, woke) = futures::future::join(cleanup, wait).await;
+            // The failed attempt is cleaned up: nothing of ours is set any more.
+            cleanup_on_drop.disarm();
             if last_start.is_some_and(|last| self.clock().now() > last) {
                 // The cleanup outlasted the window and the last moment to start an attempt:
                 // one more would overrun the call's bound by up to an instance timeout.
-                cleanup_on_drop.armed = false;
                 return Err(error);
             }
             window_end = woke.then_some(until);
@@ -199,12 +210,20 @@ struct CancelCleanup<'a> {
     inner: Arc<Inner>,
     key: &'a [u8],
     token: &'a [u8],
-    armed: bool,
+    /// An acquire request of the current attempt went out and is not cleaned up yet (set by
+    /// the round, which alone knows when a call passed its gate).
+    armed: AtomicBool,
+}
+
+impl CancelCleanup<'_> {
+    fn disarm(&self) {
+        self.armed.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Drop for CancelCleanup<'_> {
     fn drop(&mut self) {
-        if !self.armed {
+        if !*self.armed.get_mut() {
             return;
         }
         if let Some(spawner) = &self.inner.spawner {
