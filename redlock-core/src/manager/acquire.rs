@@ -73,6 +73,16 @@ impl Inner {
             }
             None => place.turn().await,
         }
+        if !at_head {
+            // Promoted because the waiter ahead left. When waiters are dropped en masse (the
+            // end of a run, a shutdown, one timeout shared by many), this caller is most likely
+            // being dropped in the same instant: step back once so that its own timer or select
+            // can drop it before anything is sent. Otherwise every dropped head promotes the
+            // next into an acquire and a cleanup release on its way out, a burst that left the
+            // connection queues so long that releases timed out unsent (their keys stayed for
+            // the TTL).
+            YieldOnce(false).await;
+        }
         self.ensure_open()?;
         let (mut made, mut counted) = (0u32, 0u32);
         let mut window_end: Option<Duration> = None;
@@ -234,5 +244,24 @@ impl Drop for CancelCleanup<'_> {
                 inner.engine.release(&key, &token, false).await;
             }));
         }
+    }
+}
+
+/// Returns `Pending` once (waking itself), so that whoever polls this future's task gets to
+/// look at its other futures before the next step.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            return std::task::Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
