@@ -43,7 +43,7 @@ fn two_managers(seed: u64, hold: Duration, span: Duration) -> Vec<usize> {
             sim.spawn(async move {
                 let options = LockOptions::new(TTL).patience(Patience::UntilCancelled);
                 while !stop.load(Ordering::SeqCst) {
-                    match manager.lock_opts("shared", options.clone()).await {
+                    match manager.lock_opts("shared", options).await {
                         Ok(lock) => {
                             clock.sleep(hold).await;
                             log.lock().unwrap().push(m);

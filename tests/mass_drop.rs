@@ -44,7 +44,7 @@ fn left_after_mass_drop(seed: u64, tasks: usize, resources: usize) -> (usize, us
                 let work = async {
                     let options = LockOptions::new(TTL).patience(Patience::UntilCancelled);
                     loop {
-                        if let Ok(lock) = manager.lock_opts(&name, options.clone()).await {
+                        if let Ok(lock) = manager.lock_opts(&name, options).await {
                             clock.sleep(ms(1)).await;
                             let _ = lock.release().await;
                         }

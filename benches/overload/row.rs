@@ -199,8 +199,7 @@ async fn lock_loop(
     while tokio::time::Instant::now() < end {
         let asked = Instant::now();
         // The run's end drops every waiter at once, as a shutdown would.
-        let Ok(got) = tokio::time::timeout_at(end, manager.lock_opts(name, options.clone())).await
-        else {
+        let Ok(got) = tokio::time::timeout_at(end, manager.lock_opts(name, options)).await else {
             return;
         };
         match got {

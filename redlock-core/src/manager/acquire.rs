@@ -111,9 +111,7 @@ impl Inner {
         }
         loop {
             // Closed since the last attempt: nothing of ours is set (its cleanup was awaited).
-            if let Err(closed) = self.ensure_open() {
-                return Err(closed);
-            }
+            self.ensure_open()?;
             // Fair mode: a release of this manager that a rival heard lets the rival go first.
             // Checked before every attempt, not only the first: a queued task is past its
             // first attempt when the local holder releases, and would otherwise take the lock
