@@ -1,6 +1,7 @@
 //! The multi-process row: the bench starts copies of itself, each running one row of its own
 //! (its own manager and connections) against the same servers, all starting at the same instant.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +10,7 @@ use crate::row::{self, Mode, Spec};
 /// Set in a child's environment: what to run (see [`child_main`]).
 pub const CHILD_ENV: &str = "REDLOCK_OVERLOAD_CHILD";
 const REPORT: &str = "OVERLOAD-CHILD";
+const DONE: &str = "OVERLOAD-DONE";
 
 /// One process's figures, as reported on its standard output.
 #[derive(Debug, Clone, Default)]
@@ -52,7 +54,14 @@ pub fn child_main() -> bool {
         tag: tag.to_owned(),
     };
     let ports: Vec<u16> = ports.split(',').map(|p| parse(p) as u16).collect();
-    let out = row::run(&spec, &ports, Some(parse(start_at)));
+    // Tell the parent this process's tasks ended, and look only once it says all have.
+    let sync = || {
+        println!("{DONE}");
+        std::io::stdout().flush().expect("stdout");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).expect("stdin");
+    };
+    let out = row::run(&spec, &ports, Some(parse(start_at)), Some(&sync));
     let us = |d: Duration| d.as_micros() as u64;
     println!(
         "{REPORT} acquisitions={} span_ms={} served={} tasks={} min_per_task={} p50_us={} \
@@ -91,7 +100,7 @@ pub fn run(spec: &Spec, processes: usize, ports: &[u16]) -> Vec<ChildReport> {
         .as_millis() as u64
         + 3_000;
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-    let children: Vec<_> = (0..processes)
+    let mut children: Vec<_> = (0..processes)
         .map(|_| {
             let env = format!(
                 "{};{};{};{};{};{};{}",
@@ -105,17 +114,44 @@ pub fn run(spec: &Spec, processes: usize, ports: &[u16]) -> Vec<ChildReport> {
             );
             Command::new(&exe)
                 .env(CHILD_ENV, env)
+                .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("start a child process")
         })
         .collect();
+    let mut outputs: Vec<BufReader<_>> = Vec::new();
+    let mut texts: Vec<String> = Vec::new();
+    for child in &mut children {
+        let mut out = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).expect("child stdout") == 0 {
+                panic!("a child ended before its tasks did:\n{text}");
+            }
+            if line.trim() == DONE {
+                break;
+            }
+            text.push_str(&line);
+        }
+        outputs.push(out);
+        texts.push(text);
+    }
+    // Every process's tasks have ended: let each look at what is left.
+    for child in &mut children {
+        let stdin = child.stdin.as_mut().expect("piped stdin");
+        stdin.write_all(b"check\n").expect("child stdin");
+        stdin.flush().expect("child stdin");
+    }
     children
         .into_iter()
-        .map(|child| {
-            let out = child.wait_with_output().expect("child process");
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(out.status.success(), "child failed: {}\n{text}", out.status);
+        .zip(outputs)
+        .zip(texts)
+        .map(|((mut child, mut out), mut text)| {
+            out.read_to_string(&mut text).expect("child stdout");
+            let status = child.wait().expect("child process");
+            assert!(status.success(), "child failed: {status}\n{text}");
             parse(&text).unwrap_or_else(|| panic!("no report from a child:\n{text}"))
         })
         .collect()

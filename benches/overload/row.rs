@@ -85,7 +85,14 @@ struct Errors {
 
 /// Runs `spec` against the servers on `ports`; with `start_at` (milliseconds since the Unix
 /// epoch) the tasks start then, so that several processes start together.
-pub fn run(spec: &Spec, ports: &[u16], start_at: Option<u64>) -> Outcome {
+/// With `before_check`, called once this process's tasks have ended and before it looks at
+/// what is left (a multi-process row waits there for every process to end).
+pub fn run(
+    spec: &Spec,
+    ports: &[u16],
+    start_at: Option<u64>,
+    before_check: Option<&(dyn Fn() + Sync)>,
+) -> Outcome {
     reset_peak();
     let (rss_start_kib, _) = memory_kib();
     let mut servers = Servers::connect(ports);
@@ -146,11 +153,11 @@ pub fn run(spec: &Spec, ports: &[u16], start_at: Option<u64>) -> Outcome {
         let (_, rss_peak_kib) = memory_kib();
         // Looked at before the client closes: closing drops the subscriber connections (and
         // their channels) and would hide what a live client leaves behind. With several
-        // processes, each looks once every one has stopped (their tasks end together; the
-        // keys of one still finishing its last critical section are not left behind).
+        // processes, each looks once every one has ended (the keys of one still finishing its
+        // last critical section are not left behind).
         let commands_after = tokio::task::block_in_place(|| servers.commands());
-        if let Some(at) = start_at {
-            sleep_until_unix_ms(at + spec.span.as_millis() as u64 + 300).await;
+        if let Some(sync) = before_check {
+            tokio::task::block_in_place(sync);
         }
         let left = tokio::task::block_in_place(|| {
             let commands = commands_after - commands_before;
