@@ -73,14 +73,15 @@ impl Inner {
             }
             None => place.turn().await,
         }
-        if !at_head {
-            // Promoted because the waiter ahead left. When waiters are dropped en masse (the
-            // end of a run, a shutdown, one timeout shared by many), this caller is most likely
-            // being dropped in the same instant: step back once so that its own timer or select
-            // can drop it before anything is sent. Otherwise every dropped head promotes the
-            // next into an acquire and a cleanup release on its way out, a burst that left the
-            // connection queues so long that releases timed out unsent (their keys stayed for
-            // the TTL).
+        if !at_head && !place.local_state().0 {
+            // Promoted while no task here holds the key: the waiter ahead gave up or was
+            // dropped (after a win, its lock is counted here and the wait below sends nothing).
+            // When waiters are dropped en masse (the end of a run, a shutdown, one timeout
+            // shared by many), this caller is most likely being dropped in the same instant:
+            // step back once so that its own timer or select can drop it before anything is
+            // sent. Otherwise every dropped head promotes the next into an acquire and a
+            // cleanup release on its way out, a burst that left the connection queues so long
+            // that releases timed out unsent (their keys stayed for the TTL).
             YieldOnce(false).await;
         }
         self.ensure_open()?;
