@@ -294,7 +294,9 @@ impl LockManagerBuilder {
     /// [`InstanceOutcome::Saturated`](crate::InstanceOutcome::Saturated)) instead of queueing
     /// behind thousands of requests whose callers have given up. Together with the local queue
     /// (one round per resource at a time), this bounds the requests a manager has pending on an
-    /// instance, whatever the number of waiting tasks.
+    /// instance, whatever the number of waiting tasks. Releases are counted but never held back:
+    /// a release not sent would leave its key standing for the whole TTL, and there is at most
+    /// one per lock or failed attempt.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n;
         self

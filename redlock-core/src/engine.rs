@@ -5,6 +5,7 @@
 //! belong to the manager. That keeps the safety-relevant arithmetic in one place that can be
 //! tested on the in-memory backend without a manager.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use crate::error::{Error, Failure};
 use crate::gate::Gate;
 use crate::holders::Holders;
 use crate::lease::Lease;
-use crate::round::{self, Ask, Round, Verdict, Wait};
+use crate::round::{self, Ask, Gating, Round, Verdict, Wait};
 use crate::runtime::Clock;
 use crate::validity::DriftPpm;
 
@@ -139,17 +140,19 @@ impl Engine {
     }
 
     /// One acquire attempt: `key = token` for `ttl` on a quorum, within validity. A failed
-    /// attempt may have left keys anywhere: the caller releases them.
+    /// attempt may have left keys anywhere: the caller releases them. `sent` is set once a
+    /// request went out (before that, nothing can be set: no cleanup needed).
     pub(crate) async fn acquire(
         &self,
         key: &[u8],
         token: &[u8],
         ttl: Duration,
+        sent: Option<&AtomicBool>,
     ) -> Result<Lease, Rejected> {
         let t1 = self.clock.now();
         let round = round::run(
             &self.instances,
-            Some(&self.gates),
+            Gating::Limit(&self.gates, sent),
             self.clock.as_ref(),
             self.limit(ttl),
             Wait::UntilDecided,
@@ -191,7 +194,7 @@ impl Engine {
         };
         let round = round::run(
             &self.instances,
-            Some(&self.gates),
+            Gating::Limit(&self.gates, None),
             self.clock.as_ref(),
             limit(self),
             Wait::UntilDecided,
@@ -232,7 +235,7 @@ impl Engine {
         if raise {
             let round = round::run(
                 &self.instances,
-                Some(&self.gates),
+                Gating::Limit(&self.gates, None),
                 self.clock.as_ref(),
                 limit(self),
                 Wait::UntilDecided,
@@ -283,7 +286,7 @@ impl Engine {
         };
         let round = round::run(
             &self.instances,
-            Some(&self.gates),
+            Gating::Limit(&self.gates, None),
             self.clock.as_ref(),
             limit,
             Wait::UntilDecided,
@@ -317,7 +320,7 @@ impl Engine {
     ) -> BoxFuture<'a, Round<(bool, bool)>> {
         round::run_keep(
             &self.instances,
-            Some(&self.gates),
+            Gating::Always(&self.gates),
             self.clock.as_ref(),
             self.instance_timeout,
             Wait::ForAll,
@@ -341,7 +344,7 @@ impl Engine {
     ) -> (Round<(bool, bool)>, Vec<Straggler>) {
         round::run_keep(
             &self.instances,
-            Some(&self.gates),
+            Gating::Always(&self.gates),
             self.clock.as_ref(),
             self.instance_timeout,
             Wait::UntilDecided,
@@ -362,7 +365,7 @@ impl Engine {
     {
         round::run(
             &self.instances,
-            Some(&self.gates),
+            Gating::Limit(&self.gates, None),
             self.clock.as_ref(),
             self.instance_timeout,
             Wait::UntilDecided,
@@ -538,7 +541,7 @@ mod tests {
     #[test]
     fn a_quorum_grants_a_lease_from_the_round_start() {
         let e = engine(&[Up, Up, Down]);
-        let lease = block_on(e.acquire(b"k", b"t", TTL)).unwrap();
+        let lease = block_on(e.acquire(b"k", b"t", TTL, None)).unwrap();
         assert_eq!(lease.validity(), Duration::from_millis(9_898));
         assert_eq!(lease.deadline(), Duration::from_millis(9_898));
     }
@@ -546,13 +549,13 @@ mod tests {
     #[test]
     fn a_minority_is_undecided_and_a_holder_refuses() {
         let e = engine(&[Up, Down, Down]);
-        let err = block_on(e.acquire(b"k", b"t", TTL)).unwrap_err();
+        let err = block_on(e.acquire(b"k", b"t", TTL, None)).unwrap_err();
         assert_eq!(err.verdict, Verdict::Undecided);
         assert!(matches!(err.into_acquire_error(1), Error::Unavailable(_)));
 
         let e = engine(&[Up, Up, Up]);
-        block_on(e.acquire(b"k", b"rival", TTL)).unwrap();
-        let err = block_on(e.acquire(b"k", b"t", TTL)).unwrap_err();
+        block_on(e.acquire(b"k", b"rival", TTL, None)).unwrap();
+        let err = block_on(e.acquire(b"k", b"t", TTL, None)).unwrap_err();
         assert_eq!(err.verdict, Verdict::Refused);
         assert_eq!(err.failure.quorum, 2);
         assert!(matches!(err.into_acquire_error(1), Error::Contended(_)));
@@ -567,7 +570,7 @@ mod tests {
                 .verdict,
             Verdict::Refused
         );
-        block_on(e.acquire(b"k", b"t", TTL)).unwrap();
+        block_on(e.acquire(b"k", b"t", TTL, None)).unwrap();
         block_on(e.extend(b"k", b"t", TTL, Some(Duration::from_secs(1)))).unwrap();
         let round = block_on(e.release(b"k", b"t", false));
         assert_eq!(round.verdict(), Verdict::Quorum);
@@ -589,7 +592,7 @@ mod tests {
     #[test]
     fn rehydration_takes_the_quorum_th_longest_ttl() {
         let e = engine(&[Up, Up, Up]);
-        block_on(e.acquire(b"k", b"t", TTL)).unwrap();
+        block_on(e.acquire(b"k", b"t", TTL, None)).unwrap();
         let lease = block_on(e.rehydrate(b"k", b"t", TTL)).unwrap();
         // Every instance reports 5 s left: validity 5 s − 1 % − 2 ms.
         assert_eq!(lease.validity(), Duration::from_millis(4_948));

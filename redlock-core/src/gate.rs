@@ -6,6 +6,11 @@
 //! fewer than the limit are in flight; a call that cannot get through before its round's time
 //! limit is never sent (it counts as [`InstanceOutcome::Saturated`](crate::InstanceOutcome)), so
 //! a saturated instance sheds load instead of accumulating stale requests.
+//!
+//! Releases are the exception: they pass at the limit (still counted). A release that is not
+//! sent leaves its key standing until the TTL runs out, which is exactly the load and the
+//! leftover keys backpressure is meant to prevent; and a release is only ever sent once per
+//! acquire attempt or lock, so letting it through cannot grow without bound.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -53,6 +58,11 @@ impl Gate {
         }
     }
 
+    /// Takes a place even at the limit.
+    fn take_always(&self) {
+        self.state().in_flight += 1;
+    }
+
     fn give_back(&self) {
         let wake = {
             let mut state = self.state();
@@ -75,6 +85,10 @@ impl Gate {
 /// backend contract, nothing is sent) before then.
 pub(crate) struct Gated<'g, F> {
     permit: Permit<'g>,
+    /// Passes even at the limit (releases, see the module doc).
+    always: bool,
+    /// Got through the gate (stays true after the call finished).
+    passed: bool,
     fut: F,
 }
 
@@ -88,19 +102,28 @@ impl<'g, F> Gated<'g, F> {
     pub(crate) fn new(gate: Option<&'g Gate>, fut: F) -> Self {
         Self {
             permit: Permit { gate, holds: false },
+            always: false,
+            passed: false,
             fut,
         }
     }
 
-    /// Whether the call went out.
+    /// A call that is counted by `gate` but never held back by it.
+    pub(crate) fn always(gate: Option<&'g Gate>, fut: F) -> Self {
+        let mut gated = Self::new(gate, fut);
+        gated.always = true;
+        gated
+    }
+
+    /// Whether the call went out (it was polled past its gate at least once).
     pub(crate) fn sent(&self) -> bool {
-        self.permit.gate.is_none() || self.permit.holds
+        self.passed
     }
 
     /// The call without its place at the gate, to be finished where the round no longer waits
     /// for it: like an abandoned call, it stops counting against the limit.
     pub(crate) fn into_inner(self) -> F {
-        let Self { permit, fut } = self;
+        let Self { permit, fut, .. } = self;
         drop(permit);
         fut
     }
@@ -112,13 +135,16 @@ impl<F: Future + Unpin> Future for Gated<'_, F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         if let Some(gate) = this.permit.gate {
-            if !this.permit.holds {
-                if !gate.take(cx) {
+            if !this.permit.holds && !this.passed {
+                if this.always {
+                    gate.take_always();
+                } else if !gate.take(cx) {
                     return Poll::Pending;
                 }
                 this.permit.holds = true;
             }
         }
+        this.passed = true;
         let out = Pin::new(&mut this.fut).poll(cx);
         if out.is_ready() {
             this.permit.release();
@@ -165,6 +191,23 @@ mod tests {
         assert_eq!((&mut c).now_or_never(), Some(7));
         assert_eq!(gate.in_flight(), 1, "a finished call gives its place back");
         drop(b);
+        assert_eq!(gate.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_release_passes_at_the_limit_and_is_counted() {
+        let gate = Gate::new(1);
+        let mut a = Gated::new(Some(&gate), pending::<()>().boxed());
+        assert!((&mut a).now_or_never().is_none() && a.sent());
+        let mut release = Gated::always(Some(&gate), pending::<()>().boxed());
+        assert!((&mut release).now_or_never().is_none());
+        assert!(release.sent(), "not held back at the limit");
+        assert_eq!(gate.in_flight(), 2);
+        let mut c = Gated::new(Some(&gate), ready(1).boxed());
+        assert_eq!((&mut c).now_or_never(), None, "a limited call still waits");
+        drop((a, release));
+        assert_eq!((&mut c).now_or_never(), Some(1));
+        assert!(c.sent());
         assert_eq!(gate.in_flight(), 0);
     }
 }

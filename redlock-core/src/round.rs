@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -22,6 +23,17 @@ pub(crate) enum Wait {
     /// For every instance, up to the time limit (release: no reachable instance may keep the
     /// token once the call returns).
     ForAll,
+}
+
+/// How the calls of a round pass the per-instance gates.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Gating<'a> {
+    /// Not gated (subscriptions: not commands in the lock's path).
+    Off,
+    /// Held back at the in-flight limit; `sent` (when given) is set once any call went out.
+    Limit(&'a [Gate], Option<&'a AtomicBool>),
+    /// Counted but never held back (releases, see [`gate`](crate::gate)).
+    Always(&'a [Gate]),
 }
 
 /// The verdict of a round.
@@ -137,7 +149,7 @@ impl Ask {
 /// follow-up rounds (release after a failed acquire) reach every instance anyway.
 pub(crate) async fn run<'a, T, C, F, Y>(
     instances: &'a [Arc<dyn LockBackend>],
-    gates: Option<&'a [Gate]>,
+    gating: Gating<'a>,
     clock: &dyn Clock,
     limit: Duration,
     wait: Wait,
@@ -149,9 +161,18 @@ where
     F: Future<Output = Result<T, BackendError>> + Unpin,
     Y: Fn(&T) -> bool,
 {
-    run_keep(instances, gates, clock, limit, wait, Ask::ALL, call, is_yes)
-        .await
-        .0
+    run_keep(
+        instances,
+        gating,
+        clock,
+        limit,
+        wait,
+        Ask::ALL,
+        call,
+        is_yes,
+    )
+    .await
+    .0
 }
 
 /// [`run`] over the instances in `ask` only (the others count as not awaited), returning also
@@ -159,7 +180,7 @@ where
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_keep<'a, T, C, F, Y>(
     instances: &'a [Arc<dyn LockBackend>],
-    gates: Option<&'a [Gate]>,
+    gating: Gating<'a>,
     clock: &dyn Clock,
     limit: Duration,
     wait: Wait,
@@ -188,10 +209,18 @@ where
         .iter()
         .enumerate()
         .map(|(i, backend)| {
-            let gate = gates.and_then(|g| g.get(i));
-            ask.contains(i).then(|| Gated::new(gate, call(backend)))
+            let gated = |fut| match gating {
+                Gating::Off => Gated::new(None, fut),
+                Gating::Limit(gates, _) => Gated::new(gates.get(i), fut),
+                Gating::Always(gates) => Gated::always(gates.get(i), fut),
+            };
+            ask.contains(i).then(|| gated(call(backend)))
         })
         .collect();
+    let sent_flag = match gating {
+        Gating::Limit(_, sent) => sent,
+        _ => None,
+    };
     let mut pending = calls.iter().filter(|c| c.is_some()).count();
     // Instances not asked can neither say yes nor no: for the verdict they are failures.
     let mut failed = n - pending;
@@ -202,7 +231,11 @@ where
     futures::future::poll_fn(|cx| {
         for (i, slot) in calls.iter_mut().enumerate() {
             let Some(fut) = slot else { continue };
-            let Poll::Ready(answer) = Pin::new(&mut *fut).poll(cx) else {
+            let polled = Pin::new(&mut *fut).poll(cx);
+            if let Some(flag) = sent_flag.filter(|_| fut.sent()) {
+                flag.store(true, Ordering::Relaxed);
+            }
+            let Poll::Ready(answer) = polled else {
                 continue;
             };
             *slot = None;

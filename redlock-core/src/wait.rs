@@ -35,7 +35,7 @@ impl Engine {
     ) -> SelectAll<BoxStream<'static, usize>> {
         let round = round::run(
             &self.instances,
-            None,
+            round::Gating::Off,
             self.clock.as_ref(),
             limit,
             Wait::ForAll,

@@ -3,14 +3,15 @@
 //! A release made through the manager runs a script that deletes the key and `PUBLISH`es on a
 //! channel derived from the key; a contended acquirer subscribes to that channel on every
 //! instance and wakes as soon as one announces the release. One dedicated subscriber connection
-//! per instance, made on first use, carries every subscription of the process; fred re-subscribes
-//! it after a reconnect. Announcements are only a hint: the manager always runs a full acquire
+//! per instance, made on first use, carries every subscription of the process; after a reconnect
+//! it subscribes again to the channels that still have listeners. Announcements are only a hint: the manager always runs a full acquire
 //! attempt after one, and polls on its jittered delay when none comes.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
@@ -90,7 +91,10 @@ impl Notifier {
             return Ok(());
         }
         let connection = self.subscriber.connect();
-        let resubscribe = self.subscriber.manage_subscriptions();
+        let resubscribe = tokio::spawn(resubscribe(
+            self.subscriber.clone(),
+            Arc::clone(&self.listeners),
+        ));
         let mut messages = self.subscriber.message_rx();
         let listeners = Arc::clone(&self.listeners);
         let dispatch = tokio::spawn(async move {
@@ -209,14 +213,74 @@ impl Drop for Subscription {
                 let subscriber = self.subscriber.clone();
                 let channel = std::mem::take(&mut self.channel);
                 let listeners = Arc::clone(&self.listeners);
-                runtime.spawn(async move {
-                    // Someone may have subscribed again meanwhile: keep the channel for them.
-                    if !Notifier::listeners(&listeners).contains_key(&channel) {
-                        drop(subscriber.unsubscribe(channel).await);
-                    }
-                });
+                runtime.spawn(unsubscribe(subscriber, channel, listeners));
             }
         }
+    }
+}
+
+/// After every reconnect, subscribes again to the channels that still have local listeners.
+///
+/// Not fred's `manage_subscriptions`: that one subscribes again to every channel on fred's own
+/// list, which keeps a channel whose UNSUBSCRIBE failed (sent while the connection was down) or
+/// raced with the reconnect. Such a channel then stayed subscribed for the life of the
+/// connection with no one listening. The listener map is the truth here: after the SUBSCRIBE,
+/// channels whose last listener left meanwhile are unsubscribed again.
+async fn resubscribe(subscriber: SubscriberClient, listeners: Arc<Mutex<Listeners>>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut reconnects = subscriber.reconnect_rx();
+    loop {
+        match reconnects.recv().await {
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+        let wanted: Vec<String> = Notifier::listeners(&listeners).keys().cloned().collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        // A failure leaves those waiters polling on their delay, as without announcements.
+        drop(subscriber.subscribe(wanted.clone()).await);
+        for channel in wanted {
+            if !Notifier::listeners(&listeners).contains_key(&channel) {
+                tokio::spawn(unsubscribe(
+                    subscriber.clone(),
+                    channel,
+                    Arc::clone(&listeners),
+                ));
+            }
+        }
+    }
+}
+
+/// How long a failed UNSUBSCRIBE is retried. One that timed out unsent (the connection busy
+/// or reconnecting) left the channel subscribed with no one listening, until the connection
+/// dropped. Bounded so that a server gone for good does not keep a task alive; a reconnect
+/// clears such channels anyway (see [`resubscribe`]).
+const UNSUBSCRIBE_RETRY_FOR: Duration = Duration::from_secs(4);
+
+/// Unsubscribes `channel` unless someone subscribed to it again meanwhile, retrying with backoff
+/// while the command fails (connection busy or reconnecting) for [`UNSUBSCRIBE_RETRY_FOR`].
+async fn unsubscribe(
+    subscriber: SubscriberClient,
+    channel: String,
+    listeners: Arc<Mutex<Listeners>>,
+) {
+    let give_up = tokio::time::Instant::now() + UNSUBSCRIBE_RETRY_FOR;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        // Someone may have subscribed again meanwhile: keep the channel for them.
+        if Notifier::listeners(&listeners).contains_key(&channel) {
+            return;
+        }
+        if subscriber.unsubscribe(channel.as_str()).await.is_ok() {
+            return;
+        }
+        let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 

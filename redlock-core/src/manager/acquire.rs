@@ -2,6 +2,7 @@
 //! retry windows, and the cleanup of an acquire whose future was dropped.
 
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,23 +76,33 @@ impl Inner {
             }
             None => place.turn().await,
         }
+        if !at_head && !place.local_state().0 {
+            // Promoted while no task here holds the key: the waiter ahead gave up or was
+            // dropped (after a win, its lock is counted here and the wait below sends nothing).
+            // When waiters are dropped en masse (the end of a run, a shutdown, one timeout
+            // shared by many), this caller is most likely being dropped in the same instant:
+            // step back once so that its own timer or select can drop it before anything is
+            // sent. Otherwise every dropped head promotes the next into an acquire and a
+            // cleanup release on its way out, a burst that left the connection queues so long
+            // that releases timed out unsent (their keys stayed for the TTL).
+            YieldOnce(false).await;
+        }
         self.ensure_open()?;
         let (mut made, mut counted) = (0u32, 0u32);
         let mut window_end: Option<Duration> = None;
         // If this future is dropped mid-attempt, keys may be set with our token: release them in
         // the background when a spawner is available (otherwise they expire by their TTL).
-        let mut cleanup_on_drop = CancelCleanup {
+        // Armed only once an attempt's request went out, and disarmed when its cleanup is done:
+        // a mass drop of queued waiters must not spawn a release for every one of them (those
+        // releases would crowd out the few that matter).
+        let cleanup_on_drop = CancelCleanup {
             inner: Arc::clone(self),
             key: &key,
             token: &token,
-            armed: true,
+            armed: AtomicBool::new(false),
         };
         let mut waiter = Waiter::default();
         let engine = &self.engine;
-        if let Some(until) = self.fairness.pending_yield(self.clock(), &key) {
-            telemetry::fair_yield(self.clock(), resource, until);
-            engine.yield_until(&key, &mut waiter, until).await;
-        }
         let (held_here, releases) = place.local_state();
         if held_here && patience != Patience::NoWait {
             // Another task of this manager holds the key: an attempt now would only be refused.
@@ -104,13 +115,21 @@ impl Inner {
         }
         loop {
             // Closed since the last attempt: nothing of ours is set (its cleanup was awaited).
-            if let Err(closed) = self.ensure_open() {
-                cleanup_on_drop.armed = false;
-                return Err(closed);
+            self.ensure_open()?;
+            // Fair mode: a release of this manager that a rival heard lets the rival go first.
+            // Checked before every attempt, not only the first: a queued task is past its
+            // first attempt when the local holder releases, and would otherwise take the lock
+            // straight back while the rival that heard the release is trying.
+            if let Some(until) = self.fairness.pending_yield(self.clock(), &key) {
+                let until = last_start.map_or(until, |last| until.min(last));
+                telemetry::fair_yield(self.clock(), resource, until);
+                engine.yield_until(&key, &mut waiter, until).await;
             }
             made += 1;
             let (_, releases) = place.local_state();
-            let mut granted = engine.acquire(&key, &token, ttl).await;
+            let mut granted = engine
+                .acquire(&key, &token, ttl, Some(&cleanup_on_drop.armed))
+                .await;
             let mut fence = None;
             if let (true, Ok(lease)) = (fenced, &granted) {
                 let raise = self.config.fence_raise;
@@ -129,11 +148,11 @@ impl Inner {
                     // Won while the manager was being closed: the close did not see this lock
                     // and no call on it could release it, so give it back now.
                     let _ = engine.release(&key, &token, false).await;
-                    cleanup_on_drop.armed = false;
+                    cleanup_on_drop.disarm();
                     return Err(Error::Closed);
                 }
                 Ok(lease) => {
-                    cleanup_on_drop.armed = false;
+                    cleanup_on_drop.disarm();
                     drop(cleanup_on_drop);
                     let shared = self.new_shared(resource, key, token, ttl, lease, fence);
                     // Counted before this head leaves the queue, so the next one waits for it.
@@ -169,7 +188,7 @@ impl Inner {
                     counted = counted.saturating_add(1);
                     if counted >= attempts || out_of_time {
                         cleanup.await;
-                        cleanup_on_drop.armed = false;
+                        cleanup_on_drop.disarm();
                         return Err(error);
                     }
                     let until = now.saturating_add(self.retry_delay());
@@ -187,10 +206,11 @@ impl Inner {
                 }
             };
             let (_, woke) = futures::future::join(cleanup, wait).await;
+            // The failed attempt is cleaned up: nothing of ours is set any more.
+            cleanup_on_drop.disarm();
             if last_start.is_some_and(|last| self.clock().now() > last) {
                 // The cleanup outlasted the window and the last moment to start an attempt:
                 // one more would overrun the call's bound by up to an instance timeout.
-                cleanup_on_drop.armed = false;
                 return Err(error);
             }
             window_end = woke.then_some(until);
@@ -231,12 +251,20 @@ struct CancelCleanup<'a> {
     inner: Arc<Inner>,
     key: &'a [u8],
     token: &'a [u8],
-    armed: bool,
+    /// An acquire request of the current attempt went out and is not cleaned up yet (set by
+    /// the round, which alone knows when a call passed its gate).
+    armed: AtomicBool,
+}
+
+impl CancelCleanup<'_> {
+    fn disarm(&self) {
+        self.armed.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Drop for CancelCleanup<'_> {
     fn drop(&mut self) {
-        if !self.armed {
+        if !*self.armed.get_mut() {
             return;
         }
         if let Some(spawner) = &self.inner.spawner {
@@ -247,5 +275,24 @@ impl Drop for CancelCleanup<'_> {
                 inner.engine.release(&key, &token, false).await;
             }));
         }
+    }
+}
+
+/// Returns `Pending` once (waking itself), so that whoever polls this future's task gets to
+/// look at its other futures before the next step.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            return std::task::Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }

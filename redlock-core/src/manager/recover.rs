@@ -20,7 +20,7 @@ use super::Inner;
 use crate::error::LossReason;
 use crate::holders::MAX_TRACKED;
 use crate::lock::{LockShared, Status};
-use crate::round::{self, Wait};
+use crate::round::{self, Gating, Wait};
 
 impl Inner {
     /// Subscribes to every instance's reconnections, once, in the background. Called at the
@@ -176,7 +176,7 @@ impl Inner {
     {
         let mut round = round::run(
             &self.engine.instances[i..=i],
-            Some(&self.engine.gates[i..=i]),
+            Gating::Limit(&self.engine.gates[i..=i], None),
             self.clock(),
             self.engine.instance_timeout,
             Wait::ForAll,
