@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use redis::io::tcp::TcpSettings;
-use redis::{Client, Cmd, ConnectionInfo, RedisError, Value};
+use redis::{Client, Cmd, ConnectionInfo, Value};
 use redlock_core::{
     async_trait, BackendError, BackendErrorKind, Error, KeyState, LockBackend, ReleaseNotify,
 };
 use tokio::time::Instant;
 
-use crate::link::{self, Conn, Link, Ready};
+use crate::link::{self, Conn, Link, Routed, Sending};
 use crate::notify::Notifier;
 use crate::options::ConnectionOptions;
 use crate::scripts::{self, Script};
@@ -140,9 +140,8 @@ impl RedisBackend {
     }
 
     /// Sends the first command of `op`, built by `build` from the scripts the connection's
-    /// server is known to cache. With a connection up, the command is on its way when this is
-    /// first polled; while one is being made, a task waits for it and sends the command then
-    /// (or drops it at `deadline`), whether or not the caller still waits.
+    /// server is known to cache. The command is on its way (on the open connection, or in the
+    /// queue of the one being made) when this is first polled.
     async fn first(
         &self,
         op: &'static str,
@@ -150,39 +149,21 @@ impl RedisBackend {
         deadline: Instant,
     ) -> Result<(Outcome, Conn), BackendError> {
         check_context(&self.link.id, op)?;
-        match self.link.get(op, false)? {
-            Ready::Now(mut conn) => {
-                let cmd = build(conn.cached.load(Ordering::Acquire));
-                let result = link::send(&mut conn, &cmd, deadline).await;
-                finish(&self.link, op, self.command_timeout, result, conn)
-            }
-            Ready::Later(pending) => {
-                // A new connection's server is not known to cache any script.
-                let cmd = build(0);
-                let link = Arc::clone(&self.link);
-                let timeout = self.command_timeout;
-                let task = tokio::spawn(async move {
-                    let Ok(conn) = tokio::time::timeout_at(deadline, pending).await else {
-                        return Err(BackendError::new(
-                            BackendErrorKind::Timeout,
-                            format!("{}: {op}: not connected within {timeout:?}", link.id),
-                        ));
-                    };
-                    let mut conn = conn?;
-                    let result = link::send(&mut conn, &cmd, deadline).await;
-                    finish(&link, op, timeout, result, conn)
-                });
-                task.await.unwrap_or_else(|_| {
-                    Err(BackendError::new(
-                        BackendErrorKind::Other,
-                        format!(
-                            "{}: {op}: the call's task ended (its tokio runtime shut down)",
-                            self.link.id
-                        ),
+        let (sending, conn) = match self.link.route(op, build, deadline)? {
+            Routed::Sending(sending, conn) => (sending, conn),
+            Routed::Queued(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(routed)) => routed?,
+                Ok(Err(_)) => return Err(self.link.closed_error(op)),
+                Err(_) => {
+                    return Err(link::timed_out(
+                        &self.link.id,
+                        &format!("{op}: not connected within {:?}", self.command_timeout),
                     ))
-                })
-            }
-        }
+                }
+            },
+        };
+        let sent = sending.await;
+        finish(&self.link, op, self.command_timeout, sent, conn)
     }
 
     /// Runs `script` on `key` with the arguments `args` adds.
@@ -212,7 +193,7 @@ impl RedisBackend {
         // EVAL until the server is known to cache the script: an EVALSHA whose NOSCRIPT nobody
         // awaits any more (the manager stops waiting at a quorum) would never be followed by
         // the EVAL, and the instance would silently miss the call.
-        let (outcome, mut conn) = self
+        let (outcome, conn) = self
             .first(
                 script.name,
                 |cached| command(cached & script.bit != 0),
@@ -228,7 +209,7 @@ impl RedisBackend {
                 // The script cache was emptied (restart, SCRIPT FLUSH): every script is suspect
                 // until EVAL caches it again.
                 conn.cached.store(0, Ordering::Release);
-                let result = link::send(&mut conn, &command(false), deadline).await;
+                let result = Sending::new(conn.clone(), command(false), deadline).await;
                 match finish(&self.link, script.name, self.command_timeout, result, conn)? {
                     (Outcome::Reply(value), conn) => {
                         conn.cached.fetch_or(script.bit, Ordering::AcqRel);
@@ -286,7 +267,7 @@ fn finish(
     link: &Link,
     op: &str,
     timeout: Duration,
-    result: Result<Result<Value, RedisError>, tokio::time::error::Elapsed>,
+    result: link::Sent,
     conn: Conn,
 ) -> Result<(Outcome, Conn), BackendError> {
     match result {
@@ -441,9 +422,11 @@ impl LockBackend for RedisBackend {
 
     async fn connect(&self) -> Result<(), BackendError> {
         check_context(&self.link.id, "connect")?;
-        match self.link.get("connect", true)? {
-            Ready::Now(_) => Ok(()),
-            Ready::Later(pending) => pending.await.map(drop),
+        match self.link.connect()? {
+            None => Ok(()),
+            Some(attempt) => attempt
+                .await
+                .unwrap_or_else(|_| Err(self.link.closed_error("connect"))),
         }
     }
 

@@ -48,3 +48,11 @@ pub(crate) fn connecting(id: &str, error: RedisError) -> BackendError {
     };
     BackendError::new(kind, format!("{id}: {what}: {error}")).with_source(error)
 }
+
+/// A `Sending` polled again after it returned its reply (a bug, reported instead of a panic).
+pub(crate) fn polled_after_completion() -> RedisError {
+    RedisError::from((
+        redis::ErrorKind::Client,
+        "redlock-redis: a request was polled after it completed",
+    ))
+}

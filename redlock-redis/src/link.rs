@@ -6,15 +6,25 @@
 //! requests on it fail, nothing is kept for a later connection, and the next call starts a new
 //! one. A server that refuses connections is tried again only after a backoff (10 ms doubling
 //! up to the configured maximum); calls in between fail at once with the last error.
+//!
+//! Requests made while a connection is being made wait in a queue, in order, and are handed to
+//! the new connection in that order before any later request (an acquire and the clean-up
+//! release after it must reach the server in the order they were made, or the release finds
+//! nothing and the acquire leaves a ghost key). A queued request whose deadline has passed is
+//! dropped, never sent.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, FutureExt, Shared};
+use futures::channel::oneshot;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, RedisError, Value};
 use redlock_core::{BackendError, BackendErrorKind};
+use tokio::time::error::Elapsed;
 use tokio::time::Instant;
 
 use crate::error;
@@ -40,7 +50,83 @@ pub(crate) struct Conn {
     pub(crate) cached: Arc<AtomicU8>,
 }
 
-type Pending = Shared<BoxFuture<'static, Result<Conn, BackendError>>>;
+/// What a sent command got: its reply (a server error as `Err`), or the deadline passed.
+pub(crate) type Sent = Result<Result<Value, RedisError>, Elapsed>;
+
+type SendFuture = Pin<Box<dyn Future<Output = Sent> + Send>>;
+
+/// One command on its way: once polled, it is in the connection's queue. Dropped before its
+/// reply, it finishes in a task of its own, because redis-rs skips a queued request whose
+/// caller is gone, and the contract wants every request polled once to reach the server (the
+/// manager stops waiting once a quorum answered). The deadline still bounds it: a request not
+/// written by then is dropped, never written later.
+pub(crate) struct Sending {
+    future: Option<SendFuture>,
+    done: Option<Sent>,
+}
+
+impl Sending {
+    pub(crate) fn new(mut conn: Conn, cmd: Cmd, deadline: Instant) -> Self {
+        // Unconstrained: tokio's cooperative budget could otherwise make the first poll return
+        // before the request is queued (its channel is budgeted), in a task that used its
+        // budget up.
+        let future = Box::pin(tokio::task::unconstrained(async move {
+            tokio::time::timeout_at(deadline, conn.mux.send_packed_command(&cmd))
+                .await
+                .map(reply)
+        }));
+        Self {
+            future: Some(future),
+            done: None,
+        }
+    }
+
+    /// Polls once without a task to wake: puts the request in the connection's queue.
+    fn start(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Some(future) = self.future.as_mut() {
+            if let Poll::Ready(sent) = future.as_mut().poll(&mut cx) {
+                self.future = None;
+                self.done = Some(sent);
+            }
+        }
+    }
+}
+
+impl Future for Sending {
+    type Output = Sent;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Sent> {
+        if let Some(sent) = self.done.take() {
+            return Poll::Ready(sent);
+        }
+        let Some(future) = self.future.as_mut() else {
+            return Poll::Ready(Ok(Err(error::polled_after_completion())));
+        };
+        let sent = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        Poll::Ready(sent)
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                drop(runtime.spawn(async move {
+                    drop(future.await);
+                }));
+            }
+        }
+    }
+}
+
+/// A request waiting for the connection being made.
+struct Queued {
+    cmd: Cmd,
+    deadline: Instant,
+    reply: oneshot::Sender<Result<(Sending, Conn), BackendError>>,
+}
 
 enum State {
     Down {
@@ -50,15 +136,12 @@ enum State {
         delay: Duration,
         last: Option<BackendError>,
     },
-    Connecting(Pending),
+    Connecting {
+        queue: Vec<Queued>,
+        watchers: Vec<oneshot::Sender<Result<(), BackendError>>>,
+    },
     Up(Conn),
     Closed,
-}
-
-/// A connection to use now, or one on its way.
-pub(crate) enum Ready {
-    Now(Conn),
-    Later(Pending),
 }
 
 pub(crate) struct Link {
@@ -69,6 +152,14 @@ pub(crate) struct Link {
     max_delay: Duration,
     state: Mutex<State>,
     generations: AtomicU64,
+}
+
+/// Where a request went.
+pub(crate) enum Routed {
+    /// On the open connection, on its way.
+    Sending(Sending, Conn),
+    /// In the queue of the connection being made.
+    Queued(oneshot::Receiver<Result<(Sending, Conn), BackendError>>),
 }
 
 impl Link {
@@ -110,74 +201,159 @@ impl Link {
         )
     }
 
-    /// The connection, or the attempt making it. Starts an attempt when there is none, unless
-    /// the last one failed less than its backoff ago (then the last error, at once); `now`
-    /// ignores the backoff (an explicit `connect`).
-    pub(crate) fn get(self: &Arc<Self>, op: &str, now: bool) -> Result<Ready, BackendError> {
+    /// Sends the command `build` makes from the scripts the server is known to cache, on the
+    /// open connection, or queues it for the connection being made (starting one if there is
+    /// none, unless the last attempt failed less than its backoff ago: then the last error).
+    /// Either way the request is on its way when this returns.
+    pub(crate) fn route(
+        self: &Arc<Self>,
+        op: &str,
+        build: impl FnOnce(u8) -> Cmd,
+        deadline: Instant,
+    ) -> Result<Routed, BackendError> {
         let mut state = self.state();
-        let delay = match &*state {
-            State::Up(conn) => return Ok(Ready::Now(conn.clone())),
-            State::Connecting(pending) => return Ok(Ready::Later(pending.clone())),
-            State::Closed => return Err(self.closed_error(op)),
-            State::Down {
-                retry_at,
-                delay,
-                last,
-            } => {
-                if let (Some(at), false) = (retry_at, now) {
-                    if Instant::now() < *at {
-                        let why = last.as_ref().map_or_else(
-                            || "the last connection attempt failed".to_owned(),
-                            |e| e.message().to_owned(),
-                        );
-                        let kind = last
-                            .as_ref()
-                            .map_or(BackendErrorKind::Connection, |e| e.kind());
-                        return Err(BackendError::new(
-                            kind,
-                            format!("{}: {op}: not connected, next attempt in {:?} (last attempt: {why})", self.id, at.saturating_duration_since(Instant::now())),
-                        ));
-                    }
-                }
-                *delay
+        match &mut *state {
+            State::Up(conn) => {
+                let cmd = build(conn.cached.load(Ordering::Acquire));
+                let mut sending = Sending::new(conn.clone(), cmd, deadline);
+                sending.start();
+                return Ok(Routed::Sending(sending, conn.clone()));
             }
+            State::Connecting { queue, .. } => {
+                let (reply, rx) = oneshot::channel();
+                // A new connection's server is not known to cache any script.
+                queue.push(Queued {
+                    cmd: build(0),
+                    deadline,
+                    reply,
+                });
+                return Ok(Routed::Queued(rx));
+            }
+            State::Closed => return Err(self.closed_error(op)),
+            State::Down { .. } => {}
+        }
+        let delay = self.backoff(&state, op, false)?;
+        let (reply, rx) = oneshot::channel();
+        *state = State::Connecting {
+            queue: vec![Queued {
+                cmd: build(0),
+                deadline,
+                reply,
+            }],
+            watchers: Vec::new(),
         };
-        let pending = self.start(delay);
-        *state = State::Connecting(pending.clone());
-        Ok(Ready::Later(pending))
+        self.start(delay);
+        Ok(Routed::Queued(rx))
+    }
+
+    /// Connects (ignoring the backoff) unless connected; resolves once the attempt ended.
+    pub(crate) fn connect(
+        self: &Arc<Self>,
+    ) -> Result<Option<oneshot::Receiver<Result<(), BackendError>>>, BackendError> {
+        let mut state = self.state();
+        let (tx, rx) = oneshot::channel();
+        match &mut *state {
+            State::Up(_) => return Ok(None),
+            State::Connecting { watchers, .. } => {
+                watchers.push(tx);
+                return Ok(Some(rx));
+            }
+            State::Closed => return Err(self.closed_error("connect")),
+            State::Down { .. } => {}
+        }
+        let delay = self.backoff(&state, "connect", true)?;
+        *state = State::Connecting {
+            queue: Vec::new(),
+            watchers: vec![tx],
+        };
+        self.start(delay);
+        Ok(Some(rx))
+    }
+
+    /// The backoff to apply if the attempt about to start fails; the last error if the last
+    /// attempt failed less than its backoff ago (unless `now`).
+    fn backoff(&self, state: &State, op: &str, now: bool) -> Result<Duration, BackendError> {
+        let State::Down {
+            retry_at,
+            delay,
+            last,
+        } = state
+        else {
+            return Ok(FIRST_DELAY);
+        };
+        if let (Some(at), false) = (retry_at, now) {
+            let left = at.saturating_duration_since(Instant::now());
+            if !left.is_zero() {
+                let why = last.as_ref().map_or_else(
+                    || "the last connection attempt failed".to_owned(),
+                    |e| e.message().to_owned(),
+                );
+                let kind = last
+                    .as_ref()
+                    .map_or(BackendErrorKind::Connection, |e| e.kind());
+                return Err(BackendError::new(
+                    kind,
+                    format!(
+                        "{}: {op}: not connected, next attempt in {left:?} (last attempt: {why})",
+                        self.id
+                    ),
+                ));
+            }
+        }
+        Ok(*delay)
     }
 
     /// Connects in a task of its own, so that the attempt finishes (and is recorded) even when
-    /// every caller waiting for it gave up.
-    fn start(self: &Arc<Self>, delay: Duration) -> Pending {
+    /// every caller waiting for it gave up; then hands the queued requests to the connection.
+    fn start(self: &Arc<Self>, delay: Duration) {
         let link = Arc::clone(self);
-        let task = tokio::spawn(async move {
+        drop(tokio::spawn(async move {
             let result = link.open().await;
             let mut state = link.state();
-            if matches!(*state, State::Closed) {
-                return Err(link.closed_error("connect"));
-            }
-            *state = match &result {
-                Ok(conn) => State::Up(conn.clone()),
-                Err(e) => State::Down {
-                    retry_at: Some(Instant::now() + delay),
-                    delay: (delay * 2).min(link.max_delay),
-                    last: Some(e.clone()),
-                },
+            let previous = match &*state {
+                State::Closed => State::Closed,
+                _ => std::mem::replace(&mut *state, State::Closed),
             };
-            result
-        });
-        let id = Arc::clone(&self.id);
-        async move {
-            task.await.unwrap_or_else(|_| {
-                Err(BackendError::new(
-                    BackendErrorKind::Other,
-                    format!("{id}: the connection task ended before connecting (its tokio runtime shut down)"),
-                ))
-            })
-        }
-        .boxed()
-        .shared()
+            let State::Connecting { queue, watchers } = previous else {
+                // Closed meanwhile: the waiters' senders are gone with the old state.
+                return;
+            };
+            match result {
+                Ok(conn) => {
+                    // In order, before the state says Up: a later request goes after these.
+                    for q in queue {
+                        if Instant::now() >= q.deadline {
+                            drop(
+                                q.reply
+                                    .send(Err(timed_out(&link.id, "not connected in time"))),
+                            );
+                            continue;
+                        }
+                        let mut sending = Sending::new(conn.clone(), q.cmd, q.deadline);
+                        sending.start();
+                        // A caller that is gone leaves the request to finish on its own.
+                        drop(q.reply.send(Ok((sending, conn.clone()))));
+                    }
+                    for w in watchers {
+                        drop(w.send(Ok(())));
+                    }
+                    *state = State::Up(conn);
+                }
+                Err(e) => {
+                    for q in queue {
+                        drop(q.reply.send(Err(e.clone())));
+                    }
+                    for w in watchers {
+                        drop(w.send(Err(e.clone())));
+                    }
+                    *state = State::Down {
+                        retry_at: Some(Instant::now() + delay),
+                        delay: (delay * 2).min(link.max_delay),
+                        last: Some(e),
+                    };
+                }
+            }
+        }));
     }
 
     async fn open(&self) -> Result<Conn, BackendError> {
@@ -227,7 +403,8 @@ impl Link {
         }
     }
 
-    /// Drops the connection (redis-rs stops its task once the last clone is gone).
+    /// Drops the connection (redis-rs stops its task once the last clone is gone) and fails
+    /// the queued requests.
     pub(crate) fn close(&self) {
         *self.state() = State::Closed;
     }
@@ -237,23 +414,16 @@ impl Link {
     }
 }
 
+pub(crate) fn timed_out(id: &str, what: &str) -> BackendError {
+    BackendError::new(BackendErrorKind::Timeout, format!("{id}: {what}"))
+}
+
 /// A single command's reply, with a server error as `Err`.
 pub(crate) fn reply(result: Result<Value, RedisError>) -> Result<Value, RedisError> {
     match result? {
         Value::ServerError(e) => Err(e.into()),
         other => Ok(other),
     }
-}
-
-/// Sends `cmd` on `conn` (on its way once this is polled), up to `deadline`.
-pub(crate) async fn send(
-    conn: &mut Conn,
-    cmd: &Cmd,
-    deadline: Instant,
-) -> Result<Result<Value, RedisError>, tokio::time::error::Elapsed> {
-    tokio::time::timeout_at(deadline, conn.mux.send_packed_command(cmd))
-        .await
-        .map(reply)
 }
 
 fn check_version(id: &str, info: &Value) -> Result<(), BackendError> {

@@ -145,10 +145,13 @@ impl Notifier {
         }
     }
 
+    /// Closes the subscriber connection and ends every subscription's stream.
     pub(crate) async fn close(&self) {
         if let Some(s) = self.subscriber.lock().await.take() {
             s.dispatch.abort();
         }
+        // An aborted dispatch task never reaches its own clean-up.
+        lock(&self.listeners).clear();
     }
 }
 
