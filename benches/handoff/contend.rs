@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    cpu_times, floor_token, manager, median, quantile, ratio, rslock, Flavour, Floor, TTL,
+    cpu_times, floor_token, manager, manager_rs, median, quantile, ratio, rslock, Flavour, Floor,
+    TTL,
 };
 use redlock_lease::{Error, Lock, LockManager};
 
@@ -18,7 +19,7 @@ pub const WORKERS: usize = 8;
 pub const HOLD: Duration = Duration::from_millis(1);
 
 /// In the order rows are printed; the ratios are taken to `floor` and `rslock`.
-pub const SUBJECTS: [&str; 3] = ["floor", "rslock", "redlock"];
+pub const SUBJECTS: [&str; 4] = ["floor", "rslock", "redlock", "redlock-rs"];
 
 /// How long a round runs, and at most how many critical sections it takes in all (0: no cap;
 /// a cap pins a profile to a fixed amount of work).
@@ -59,6 +60,7 @@ impl Client {
         match subject {
             "floor" => Client::Floor(Floor::connect(ports).await),
             "redlock" => Client::Redlock(manager(ports, true)),
+            "redlock-rs" => Client::Redlock(manager_rs(ports, true)),
             "rslock" => Client::Rslock(rslock(ports)),
             other => unreachable!("no contend subject {other}"),
         }
