@@ -251,9 +251,9 @@ pub async fn measure(
     ports: &[u16],
     tag: &str,
     plan: Plan,
-    selected: &[bool; 3],
-) -> [Vec<Round>; 3] {
-    let mut clients: [Vec<Arc<Client>>; 3] = Default::default();
+    selected: &[bool; SUBJECTS.len()],
+) -> [Vec<Round>; SUBJECTS.len()] {
+    let mut clients: [Vec<Arc<Client>>; SUBJECTS.len()] = Default::default();
     for (s, name) in SUBJECTS.iter().enumerate().filter(|(s, _)| selected[*s]) {
         for worker in 0..WORKERS {
             let client = Client::connect(name, ports).await;
@@ -267,7 +267,7 @@ pub async fn measure(
             clients[s].push(Arc::new(client));
         }
     }
-    let mut rounds: [Vec<Round>; 3] = Default::default();
+    let mut rounds: [Vec<Round>; SUBJECTS.len()] = Default::default();
     for r in 0..plan.rounds {
         for (s, name) in SUBJECTS.iter().enumerate().filter(|(s, _)| selected[*s]) {
             let resource = format!("{tag}:contend:{name}:{r}");
@@ -302,7 +302,7 @@ pub fn print_header() {
     );
 }
 
-pub fn print_rows(n: usize, flavour: Flavour, rounds: &[Vec<Round>; 3]) {
+pub fn print_rows(n: usize, flavour: Flavour, rounds: &[Vec<Round>; SUBJECTS.len()]) {
     let rate_of = |rs: &[Round]| median(&mut rs.iter().map(Round::per_sec).collect::<Vec<_>>());
     let cpu_of = |rs: &[Round]| {
         median(
