@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use redlock_core::{conformance, LockBackend};
-use redlock_redis::{RedisBackend, TokioClock};
+use redlock_redis::{ConnectionOptions, RedisBackend, TokioClock};
 use redlock_testkit::{RedisServer, ServerFixture, ServerOptions};
 
 async fn run(url: &str, fixture: ServerFixture<'_>, namespace: &[u8]) {
@@ -38,4 +38,36 @@ async fn conformance_through_arc_dyn_backend() {
     let fixture = ServerFixture::new(&server, 0);
     conformance::run_all(wrapped.as_ref(), &TokioClock, &fixture, b"arc:").await;
     wrapped.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_over_tls_with_acl_user() {
+    let server =
+        RedisServer::start_with(ServerOptions::new().tls().acl_user("locker", "s3cret-pw"));
+    let url = format!(
+        "rediss://locker:s3cret-pw@127.0.0.1:{}",
+        server.tls_port().expect("tls port")
+    );
+    let client = redlock_redis::redis::Client::build_with_tls(
+        url.as_str(),
+        redlock_redis::redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(server.tls_ca_pem().expect("ca")),
+        },
+    )
+    .expect("client");
+    let backend = RedisBackend::from_client(client, &ConnectionOptions::default()).expect("valid");
+    let fixture = ServerFixture::new(&server, 0);
+    conformance::run_all(&backend, &TokioClock, &fixture, b"tls:").await;
+    backend.close().await.expect("close");
+
+    // Without our CA the server's certificate is refused: never a silent plaintext fallback.
+    let unverified = RedisBackend::new(&url).expect("valid");
+    let error = unverified.connect().await.expect_err("unknown CA");
+    assert_eq!(
+        error.kind(),
+        redlock_core::BackendErrorKind::Connection,
+        "{error:?}"
+    );
+    assert!(!format!("{error:?}").contains("s3cret-pw"));
 }
