@@ -10,6 +10,10 @@ use redlock_testkit::{RedisServer, ServerFixture, ServerOptions};
 
 async fn run(url: &str, fixture: ServerFixture<'_>, namespace: &[u8]) {
     let backend = RedisBackend::new(url).expect("valid URL");
+    // Connected first (within the 1 s connection timeout), as `LockManager::connect` does: a
+    // first call on a cold backend also has to connect within its 90 ms command timeout, which
+    // a loaded machine can miss (the TLS handshake most of all).
+    backend.connect().await.expect("connects");
     conformance::run_all(&backend, &TokioClock, &fixture, namespace).await;
     backend.close().await.expect("close");
 }
@@ -34,6 +38,7 @@ async fn conformance_through_arc_dyn_backend() {
     let server = RedisServer::start();
     let backend: Arc<dyn LockBackend> =
         Arc::new(RedisBackend::new(&server.url()).expect("valid URL"));
+    backend.connect().await.expect("connects");
     let wrapped: Arc<dyn LockBackend> = Arc::new(Arc::clone(&backend));
     let fixture = ServerFixture::new(&server, 0);
     conformance::run_all(wrapped.as_ref(), &TokioClock, &fixture, b"arc:").await;
@@ -57,6 +62,7 @@ async fn conformance_over_tls_with_acl_user() {
     )
     .expect("client");
     let backend = RedisBackend::from_client(client, &ConnectionOptions::default()).expect("valid");
+    backend.connect().await.expect("connects");
     let fixture = ServerFixture::new(&server, 0);
     conformance::run_all(&backend, &TokioClock, &fixture, b"tls:").await;
     backend.close().await.expect("close");

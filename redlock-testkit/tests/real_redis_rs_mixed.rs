@@ -100,7 +100,10 @@ async fn releases_are_announced_across_backends() {
             .await
             .expect("release");
         assert!(released, "{key}");
-        assert!(heard, "the other backend's subscription heard the release");
+        assert!(
+            heard,
+            "{releaser:?} released {key}: the subscription of {listener:?} heard nothing"
+        );
         assert_eq!(stream.next().await, Some(()));
     }
     fred.close().await.expect("close");
