@@ -24,7 +24,7 @@
 //! This crate and `redlock-fred` implement the same contract with the same keys, scripts and
 //! release-announcement channels: managers on either, and aioredlock clients, can share the
 //! same servers. This one is lighter per call (redis-rs shares socket writes between concurrent
-//! scripts; see the crate's `BENCHMARKS.md` section "redis-rs backend"), and fits an
+//! scripts; see the repository's `BENCHMARKS.md`, section "redis-rs backend"), and fits an
 //! application that already uses redis-rs. `redlock-fred` adds Sentinel, aioredlock's
 //! URL and instance forms, and reconnection in the background.
 //!
