@@ -13,8 +13,10 @@
 //! `SET NX`: what running a script on the server costs), `backends` (the fred backends' acquire
 //! and release sent to all N at once, no manager: separates the backend's cost from the core's),
 //! `redlock` (defaults: wake-on-release on), `redlock-nowake` (wake-on-release off, to price
-//! what announcing releases costs when nobody waits) and `redlock-fenced` (the defaults with
-//! fencing tokens: two more rounds per lock, to price them against `redlock`). `floor-del`, run only when named in
+//! what announcing releases costs when nobody waits), `redlock-fenced` (the defaults with
+//! fencing tokens: two more rounds per lock, to price them against `redlock`) and `redlock-rs`
+//! (the same manager, defaults, on the redis-rs backend `redlock-redis` instead of fred).
+//! `floor-del`, run only when named in
 //! `REDLOCK_BENCH_ONLY`, is a cost probe and not a lock: the floor releasing with a plain `DEL`,
 //! which fred batches like any built-in command, where a script forces a write of its own; what a
 //! built-in compare-and-delete (Redis 8.4 `DELEX ... IFEQ`) would cost on servers without one.
@@ -31,13 +33,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
-    backends, conc, env_count, fenced_manager, header, instance_counts, manager, median, ms, pids,
-    ports, print_failures, quantile, quick, ratio, rslock, selected, seq, start_servers, us,
-    warm_up, Conc, Flavour, Floor, Seq, Subject,
+    backends, conc, env_count, fenced_manager, header, instance_counts, manager, manager_rs,
+    median, ms, pids, ports, print_failures, quantile, quick, ratio, rslock, selected, seq,
+    start_servers, us, warm_up, Conc, Flavour, Floor, Seq, Subject,
 };
 
 /// In the order of `measure`'s subjects; the first two are the references of the ratios.
-const SUBJECTS: [&str; 8] = [
+const SUBJECTS: [&str; 9] = [
     "floor",
     "rslock",
     "floor-lua",
@@ -45,6 +47,7 @@ const SUBJECTS: [&str; 8] = [
     "redlock",
     "redlock-nowake",
     "redlock-fenced",
+    "redlock-rs",
     "floor-del",
 ];
 const FLOOR: usize = 0;
@@ -85,6 +88,7 @@ async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures
         Arc::new(Subject::Redlock(manager(ports, true))),
         Arc::new(Subject::Redlock(manager(ports, false))),
         Arc::new(Subject::Redlock(fenced_manager(ports))),
+        Arc::new(Subject::Redlock(manager_rs(ports, true))),
         Arc::new(Subject::FloorDel(floor_del)),
     ];
     for (s, subject) in subjects
@@ -290,7 +294,7 @@ fn main() {
             })
         })
     }));
-    println!("targets (issue 12): redlock lock p50 at most 1.00x rslock");
+    println!("targets (issue 12): redlock (or redlock-rs) lock p50 at most 1.00x rslock");
 
     println!();
     println!(
@@ -328,7 +332,7 @@ fn main() {
         })
     }));
     println!(
-        "targets (issue 12): redlock cycles/s at least 1.00x rslock with at most 1.00x its CPU \
-         per cycle; redlock (wake-on-release) within 5% of redlock-nowake"
+        "targets (issue 12): redlock (or redlock-rs) cycles/s at least 1.00x rslock with at most \
+         1.00x its CPU per cycle; redlock (wake-on-release) within 5% of redlock-nowake"
     );
 }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    header, instance_counts, manager, ms, ports, print_failures, quantile, quick, rslock, selected,
-    seq_paced, start_servers, warm_up, Flavour, Floor, Seq, Subject,
+    header, instance_counts, manager, manager_rs, ms, ports, print_failures, quantile, quick,
+    rslock, selected, seq_paced, start_servers, warm_up, Flavour, Floor, Seq, Subject,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -119,6 +119,12 @@ async fn measure(
     }
     if selected("redlock") {
         subjects.push(("redlock", Arc::new(Subject::Redlock(manager(ports, true)))));
+    }
+    if selected("redlock-rs") {
+        subjects.push((
+            "redlock-rs",
+            Arc::new(Subject::Redlock(manager_rs(ports, true))),
+        ));
     }
     let mut rows = Vec::new();
     for (name, subject) in &subjects {

@@ -13,6 +13,7 @@
 //! | [`redlock-core`](https://docs.rs/redlock-core): the algorithm, [`LockManager`], [`Lock`], [`LockBackend`] | the crate root | always |
 //! | [`redlock-fred`](https://docs.rs/redlock-fred): Redis and Sentinel on the `fred` client, tokio clock and spawner | `redlock_lease::fred` | `fred` (default) |
 //! | TLS (`rediss://`) through rustls, for `redlock-fred` | | `tls` (default) |
+//! | [`redlock-redis`](https://docs.rs/redlock-redis): Redis on redis-rs (one multiplexed connection per instance), tokio clock and spawner | `redlock_lease::redis_rs` | `redis-rs` |
 //! | [`redlock-mock`](https://docs.rs/redlock-mock): in-memory instances, virtual time, fault-injecting simulation | `redlock_lease::mock` | `mock` |
 //! | spans and events through `tracing` | | `tracing` (default) |
 //! | counters and a histogram through the `metrics` facade | | `metrics` |
@@ -116,6 +117,11 @@ pub use redlock_mock as mock;
 #[cfg(feature = "fred")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fred")))]
 pub use redlock_fred as fred;
+
+/// The Redis backend on redis-rs and the tokio clock and spawner: the crate `redlock-redis`.
+#[cfg(feature = "redis-rs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis-rs")))]
+pub use redlock_redis as redis_rs;
 
 /// The README's Rust examples, compiled by `cargo test --doc` (never part of the docs).
 #[cfg(all(doctest, feature = "fred"))]

@@ -138,6 +138,15 @@ pub fn fenced_manager(ports: &[u16]) -> LockManager {
         .expect("valid configuration")
 }
 
+/// The same manager on the redis-rs backend (`redlock-redis`), with the same settings.
+pub fn manager_rs(ports: &[u16], wake: bool) -> LockManager {
+    redlock_redis::manager(ports.iter().map(|&p| url(p)))
+        .instance_timeout(instance_timeout())
+        .wake_on_release(wake)
+        .build()
+        .expect("valid configuration")
+}
+
 /// The fred backends a manager over `ports` would have, to call them without the algorithm.
 pub fn backends(ports: &[u16]) -> Vec<Arc<RedisBackend>> {
     let options = ConnectionOptions::default().for_instance_timeout(instance_timeout());

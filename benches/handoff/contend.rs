@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    cpu_times, floor_token, manager, median, quantile, ratio, rslock, Flavour, Floor, TTL,
+    cpu_times, floor_token, manager, manager_rs, median, quantile, ratio, rslock, Flavour, Floor,
+    TTL,
 };
 use redlock_lease::{Error, Lock, LockManager};
 
@@ -18,7 +19,7 @@ pub const WORKERS: usize = 8;
 pub const HOLD: Duration = Duration::from_millis(1);
 
 /// In the order rows are printed; the ratios are taken to `floor` and `rslock`.
-pub const SUBJECTS: [&str; 3] = ["floor", "rslock", "redlock"];
+pub const SUBJECTS: [&str; 4] = ["floor", "rslock", "redlock", "redlock-rs"];
 
 /// How long a round runs, and at most how many critical sections it takes in all (0: no cap;
 /// a cap pins a profile to a fixed amount of work).
@@ -59,6 +60,7 @@ impl Client {
         match subject {
             "floor" => Client::Floor(Floor::connect(ports).await),
             "redlock" => Client::Redlock(manager(ports, true)),
+            "redlock-rs" => Client::Redlock(manager_rs(ports, true)),
             "rslock" => Client::Rslock(rslock(ports)),
             other => unreachable!("no contend subject {other}"),
         }
@@ -249,9 +251,9 @@ pub async fn measure(
     ports: &[u16],
     tag: &str,
     plan: Plan,
-    selected: &[bool; 3],
-) -> [Vec<Round>; 3] {
-    let mut clients: [Vec<Arc<Client>>; 3] = Default::default();
+    selected: &[bool; SUBJECTS.len()],
+) -> [Vec<Round>; SUBJECTS.len()] {
+    let mut clients: [Vec<Arc<Client>>; SUBJECTS.len()] = Default::default();
     for (s, name) in SUBJECTS.iter().enumerate().filter(|(s, _)| selected[*s]) {
         for worker in 0..WORKERS {
             let client = Client::connect(name, ports).await;
@@ -265,7 +267,7 @@ pub async fn measure(
             clients[s].push(Arc::new(client));
         }
     }
-    let mut rounds: [Vec<Round>; 3] = Default::default();
+    let mut rounds: [Vec<Round>; SUBJECTS.len()] = Default::default();
     for r in 0..plan.rounds {
         for (s, name) in SUBJECTS.iter().enumerate().filter(|(s, _)| selected[*s]) {
             let resource = format!("{tag}:contend:{name}:{r}");
@@ -300,7 +302,7 @@ pub fn print_header() {
     );
 }
 
-pub fn print_rows(n: usize, flavour: Flavour, rounds: &[Vec<Round>; 3]) {
+pub fn print_rows(n: usize, flavour: Flavour, rounds: &[Vec<Round>; SUBJECTS.len()]) {
     let rate_of = |rs: &[Round]| median(&mut rs.iter().map(Round::per_sec).collect::<Vec<_>>());
     let cpu_of = |rs: &[Round]| {
         median(

@@ -38,6 +38,7 @@ BUCKETS = [
     ('memcpy, memmove, memset', r'mem(cpy|move|set)|memcmp|bcmp'),
     ('redlock-core (manager, rounds, wait)', r'redlock_core|<redlock_core'),
     ('redlock-fred backend', r'redlock_fred|<redlock_fred'),
+    ('redlock-redis backend', r'redlock_redis|<redlock_redis'),
     ('rslock', r'rslock|<rslock'),
     ('redis-rs (multiplexed connection, script)', r'^redis::|<redis::'),
     ('sha1 (rslock hashes its script on every call)', r'sha1'),

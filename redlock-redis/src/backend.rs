@@ -1,0 +1,474 @@
+//! [`LockBackend`] on one redis-rs multiplexed connection per instance.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use redis::io::tcp::TcpSettings;
+use redis::{Client, Cmd, ConnectionInfo, Value};
+use redlock_core::{
+    async_trait, BackendError, BackendErrorKind, Error, KeyState, LockBackend, ReleaseNotify,
+};
+use tokio::time::Instant;
+
+use crate::link::{self, Conn, Link, Routed, Sending};
+use crate::notify::Notifier;
+use crate::options::ConnectionOptions;
+use crate::scripts::{self, Script};
+use crate::{config, error};
+
+/// One Redis server (over TCP, TLS with the `tls` feature, or a unix socket) as a
+/// [`LockBackend`], on redis-rs.
+///
+/// Holds one redis-rs `MultiplexedConnection`, which pipelines concurrent calls over one socket,
+/// and a second connection, made on first use, for release announcements. Connections are made
+/// lazily, by the first call (or [`LockBackend::connect`]), on the tokio runtime running that
+/// call; keep that runtime alive while the backend is used.
+///
+/// Every call must come from a tokio runtime with timers (`enable_all`); elsewhere it fails at
+/// once with an error saying so, never a panic.
+///
+/// # One attempt, never a replay
+///
+/// Each operation is one command or Lua script, handed to the connection on the call's first
+/// poll (or, while the connection is being made, to a task that sends it once the connection is
+/// up), and sent once. Every operation ends within the command timeout from its first poll
+/// (see [`ConnectionOptions`]); a request not yet written by then is dropped, never written
+/// later. A broken connection fails the calls on it and is replaced on the next call; nothing is
+/// queued for the new connection. Scripts go as `EVALSHA` once the server is known to cache
+/// them, as `EVAL` before (and after a `NOSCRIPT`).
+///
+/// # Errors
+/// A failed call's [`BackendError::kind`] is [`Auth`](BackendErrorKind::Auth) (credentials
+/// refused, or none given where the server wants them), [`Connection`](BackendErrorKind::Connection)
+/// (refused, lost, timed out connecting), [`Timeout`](BackendErrorKind::Timeout) (no reply in
+/// time), [`Incompatible`](BackendErrorKind::Incompatible) (a server older than Redis 7.0),
+/// [`WrongType`](BackendErrorKind::WrongType), [`Server`](BackendErrorKind::Server) (any other
+/// error reply, `READONLY` included), [`Protocol`](BackendErrorKind::Protocol) or
+/// [`Closed`](BackendErrorKind::Closed).
+pub struct RedisBackend {
+    link: Arc<Link>,
+    notifier: Notifier,
+    command_timeout: Duration,
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The id only: the connection info holds the password.
+        f.debug_struct("RedisBackend")
+            .field("id", &&*self.link.id)
+            .field("command_timeout", &self.command_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the first command of an operation got.
+enum Outcome {
+    Reply(Value),
+    /// `NOSCRIPT`: the server does not cache the script sent by its digest.
+    NoScript,
+}
+
+impl RedisBackend {
+    /// A backend for a `redis://`, `rediss://` (feature `tls`), `redis+unix://` or `unix://`
+    /// URL, with [`ConnectionOptions::default`]. Parses and validates; does not connect.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] ([`InvalidInput::Config`](redlock_core::InvalidInput::Config)):
+    /// see [`with_options`](Self::with_options).
+    pub fn new(url: &str) -> Result<Self, Error> {
+        Self::with_options(url, &ConnectionOptions::default())
+    }
+
+    /// A backend for `url` with `options`. Parses and validates; does not connect.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] ([`InvalidInput::Config`](redlock_core::InvalidInput::Config)):
+    /// a malformed URL, another scheme, an empty host, port 0, a negative database, or
+    /// `rediss://` without the `tls` feature. The message never shows the URL beyond its scheme.
+    pub fn with_options(url: &str, options: &ConnectionOptions) -> Result<Self, Error> {
+        Self::from_connection_info(config::parse_url(url)?, options)
+    }
+
+    /// A backend for a redis-rs [`ConnectionInfo`] (address, credentials, database, RESP
+    /// version). `TCP_NODELAY` is turned on. Does not connect.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] as for [`with_options`](Self::with_options).
+    pub fn from_connection_info(
+        info: ConnectionInfo,
+        options: &ConnectionOptions,
+    ) -> Result<Self, Error> {
+        let info = config::validate(info)?;
+        let info = info.set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let client = Client::open(info)
+            .map_err(|e| config::config_error(format!("invalid connection settings: {e}")))?;
+        Self::from_client(client, options)
+    }
+
+    /// A backend on a redis-rs [`Client`] of your own (TLS with your own certificates through
+    /// `Client::build_with_tls`, say). The backend makes its own connections from it. Does not
+    /// connect.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an address the backend cannot use (see
+    /// [`with_options`](Self::with_options)).
+    pub fn from_client(client: Client, options: &ConnectionOptions) -> Result<Self, Error> {
+        let info = config::validate(client.get_connection_info().clone())?;
+        let id: Arc<str> = config::id_of(&info).into();
+        Ok(Self {
+            link: Arc::new(Link::new(
+                Arc::clone(&id),
+                client.clone(),
+                options.connection_timeout,
+                options.reconnect_max_delay,
+            )),
+            notifier: Notifier::new(
+                id,
+                client,
+                options.connection_timeout,
+                options.command_timeout,
+            ),
+            command_timeout: options.command_timeout,
+        })
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.command_timeout
+    }
+
+    /// Sends the first command of `op`, built by `build` from the scripts the connection's
+    /// server is known to cache. The command is on its way (on the open connection, or in the
+    /// queue of the one being made) when this is first polled.
+    async fn first(
+        &self,
+        op: &'static str,
+        build: impl FnOnce(u8) -> Cmd,
+        deadline: Instant,
+    ) -> Result<(Outcome, Conn), BackendError> {
+        check_context(&self.link.id, op)?;
+        let (sending, conn) = match self.link.route(op, build, deadline)? {
+            Routed::Sending(sending, conn) => (sending, conn),
+            Routed::Queued(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(routed)) => routed?,
+                Ok(Err(_)) => return Err(self.link.closed_error(op)),
+                Err(_) => {
+                    return Err(link::timed_out(
+                        &self.link.id,
+                        &format!("{op}: not connected within {:?}", self.command_timeout),
+                    ))
+                }
+            },
+        };
+        let sent = sending.await;
+        finish(&self.link, op, self.command_timeout, sent, conn)
+    }
+
+    /// Runs `script` on `key` with the arguments `args` adds.
+    async fn script(
+        &self,
+        script: &'static Script,
+        key: &[u8],
+        args: impl Fn(&mut Cmd),
+        deadline: Instant,
+    ) -> Result<Value, BackendError> {
+        let command = |sha: bool| {
+            let mut cmd = if sha {
+                redis::cmd("EVALSHA")
+            } else {
+                redis::cmd("EVAL")
+            };
+            cmd.arg(if sha {
+                script.sha.as_str()
+            } else {
+                script.body
+            })
+            .arg(1)
+            .arg(key);
+            args(&mut cmd);
+            cmd
+        };
+        // EVAL until the server is known to cache the script: an EVALSHA whose NOSCRIPT nobody
+        // awaits any more (the manager stops waiting at a quorum) would never be followed by
+        // the EVAL, and the instance would silently miss the call.
+        let (outcome, conn) = self
+            .first(
+                script.name,
+                |cached| command(cached & script.bit != 0),
+                deadline,
+            )
+            .await?;
+        match outcome {
+            Outcome::Reply(value) => {
+                conn.cached.fetch_or(script.bit, Ordering::AcqRel);
+                Ok(value)
+            }
+            Outcome::NoScript => {
+                // The script cache was emptied (restart, SCRIPT FLUSH): every script is suspect
+                // until EVAL caches it again.
+                conn.cached.store(0, Ordering::Release);
+                let result = Sending::new(conn.clone(), command(false), deadline).await;
+                match finish(&self.link, script.name, self.command_timeout, result, conn)? {
+                    (Outcome::Reply(value), conn) => {
+                        conn.cached.fetch_or(script.bit, Ordering::AcqRel);
+                        Ok(value)
+                    }
+                    (Outcome::NoScript, _) => Err(BackendError::new(
+                        BackendErrorKind::Server,
+                        format!(
+                            "{}: {}: NOSCRIPT in reply to EVAL",
+                            self.link.id, script.name
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn code(&self, value: &Value, op: &str) -> Result<bool, BackendError> {
+        match value {
+            Value::Int(1) => Ok(true),
+            Value::Int(0) => Ok(false),
+            Value::Int(scripts::WRONG_TYPE) => Err(self.wrong_type(op)),
+            other => Err(self.unexpected(op, other)),
+        }
+    }
+
+    fn wrong_type(&self, op: &str) -> BackendError {
+        BackendError::new(
+            BackendErrorKind::WrongType,
+            format!(
+                "{}: {op} failed: the key holds a value of another type (WRONGTYPE)",
+                self.link.id
+            ),
+        )
+    }
+
+    fn unexpected(&self, op: &str, value: &Value) -> BackendError {
+        let what = match value {
+            Value::Nil => "nil",
+            Value::Int(_) => "integer",
+            Value::BulkString(_) => "bulk string",
+            Value::Array(_) => "array",
+            Value::SimpleString(_) => "simple string",
+            _ => "other",
+        };
+        BackendError::new(
+            BackendErrorKind::Protocol,
+            format!("{}: {op}: unexpected reply of type {what}", self.link.id),
+        )
+    }
+}
+
+/// Turns a sent command's result into an outcome; forgets a connection that broke.
+fn finish(
+    link: &Link,
+    op: &str,
+    timeout: Duration,
+    result: link::Sent,
+    conn: Conn,
+) -> Result<(Outcome, Conn), BackendError> {
+    match result {
+        Ok(Ok(value)) => Ok((Outcome::Reply(value), conn)),
+        Ok(Err(e)) if e.code() == Some("NOSCRIPT") => Ok((Outcome::NoScript, conn)),
+        Ok(Err(e)) => {
+            if error::is_broken(&e) {
+                link.broken(&conn);
+                if link.is_closed() {
+                    return Err(link.closed_error(op));
+                }
+            }
+            Err(error::command(&link.id, op, e))
+        }
+        Err(_) => Err(BackendError::new(
+            BackendErrorKind::Timeout,
+            format!("{}: {op}: no reply within {timeout:?}", link.id),
+        )),
+    }
+}
+
+fn check_context(id: &str, op: &str) -> Result<(), BackendError> {
+    use redlock_rt::tokio::ContextProblem;
+    redlock_rt::tokio::context().map_err(|problem| {
+        let why = match problem {
+            ContextProblem::NoRuntime => "called outside a tokio runtime: redlock-redis runs on tokio; call it from a task of a tokio runtime built with enable_all()",
+            _ => "the tokio runtime has no timer driver: build it with enable_all() (or enable_time() and enable_io())",
+        };
+        BackendError::new(BackendErrorKind::Other, format!("{id}: {op}: {why}"))
+    })
+}
+
+fn millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl LockBackend for RedisBackend {
+    fn id(&self) -> &str {
+        &self.link.id
+    }
+
+    async fn acquire(&self, key: &[u8], tok: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        // One built-in `SET key token NX PX ttl GET` (Redis 7) in the common case. A key of
+        // another type still answers WRONGTYPE, a replica READONLY. Only a key that already
+        // holds our token (a request sent again by the caller) needs the script, which resets
+        // the expiry atomically (contract rule 2).
+        let deadline = self.deadline();
+        let ms = millis(ttl);
+        let set = |_| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(tok).arg("NX").arg("PX").arg(ms).arg("GET");
+            cmd
+        };
+        match self.first("acquire", set, deadline).await?.0 {
+            Outcome::Reply(Value::Nil) => return Ok(true),
+            Outcome::Reply(Value::BulkString(held)) if held != tok => return Ok(false),
+            Outcome::Reply(Value::BulkString(_)) => {}
+            Outcome::Reply(other) => return Err(self.unexpected("acquire", &other)),
+            Outcome::NoScript => return Err(self.unexpected("acquire", &Value::Nil)),
+        }
+        let reply = self
+            .script(
+                &scripts::ACQUIRE,
+                key,
+                |cmd| {
+                    cmd.arg(tok).arg(ms);
+                },
+                deadline,
+            )
+            .await?;
+        self.code(&reply, "acquire")
+    }
+
+    async fn extend(&self, key: &[u8], tok: &[u8], ttl: Duration) -> Result<bool, BackendError> {
+        let ms = millis(ttl);
+        let reply = self
+            .script(
+                &scripts::EXTEND,
+                key,
+                |cmd| {
+                    cmd.arg(tok).arg(ms);
+                },
+                self.deadline(),
+            )
+            .await?;
+        self.code(&reply, "extend")
+    }
+
+    async fn release(&self, key: &[u8], tok: &[u8]) -> Result<bool, BackendError> {
+        let reply = self
+            .script(
+                &scripts::RELEASE,
+                key,
+                |cmd| {
+                    cmd.arg(tok);
+                },
+                self.deadline(),
+            )
+            .await?;
+        self.code(&reply, "release")
+    }
+
+    async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
+        let reply = self
+            .script(&scripts::INSPECT, key, |_| {}, self.deadline())
+            .await?;
+        match reply {
+            Value::Int(0) => Ok(None),
+            Value::Int(scripts::WRONG_TYPE) => Err(self.wrong_type("inspect")),
+            Value::Array(parts) => match parts.as_slice() {
+                // -2: gone between GET and PTTL, impossible inside a script; treat as absent.
+                [_, Value::Int(-2)] => Ok(None),
+                [Value::BulkString(value), Value::Int(ms)] => Ok(Some(KeyState {
+                    value: value.clone(),
+                    // -1: no expiry.
+                    ttl: (*ms >= 0).then(|| Duration::from_millis(ms.unsigned_abs())),
+                })),
+                _ => Err(self.unexpected("inspect", &Value::Array(parts))),
+            },
+            other => Err(self.unexpected("inspect", &other)),
+        }
+    }
+
+    fn check_config(&self, config: &redlock_core::Config) -> Result<(), String> {
+        // The backend's timeout must fire first, so that a request the manager gave up on is
+        // dropped by the backend before it is written.
+        if self.command_timeout >= config.instance_timeout() {
+            return Err(format!(
+                "{}: the backend's command timeout {:?} must be shorter than the manager's instance timeout {:?}; give the backend ConnectionOptions::new().for_instance_timeout({:?}) (redlock_redis::manager does this itself)",
+                self.link.id,
+                self.command_timeout,
+                config.instance_timeout(),
+                config.instance_timeout()
+            ));
+        }
+        if config.max_in_flight() > link::PIPELINE_BUFFER {
+            return Err(format!(
+                "{}: an in-flight limit of {} calls per instance is more than redlock-redis queues at once ({}): a call beyond that would wait before it is sent; set max_in_flight to {} or less",
+                self.link.id,
+                config.max_in_flight(),
+                link::PIPELINE_BUFFER,
+                link::PIPELINE_BUFFER
+            ));
+        }
+        Ok(())
+    }
+
+    fn release_notify(&self) -> Option<&dyn ReleaseNotify> {
+        Some(self)
+    }
+
+    async fn connect(&self) -> Result<(), BackendError> {
+        check_context(&self.link.id, "connect")?;
+        match self.link.connect()? {
+            None => Ok(()),
+            Some(attempt) => attempt
+                .await
+                .unwrap_or_else(|_| Err(self.link.closed_error("connect"))),
+        }
+    }
+
+    async fn close(&self) -> Result<(), BackendError> {
+        self.link.close();
+        self.notifier.close().await;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ReleaseNotify for RedisBackend {
+    async fn release_and_notify(
+        &self,
+        key: &[u8],
+        tok: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        let channel = crate::notify::channel(key);
+        let reply = self
+            .script(
+                &scripts::RELEASE_NOTIFY,
+                key,
+                |cmd| {
+                    cmd.arg(tok).arg(&channel);
+                },
+                self.deadline(),
+            )
+            .await?;
+        match reply {
+            Value::Int(2) => Ok((true, true)),
+            Value::Int(1) => Ok((true, false)),
+            Value::Int(0) => Ok((false, false)),
+            Value::Int(scripts::WRONG_TYPE) => Err(self.wrong_type("release")),
+            other => Err(self.unexpected("release", &other)),
+        }
+    }
+
+    async fn subscribe(&self, key: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        check_context(&self.link.id, "subscribe")?;
+        if self.link.is_closed() {
+            return Err(self.link.closed_error("subscribe"));
+        }
+        self.notifier.subscribe(key).await
+    }
+}

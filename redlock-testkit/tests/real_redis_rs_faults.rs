@@ -1,0 +1,322 @@
+//! The redis-rs backend (`redlock-redis`) under real faults: servers killed, restarted and
+//! stalled behind a proxy (no ghost key after the manager gave up, reconnection after a
+//! restart), and every kind of failure a person can act on.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use redlock_core::{
+    BackendError, BackendErrorKind, Error, InstanceOutcome, LockBackend, LockManager, ReleaseNotify,
+};
+use redlock_redis::{ConnectionOptions, RedisBackend, TokioClock};
+use redlock_testkit::{require_redis, Proxy, RedisServer, ServerOptions};
+
+const TTL: Duration = Duration::from_secs(10);
+
+fn servers(n: usize) -> Vec<RedisServer> {
+    require_redis();
+    (0..n).map(|_| RedisServer::start()).collect()
+}
+
+/// A manager with one attempt per lock, on backends of its own (returned too).
+fn manager_on(urls: &[String], timeout: Duration) -> (LockManager, Vec<Arc<RedisBackend>>) {
+    let options = ConnectionOptions::new().for_instance_timeout(timeout);
+    let backends: Vec<Arc<RedisBackend>> = urls
+        .iter()
+        .map(|u| Arc::new(RedisBackend::with_options(u, &options).expect("backend")))
+        .collect();
+    let manager = LockManager::builder(Arc::new(TokioClock))
+        .instances(
+            backends
+                .iter()
+                .map(|b| Arc::clone(b) as Arc<dyn LockBackend>),
+        )
+        .instance_timeout(timeout)
+        .retry_count(1)
+        .build()
+        .expect("valid config");
+    (manager, backends)
+}
+
+/// Calls `f` until it returns `Ok`, for at most `timeout`.
+async fn eventually<T, E: std::fmt::Debug, F, Fut>(timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => panic!("still failing: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Waits until `backend` answers a command: on one pipelined connection, whatever was written
+/// before that command has then reached the server too.
+async fn answers(backend: &RedisBackend) {
+    eventually(Duration::from_secs(10), || backend.inspect(b"probe")).await;
+}
+
+fn assert_says(error: &BackendError, kind: BackendErrorKind, needle: &str) {
+    assert_eq!(error.kind(), kind, "{error:?}");
+    let shown = error.to_string();
+    assert!(shown.contains(needle), "`{needle}` not in: {shown}");
+}
+
+fn failures(error: &Error) -> Vec<Option<BackendErrorKind>> {
+    error
+        .failure()
+        .expect("a per-instance report")
+        .instances
+        .iter()
+        .map(|r| match &r.outcome {
+            InstanceOutcome::Failed(e) => Some(e.kind()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minority_killed_still_locks_extends_and_releases() {
+    let mut servers = servers(3);
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let (manager, _) = manager_on(&urls, Duration::from_millis(100));
+    manager.connect().await.expect("all up");
+    servers[2].kill();
+    let lock = manager.lock("minority", TTL).await.expect("2 of 3");
+    assert_eq!(servers[0].get("minority"), Some(lock.token().to_vec()));
+    assert_eq!(servers[1].get("minority"), Some(lock.token().to_vec()));
+    lock.extend().await.expect("extend on 2 of 3");
+    lock.release().await.expect("release on 2 of 3");
+    assert_eq!(servers[0].get("minority"), None);
+    assert_eq!(servers[1].get("minority"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ghost_lock_after_a_failed_acquire_against_dead_servers() {
+    let mut servers = servers(3);
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let (manager, backends) = manager_on(&urls, Duration::from_millis(100));
+    manager.connect().await.expect("all up");
+    servers[0].kill();
+    servers[1].kill();
+    let error = manager.lock("ghost", TTL).await.expect_err("no quorum");
+    assert!(matches!(error, Error::Unavailable(_)), "{error:?}");
+    // Refused, or (on a loaded machine) not reconnected within the command timeout.
+    assert!(
+        failures(&error)[..2].iter().all(|k| matches!(
+            k,
+            Some(BackendErrorKind::Connection | BackendErrorKind::Timeout)
+        )),
+        "{error:?}"
+    );
+    servers[0].restart(false);
+    servers[1].restart(false);
+    for backend in &backends {
+        answers(backend).await;
+    }
+    for (i, s) in servers.iter().enumerate() {
+        assert_eq!(s.get("ghost"), None, "server {i} got a ghost lock key");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_links_leave_no_ghost_key_after_the_manager_gave_up() {
+    let servers = servers(3);
+    let proxies: Vec<Proxy> = servers.iter().map(|s| Proxy::start(s.port())).collect();
+    let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
+    let (manager, backends) = manager_on(&urls, Duration::from_millis(100));
+    manager.connect().await.expect("all up");
+    manager
+        .lock("warm-up", TTL)
+        .await
+        .expect("all up")
+        .release()
+        .await
+        .expect("release");
+    proxies[0].stall();
+    proxies[1].stall();
+    let error = manager.lock("stalled", TTL).await.expect_err("no quorum");
+    assert!(matches!(error, Error::Unavailable(_)), "{error:?}");
+    assert_eq!(
+        failures(&error)[..2],
+        [Some(BackendErrorKind::Timeout); 2],
+        "{error:?}"
+    );
+    // Long after the manager gave up, the held bytes flow again: the acquire and the clean-up
+    // release after it must arrive together (both or neither), never the acquire alone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxies[0].resume();
+    proxies[1].resume();
+    for backend in &backends {
+        answers(backend).await;
+    }
+    for (i, s) in servers.iter().enumerate() {
+        assert_eq!(s.get("stalled"), None, "server {i} got a ghost lock key");
+    }
+    // And the links serve locks again.
+    let lock = manager.lock("after", TTL).await.expect("all answer");
+    lock.release().await.expect("release");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_and_client_kill_are_followed_by_a_new_connection() {
+    let mut servers = servers(1);
+    let backend = RedisBackend::new(&servers[0].url()).expect("valid");
+    assert!(backend.acquire(b"a", b"t", TTL).await.expect("acquire"));
+    servers[0].restart(false);
+    // The first call after the restart may find the old connection broken; a later one
+    // reconnects. Nothing sent before the restart is sent again.
+    assert!(eventually(Duration::from_secs(5), || backend.acquire(b"b", b"t", TTL)).await);
+    assert_eq!(
+        servers[0].get("a"),
+        None,
+        "restarted empty, nothing replayed"
+    );
+    assert_eq!(servers[0].get("b"), Some(b"t".to_vec()));
+    assert!(servers[0].client_kill() >= 1, "our connection was open");
+    assert!(eventually(Duration::from_secs(5), || backend.release(b"b", b"t")).await);
+    assert_eq!(servers[0].get("b"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_missing_password_is_auth_and_never_shown() {
+    require_redis();
+    let server = RedisServer::start_with(ServerOptions::new().password("right-pw-4e1"));
+    let wrong = format!("redis://:wrong-pw-93c@127.0.0.1:{}", server.port());
+    let backend = RedisBackend::new(&wrong).expect("valid");
+    assert!(!format!("{backend:?}").contains("wrong-pw-93c"));
+    let error = backend.connect().await.expect_err("AUTH refused");
+    assert_eq!(error.kind(), BackendErrorKind::Auth, "{error:?}");
+    assert!(!format!("{error} {error:?}").contains("wrong-pw-93c"));
+
+    let manager = redlock_redis::manager([wrong.as_str()])
+        // A command timeout (1.8 s) longer than the connection timeout (1 s): the first lock
+        // call waits for the connection attempt and hears why it failed.
+        .instance_timeout(Duration::from_secs(2))
+        .retry_count(1)
+        .build()
+        .expect("valid");
+    let error = manager.lock("k", TTL).await.expect_err("AUTH refused");
+    assert_eq!(
+        failures(&error),
+        [Some(BackendErrorKind::Auth)],
+        "{error:?}"
+    );
+    assert!(!format!("{error:?}").contains("wrong-pw-93c"));
+
+    let missing = RedisBackend::new(&server.url()).expect("valid");
+    let error = missing.connect().await.expect_err("NOAUTH");
+    assert_says(&error, BackendErrorKind::Auth, "NOAUTH");
+
+    let right = format!("redis://:right-pw-4e1@127.0.0.1:{}", server.port());
+    let backend = RedisBackend::new(&right).expect("valid");
+    backend.connect().await.expect("accepted");
+    assert!(backend.acquire(b"k", b"t", TTL).await.expect("acquire"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_and_silent_servers_say_so() {
+    require_redis();
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    // Calls wait for a connection attempt as long as it may take.
+    let patient = ConnectionOptions::new().with_command_timeout(Duration::from_secs(2));
+    let url = format!("redis://127.0.0.1:{port}");
+    let backend = RedisBackend::with_options(&url, &patient).expect("valid");
+    let error = backend.connect().await.expect_err("refused");
+    assert_eq!(error.kind(), BackendErrorKind::Connection, "{error:?}");
+    // Within the backoff the last failure is reported at once; after it, a new attempt fails
+    // the same way.
+    let error = backend.acquire(b"k", b"t", TTL).await.expect_err("refused");
+    assert_eq!(error.kind(), BackendErrorKind::Connection, "{error:?}");
+
+    let server = RedisServer::start();
+    let backend = RedisBackend::new(&server.url()).expect("valid");
+    backend.connect().await.expect("connects");
+    server.pause();
+    let error = backend
+        .acquire(b"k", b"t", TTL)
+        .await
+        .expect_err("no reply");
+    server.resume();
+    assert_says(&error, BackendErrorKind::Timeout, "no reply within");
+
+    // SIGSTOP before connecting: the handshake gets no answer.
+    server.pause();
+    let options = ConnectionOptions::new().with_connection_timeout(Duration::from_millis(300));
+    let fresh = RedisBackend::with_options(&server.url(), &options).expect("valid");
+    let error = fresh.connect().await.expect_err("no handshake");
+    server.resume();
+    assert_eq!(error.kind(), BackendErrorKind::Connection, "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_urls_touch_no_redis_and_manager_checks_timeouts() {
+    for url in ["http://h:1", "redis://u:pw-5f2@h:1/x", "no scheme", ""] {
+        let error = RedisBackend::new(url).expect_err(url);
+        assert!(!error.to_string().contains("pw-5f2"), "{error}");
+    }
+    // A backend whose command timeout is not below the manager's instance timeout is refused
+    // when the manager is built: it could write a request after the manager gave up.
+    let slow = ConnectionOptions::new().with_command_timeout(Duration::from_millis(200));
+    let backend = RedisBackend::with_options("redis://127.0.0.1:1", &slow).expect("valid");
+    let error = LockManager::builder(Arc::new(TokioClock))
+        .instance(Arc::new(backend))
+        .instance_timeout(Duration::from_millis(100))
+        .build()
+        .expect_err("refused");
+    assert!(error.to_string().contains("command timeout"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_backend_refuses_calls() {
+    let servers = servers(1);
+    let backend = RedisBackend::new(&servers[0].url()).expect("valid");
+    backend.connect().await.expect("connects");
+    let mut stream = backend.subscribe(b"k").await.expect("subscribe");
+    backend.close().await.expect("close");
+    let error = backend.acquire(b"k", b"t", TTL).await.expect_err("closed");
+    assert_eq!(error.kind(), BackendErrorKind::Closed, "{error:?}");
+    // The subscription's connection is gone with it.
+    assert_eq!(stream.next().await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_polled_once_arrives_and_in_order_even_while_connecting() {
+    let servers = servers(1);
+    // Not connected yet: both requests wait for the connection the first one starts (a long
+    // command timeout, so that neither runs out while a loaded machine connects).
+    let patient = ConnectionOptions::new().with_command_timeout(Duration::from_secs(5));
+    let backend = RedisBackend::with_options(&servers[0].url(), &patient).expect("valid");
+    let mut acquire = Box::pin(backend.acquire(b"k", b"t", TTL));
+    assert!(
+        futures::poll!(acquire.as_mut()).is_pending(),
+        "no reply yet"
+    );
+    // Dropped after one poll, as the manager drops the calls it no longer waits for.
+    drop(acquire);
+    // Made after the acquire, so it must reach the server after it.
+    assert!(
+        backend.release(b"k", b"t").await.expect("release"),
+        "the release found the acquire's key"
+    );
+    assert_eq!(servers[0].get("k"), None);
+
+    // Connected: an acquire dropped after one poll still sets its key.
+    let mut acquire = Box::pin(backend.acquire(b"k2", b"t", TTL));
+    assert!(
+        futures::poll!(acquire.as_mut()).is_pending(),
+        "no reply yet"
+    );
+    drop(acquire);
+    answers(&backend).await;
+    assert_eq!(servers[0].get("k2"), Some(b"t".to_vec()));
+}
