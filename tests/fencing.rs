@@ -224,3 +224,32 @@ fn fenced_locks_need_counters_on_every_instance() {
     let lock = c.sim.run(plain.lock("r", TTL)).unwrap();
     assert_eq!(lock.fence(), None);
 }
+
+#[test]
+fn the_fence_is_drawn_above_the_counters_of_instances_that_gave_none() {
+    // A majority restarted empty: instances 0–2 lost their counters, 3 and 4 kept theirs (the
+    // last fence handed out, 100) and still hold the old holder's key, so they give no
+    // increment. Their counters are read, and the new fence is drawn above them.
+    let c = Cluster::new(5);
+    for m in &c.memories[3..] {
+        m.put(&fence_key(b"r"), b"100");
+        m.put(b"r", b"the old holder's token");
+    }
+    let fenced = c.builder(1).fenced(true).build().unwrap();
+    let lock = c.sim.run(fenced.lock("r", TTL)).unwrap();
+    assert_eq!(lock.fence(), Some(101));
+    for m in &c.memories {
+        assert_eq!(
+            m.get(&fence_key(b"r")),
+            Some(b"101".to_vec()),
+            "raised everywhere"
+        );
+    }
+    c.sim.run(lock.release()).unwrap();
+    for m in &c.memories[3..] {
+        m.delete(b"r");
+    }
+    // With every instance holding our key, nothing is read: the fence is the increment.
+    let next = c.sim.run(fenced.lock("r", TTL)).unwrap();
+    assert_eq!(next.fence(), Some(102));
+}

@@ -38,6 +38,11 @@ pub(crate) struct Engine {
     pub(crate) instance_timeout: Duration,
 }
 
+/// A fencing counter's value as the instance keeps it (decimal ASCII); `None` for anything else.
+fn parse_counter(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 /// A release still on its way when its round stopped waiting.
 pub(crate) type Straggler = BoxFuture<'static, Result<(bool, bool), crate::BackendError>>;
 
@@ -192,12 +197,15 @@ impl Engine {
             let left = granted.deadline().saturating_sub(engine.clock.now());
             engine.instance_timeout.min(left)
         };
+        // Every answer, not only a quorum's: an instance that says "not held" is read below,
+        // and one whose increment is still on its way must not be read after it (the fence
+        // would skip a number).
         let round = round::run(
             &self.instances,
             Gating::Limit(&self.gates, None),
             self.clock.as_ref(),
             limit(self),
-            Wait::UntilDecided,
+            Wait::ForAll,
             |b| match b.fencing() {
                 Some(f) => f.next_fence(key, token, counter),
                 None => futures::future::ready(Err(no_fencing())).boxed(),
@@ -229,6 +237,40 @@ impl Engine {
                 // The acquire won: our key is on a quorum at least.
                 dirty: Ask::ALL,
             });
+        };
+        // The instances that answered without an increment (they do not hold our key) may
+        // still keep a counter above ours: after a majority restarted empty, the survivors
+        // hold the last fence handed out. Read them, and draw above what they hold, so that
+        // one survivor that saw the last raise is enough to keep the fences growing. (One that
+        // gave no answer at all is not asked again: it would cost another timeout.)
+        let unread = round
+            .answers
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| matches!(a, Some(Ok(None))))
+            .fold(Ask::none(), |ask, (i, _)| ask.with(i));
+        let candidate = if unread.is_empty() {
+            candidate
+        } else {
+            let (read, _) = round::run_keep(
+                &self.instances,
+                Gating::Limit(&self.gates, None),
+                self.clock.as_ref(),
+                limit(self),
+                Wait::ForAll,
+                unread,
+                |b| b.inspect(counter),
+                |_| true,
+            )
+            .await;
+            read.answers
+                .iter()
+                .filter_map(|a| match a {
+                    Some(Ok(Some(state))) => parse_counter(&state.value),
+                    _ => None,
+                })
+                .map(|held| held.saturating_add(1))
+                .fold(candidate, u64::max)
         };
         // Kept for the report of a grant that ran out of validity (the last round's).
         let mut last = self.failure(round, 1);

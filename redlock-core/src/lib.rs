@@ -96,6 +96,12 @@
 //!    it. A quorum of values is needed; the candidate is their maximum;
 //! 3. on every instance, `counter = max(counter, candidate)`. A quorum of acks is needed.
 //!
+//! Round 2 waits for every instance (within the per-instance timeout). Between rounds 2 and 3
+//! the counters of the instances that answered without a value (they do not hold our key) are
+//! read with `inspect`, and the candidate is raised to one more than the largest counter read. That only ever raises the candidate, so the argument
+//! below is unchanged; it lets a single instance that kept its counter through a majority
+//! restarted empty keep the fences growing.
+//!
 //! Only then is the lock handed out, with the candidate as its fence. Validity is `ttl −` the
 //! time of all three rounds `−` the drift allowance; a round without a quorum, or out of time,
 //! fails the attempt, which is cleaned up and retried like any other.

@@ -9,7 +9,8 @@ use futures::stream::BoxStream;
 use redis::io::tcp::TcpSettings;
 use redis::{Client, Cmd, ConnectionInfo, Value};
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Error, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Error, Fencing, KeyState, LockBackend,
+    ReleaseNotify,
 };
 use tokio::time::Instant;
 
@@ -170,7 +171,7 @@ impl RedisBackend {
     async fn script(
         &self,
         script: &'static Script,
-        key: &[u8],
+        keys: &[&[u8]],
         args: impl Fn(&mut Cmd),
         deadline: Instant,
     ) -> Result<Value, BackendError> {
@@ -185,8 +186,10 @@ impl RedisBackend {
             } else {
                 script.body
             })
-            .arg(1)
-            .arg(key);
+            .arg(keys.len());
+            for key in keys {
+                cmd.arg(*key);
+            }
             args(&mut cmd);
             cmd
         };
@@ -234,6 +237,16 @@ impl RedisBackend {
             Value::Int(scripts::WRONG_TYPE) => Err(self.wrong_type(op)),
             other => Err(self.unexpected(op, other)),
         }
+    }
+
+    fn not_a_counter(&self, op: &str) -> BackendError {
+        BackendError::new(
+            BackendErrorKind::Server,
+            format!(
+                "{}: {op} failed: the fencing counter does not hold a decimal number",
+                self.link.id
+            ),
+        )
     }
 
     fn wrong_type(&self, op: &str) -> BackendError {
@@ -332,7 +345,7 @@ impl LockBackend for RedisBackend {
         let reply = self
             .script(
                 &scripts::ACQUIRE,
-                key,
+                &[key],
                 |cmd| {
                     cmd.arg(tok).arg(ms);
                 },
@@ -347,7 +360,7 @@ impl LockBackend for RedisBackend {
         let reply = self
             .script(
                 &scripts::EXTEND,
-                key,
+                &[key],
                 |cmd| {
                     cmd.arg(tok).arg(ms);
                 },
@@ -361,7 +374,7 @@ impl LockBackend for RedisBackend {
         let reply = self
             .script(
                 &scripts::RELEASE,
-                key,
+                &[key],
                 |cmd| {
                     cmd.arg(tok);
                 },
@@ -373,7 +386,7 @@ impl LockBackend for RedisBackend {
 
     async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
         let reply = self
-            .script(&scripts::INSPECT, key, |_| {}, self.deadline())
+            .script(&scripts::INSPECT, &[key], |_| {}, self.deadline())
             .await?;
         match reply {
             Value::Int(0) => Ok(None),
@@ -420,6 +433,10 @@ impl LockBackend for RedisBackend {
         Some(self)
     }
 
+    fn fencing(&self) -> Option<&dyn Fencing> {
+        Some(self)
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         check_context(&self.link.id, "connect")?;
         match self.link.connect()? {
@@ -437,6 +454,61 @@ impl LockBackend for RedisBackend {
     }
 }
 
+/// The same scripts as redlock-fred's (and so the same counters): a manager on either backend
+/// draws fences from one sequence per resource.
+#[async_trait]
+impl Fencing for RedisBackend {
+    async fn next_fence(
+        &self,
+        key: &[u8],
+        tok: &[u8],
+        counter: &[u8],
+    ) -> Result<Option<u64>, BackendError> {
+        let op = scripts::NEXT_FENCE.name;
+        let reply = self
+            .script(
+                &scripts::NEXT_FENCE,
+                &[key, counter],
+                |cmd| {
+                    cmd.arg(tok);
+                },
+                self.deadline(),
+            )
+            .await?;
+        match reply {
+            Value::Int(0) => Ok(None),
+            Value::Int(scripts::WRONG_TYPE) => Err(self.wrong_type(op)),
+            Value::Int(n) if n > 0 => Ok(Some(n.unsigned_abs())),
+            Value::Int(_) => Err(self.not_a_counter(op)),
+            other => Err(self.unexpected(op, &other)),
+        }
+    }
+
+    async fn raise_fence(&self, counter: &[u8], value: u64) -> Result<u64, BackendError> {
+        let op = scripts::RAISE_FENCE.name;
+        let digits = value.to_string();
+        let reply = self
+            .script(
+                &scripts::RAISE_FENCE,
+                &[counter],
+                |cmd| {
+                    cmd.arg(digits.as_str());
+                },
+                self.deadline(),
+            )
+            .await?;
+        let text = match &reply {
+            Value::Int(scripts::WRONG_TYPE) => return Err(self.wrong_type(op)),
+            Value::Int(_) => return Err(self.not_a_counter(op)),
+            Value::BulkString(b) => std::str::from_utf8(b).ok(),
+            Value::SimpleString(s) => Some(s.as_str()),
+            _ => None,
+        };
+        text.and_then(|d| d.parse::<u64>().ok())
+            .ok_or_else(|| self.unexpected(op, &reply))
+    }
+}
+
 #[async_trait]
 impl ReleaseNotify for RedisBackend {
     async fn release_and_notify(
@@ -448,7 +520,7 @@ impl ReleaseNotify for RedisBackend {
         let reply = self
             .script(
                 &scripts::RELEASE_NOTIFY,
-                key,
+                &[key],
                 |cmd| {
                     cmd.arg(tok).arg(&channel);
                 },

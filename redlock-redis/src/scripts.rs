@@ -109,13 +109,62 @@ if v == false then return 0 end
 return {v, redis.call('PTTL', KEYS[1])}"
 );
 
+// KEYS[1] = lock key, KEYS[2] = its fencing counter, ARGV[1] = token. If the key holds the
+// token: the counter, incremented (created at 1, without expiry). 0 = not held; -2 = the counter
+// is not an integer. The counter's type is checked first, held or not, so a counter key that
+// holds application data is reported whatever the lock's state.
+script!(
+    NEXT_FENCE,
+    "next_fence",
+    5,
+    r"#!lua
+local c = redis.pcall('GET', KEYS[2])
+if type(c) == 'table' and c.err then return -1 end
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v ~= ARGV[1] then return 0 end
+local n = redis.pcall('INCR', KEYS[2])
+if type(n) == 'table' and n.err then return -2 end
+return n"
+);
+
+// KEYS[1] = a fencing counter, ARGV[1] = a value in decimal. counter = max(counter, value),
+// returned as a decimal string. Compared as digit strings (length, then bytes), not as Lua
+// numbers, which are doubles and would round values above 2^53. -2 = the counter is not a
+// decimal number.
+script!(
+    RAISE_FENCE,
+    "raise_fence",
+    6,
+    r"#!lua
+local c = redis.pcall('GET', KEYS[1])
+if type(c) == 'table' and c.err then return -1 end
+if c == false then c = '0' end
+if not string.match(c, '^%d+$') then return -2 end
+c = string.gsub(c, '^0+(%d)', '%1')
+local v = ARGV[1]
+if #c < #v or (#c == #v and c < v) then
+  redis.call('SET', KEYS[1], v)
+  return v
+end
+return c"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn digests_are_sha1_of_the_bodies_and_distinct() {
-        let all = [&ACQUIRE, &EXTEND, &RELEASE, &RELEASE_NOTIFY, &INSPECT];
+        let all = [
+            &ACQUIRE,
+            &EXTEND,
+            &RELEASE,
+            &RELEASE_NOTIFY,
+            &INSPECT,
+            &NEXT_FENCE,
+            &RAISE_FENCE,
+        ];
         for s in all {
             assert_eq!(s.sha.len(), 40, "{}", s.name);
         }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redlock_core::{LockOptions, OsRandom, Patience, RandomSource};
-use redlock_testkit::{require_redis, RedisServer, Reply, ServerOptions};
+use redlock_testkit::{require_redis, Proxy, RedisServer, Reply, ServerOptions};
 
 const CHILDREN: usize = 4;
 const RESOURCES: u64 = 3;
@@ -343,5 +343,124 @@ async fn a_fenced_resource_refuses_a_holder_whose_lease_ran_out() {
         stale.release().await,
         Err(redlock_core::Error::Lost(_))
     ));
+    current.release().await.expect("release");
+}
+
+/// Issue 14's second acceptance, on five servers without persistence: a fenced lock is held,
+/// three servers are SIGKILLed and restarted empty, and a rival takes the lock on them before
+/// the holder can reach them again (its links to them go through proxies, stalled until the
+/// rival is done). The two servers that kept their counters give the rival no increment (they
+/// still hold the old key), but their counters are read, so the rival's fence is above the
+/// holder's; the resource takes the rival's write and refuses every late write of the old
+/// holder; and once the holder reaches the restarted servers again it is told `Lost` at once,
+/// long before its renewal would have found out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn majority_restarted_empty_the_old_holder_is_lost_and_refused() {
+    require_redis();
+    let mut servers: Vec<RedisServer> = (0..5).map(|_| RedisServer::start()).collect();
+    let proxies: Vec<Proxy> = servers[..3]
+        .iter()
+        .map(|s| Proxy::start(s.port()))
+        .collect();
+    let holder_urls: Vec<String> = proxies
+        .iter()
+        .map(Proxy::url)
+        .chain(servers[3..].iter().map(RedisServer::url))
+        .collect();
+    let resource = RedisServer::start();
+    let script = readme_cas_script();
+    let write = |fence: u64, value: &str| {
+        let fence = fence.to_string();
+        resource.cmd(&[
+            "EVAL",
+            script.as_str(),
+            "2",
+            "report",
+            "report:fence",
+            fence.as_str(),
+            value,
+        ])
+    };
+    let holder = redlock_fred::manager(holder_urls)
+        .fenced(true)
+        .build()
+        .expect("valid configuration");
+    // A few grants first: the counters are well past what a restarted server starts from.
+    let mut fences = Vec::new();
+    for _ in 0..5 {
+        let lock = holder
+            .lock("report", Duration::from_secs(10))
+            .await
+            .expect("lock");
+        fences.push(lock.fence().expect("fenced"));
+        lock.release().await.expect("release");
+    }
+    assert_eq!(fences, [1, 2, 3, 4, 5], "one increment per grant");
+    // A 30 s lease: its renewal would come 18 s in, far beyond anything below.
+    let held = holder
+        .lock("report", Duration::from_secs(30))
+        .await
+        .expect("lock");
+    let old = held.fence().expect("fenced");
+    assert_eq!(write(old, "from the first holder"), Reply::Int(1));
+    let counter = redlock_core::fence_key(b"report");
+    redlock_testkit::wait_until(Duration::from_secs(5), "the raise on every server", || {
+        servers
+            .iter()
+            .all(|s| s.get(&counter) == Some(old.to_string().into_bytes()))
+    });
+
+    for proxy in &proxies {
+        proxy.stall();
+    }
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            for server in &mut servers[..3] {
+                scope.spawn(move || server.restart(false));
+            }
+        });
+    });
+    for s in &servers[..3] {
+        assert_eq!(s.get(&counter), None, "restarted empty");
+    }
+    let rival = redlock_fred::manager(servers.iter().map(RedisServer::url))
+        .fenced(true)
+        .build()
+        .expect("valid configuration");
+    let current = rival
+        .lock("report", Duration::from_secs(10))
+        .await
+        .expect("the restarted majority is free");
+    let new = current.fence().expect("fenced");
+    assert!(
+        new > old,
+        "the survivors' counters keep the fences growing: {new} > {old}"
+    );
+    assert_eq!(write(new, "from the rival"), Reply::Int(1));
+    for _ in 0..3 {
+        assert_eq!(
+            write(old, "late write"),
+            Reply::Int(0),
+            "the old holder is refused"
+        );
+    }
+
+    // The holder reaches the restarted servers again: told Lost by the re-check.
+    let back = Instant::now();
+    for proxy in &proxies {
+        proxy.resume();
+    }
+    let reason = tokio::time::timeout(Duration::from_secs(10), held.lost())
+        .await
+        .expect("told Lost well before the renewal");
+    println!(
+        "fence {old} -> rival {new}; holder told Lost ({reason:?}) {:?} after the restarted \
+         servers were reachable",
+        back.elapsed()
+    );
+    assert_eq!(reason, redlock_core::LossReason::InstancesLost);
+    assert!(!held.is_valid());
+    assert_eq!(write(old, "late write"), Reply::Int(0));
+    assert_eq!(resource.get("report"), Some(b"from the rival".to_vec()));
     current.release().await.expect("release");
 }

@@ -43,7 +43,10 @@ pub fn fence_key(key: &[u8]) -> Vec<u8> {
 ///    the call returns `Err` of kind [`WrongType`](super::BackendErrorKind::WrongType) and
 ///    changes nothing. A counter holding a string that is not a decimal `u64` is an `Err` too
 ///    (any kind), with nothing changed.
-/// 6. The rules of [`LockBackend`](super::LockBackend) 7 to 12 apply (bytes, "no" is not an
+/// 6. **Readable.** A counter is an ordinary string key holding its value in decimal ASCII, so
+///    [`LockBackend::inspect`](super::LockBackend::inspect) reads it: the manager reads the
+///    counters of the instances that gave no increment and draws the fence above them.
+/// 7. The rules of [`LockBackend`](super::LockBackend) 7 to 12 apply (bytes, "no" is not an
 ///    error, on its way after the first poll, one attempt per call).
 ///
 /// The monotonicity of the fences the manager hands out rests on the counters never going
