@@ -180,6 +180,7 @@ mod lock;
 mod manager;
 mod options;
 mod queue;
+pub mod redis_lua;
 mod round;
 mod runtime;
 mod scoped;

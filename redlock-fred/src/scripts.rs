@@ -1,24 +1,13 @@
-//! The per-instance Lua scripts.
-//!
-//! Each returns an integer code rather than raising: a script error reaches the client as an
-//! opaque string (`ERR ... script: ...`), while a code can be matched. `GET` goes through
-//! `redis.pcall` so a key holding another type (a list, a hash) is reported as [`WRONG_TYPE`]
-//! instead of a script error. Every script is idempotent for the same token, so a request that
-//! arrives twice (sent again by a caller who never heard the first reply) does no harm; fred itself
-//! is configured never to re-send.
-//!
-//! Every script starts with a `#!lua` shebang without flags (Redis 7+), which declares it may
-//! write. A replica then refuses it up front with `READONLY`, instead of running it: without the
-//! shebang, a demoted master (after a failover, or resyncing with an empty dataset) would run the
-//! `GET`, find nothing, and answer "not held", and the manager would report a lock as lost when
-//! it was merely asked in the wrong place. `READONLY` instead triggers Sentinel rediscovery.
+//! The scripts of [`redlock_core::redis_lua`] (shared with the other Redis backend, so both use
+//! one text and one SHA-1 per script) with their SHA-1s, for `EVALSHA`.
 
 use std::sync::LazyLock;
 
+use redlock_core::redis_lua;
+
 use fred::bytes_utils::Str;
 
-/// The key holds a value of another type.
-pub(crate) const WRONG_TYPE: i64 = -1;
+pub(crate) use redis_lua::WRONG_TYPE;
 
 /// One script with its SHA1, for `EVALSHA`.
 pub(crate) struct Script {
@@ -42,120 +31,16 @@ macro_rules! script {
     };
 }
 
-// ARGV[1] = token, ARGV[2] = ttl in ms. 1 = acquired (fresh, or already ours: expiry reset).
-script!(
-    ACQUIRE,
-    "acquire",
-    0,
-    r"#!lua
-local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' and v.err then return -1 end
-if v == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0"
-);
+script!(ACQUIRE, "acquire", 0, redis_lua::ACQUIRE);
 
-// Never SET: an absent key stays absent (a lost lock is not resurrected).
-script!(
-    EXTEND,
-    "extend",
-    1,
-    r"#!lua
-local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' and v.err then return -1 end
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0"
-);
+script!(EXTEND, "extend", 1, redis_lua::EXTEND);
 
-script!(
-    RELEASE,
-    "release",
-    2,
-    r"#!lua
-local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' and v.err then return -1 end
-if v == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0"
-);
+script!(RELEASE, "release", 2, redis_lua::RELEASE);
 
-// RELEASE that also announces the release on ARGV[2]: 2 = released and a subscriber heard it,
-// 1 = released and nobody listened, 0 = not ours.
-script!(
-    RELEASE_NOTIFY,
-    "release",
-    3,
-    r"#!lua
-local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' and v.err then return -1 end
-if v == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  if redis.call('PUBLISH', ARGV[2], '') > 0 then return 2 end
-  return 1
-end
-return 0"
-);
+script!(RELEASE_NOTIFY, "release", 3, redis_lua::RELEASE_NOTIFY);
 
-// 0 = absent; otherwise {value, pttl}. One script so the value and the TTL belong together.
-script!(
-    INSPECT,
-    "inspect",
-    4,
-    r"#!lua
-local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' and v.err then return -1 end
-if v == false then return 0 end
-return {v, redis.call('PTTL', KEYS[1])}"
-);
+script!(INSPECT, "inspect", 4, redis_lua::INSPECT);
 
-// KEYS[1] = lock key, KEYS[2] = its fencing counter, ARGV[1] = token. If the key holds the
-// token: the counter, incremented (created at 1, without expiry). 0 = not held; -2 = the counter
-// is not an integer. The counter's type is checked first, held or not, so a counter key that
-// holds application data is reported whatever the lock's state.
-script!(
-    NEXT_FENCE,
-    "next_fence",
-    5,
-    r"#!lua
-local c = redis.pcall('GET', KEYS[2])
-if type(c) == 'table' and c.err then return -1 end
-local v = redis.pcall('GET', KEYS[1])
-if type(v) == 'table' and v.err then return -1 end
-if v ~= ARGV[1] then return 0 end
-local n = redis.pcall('INCR', KEYS[2])
-if type(n) == 'table' and n.err then return -2 end
-return n"
-);
+script!(NEXT_FENCE, "next_fence", 5, redis_lua::NEXT_FENCE);
 
-// KEYS[1] = a fencing counter, ARGV[1] = a value in decimal. counter = max(counter, value),
-// returned as a decimal string. Compared as digit strings (length, then bytes), not as Lua
-// numbers, which are doubles and would round values above 2^53. -2 = the counter is not a
-// decimal number.
-script!(
-    RAISE_FENCE,
-    "raise_fence",
-    6,
-    r"#!lua
-local c = redis.pcall('GET', KEYS[1])
-if type(c) == 'table' and c.err then return -1 end
-if c == false then c = '0' end
-if not string.match(c, '^%d+$') then return -2 end
-c = string.gsub(c, '^0+(%d)', '%1')
-local v = ARGV[1]
-if #c < #v or (#c == #v and c < v) then
-  redis.call('SET', KEYS[1], v)
-  return v
-end
-return c"
-);
+script!(RAISE_FENCE, "raise_fence", 6, redis_lua::RAISE_FENCE);

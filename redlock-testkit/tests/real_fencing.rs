@@ -281,6 +281,21 @@ fn readme_cas_script() -> String {
     readme[start..start + len].to_owned()
 }
 
+/// Writes `value` to the resource's "report" through the README's script, with `fence`: 1 when
+/// the resource took it, 0 when it refused a fence lower than the highest it has seen.
+fn cas_write(resource: &RedisServer, script: &str, fence: u64, value: &str) -> Reply {
+    let fence = fence.to_string();
+    resource.cmd(&[
+        "EVAL",
+        script,
+        "2",
+        "report",
+        "report:fence",
+        fence.as_str(),
+        value,
+    ])
+}
+
 /// The README's worked example: a second Redis is the protected resource, written through the
 /// README's compare-and-set script. A holder whose lease ran out (it was paused) keeps writing
 /// with its old fence after a newer holder wrote: every such write is refused, and the data is
@@ -293,18 +308,7 @@ async fn a_fenced_resource_refuses_a_holder_whose_lease_ran_out() {
         .collect();
     let resource = RedisServer::start();
     let script = readme_cas_script();
-    let write = |fence: u64, value: &str| {
-        let fence = fence.to_string();
-        resource.cmd(&[
-            "EVAL",
-            script.as_str(),
-            "2",
-            "report",
-            "report:fence",
-            fence.as_str(),
-            value,
-        ])
-    };
+    let write = |fence: u64, value: &str| cas_write(&resource, &script, fence, value);
     let manager = redlock_fred::manager(servers.iter().map(RedisServer::url))
         .fenced(true)
         .build()
@@ -369,18 +373,7 @@ async fn majority_restarted_empty_the_old_holder_is_lost_and_refused() {
         .collect();
     let resource = RedisServer::start();
     let script = readme_cas_script();
-    let write = |fence: u64, value: &str| {
-        let fence = fence.to_string();
-        resource.cmd(&[
-            "EVAL",
-            script.as_str(),
-            "2",
-            "report",
-            "report:fence",
-            fence.as_str(),
-            value,
-        ])
-    };
+    let write = |fence: u64, value: &str| cas_write(&resource, &script, fence, value);
     let holder = redlock_fred::manager(holder_urls)
         .fenced(true)
         .build()

@@ -1,0 +1,99 @@
+//! The Lua scripts of the Redis backends (`redlock-fred`, `redlock-redis`): one text, so one
+//! SHA-1 in the servers' script caches and one semantics, whichever client a manager uses.
+//! Managers on both backends, and aioredlock, share servers.
+//!
+//! Each returns an integer code rather than raising (a script error reaches the client as an
+//! opaque string, a code can be matched); `GET` goes through `redis.pcall`, so a key holding
+//! another type answers [`WRONG_TYPE`]. Every script is idempotent for the same token. The
+//! `#!lua` shebang without flags (Redis 7+) declares that a script may write, so a replica
+//! refuses it with `READONLY` instead of answering "not held" from an empty dataset.
+//!
+//! Keys are `KEYS[1]` (the lock key) unless a script says otherwise; `ARGV[1]` is the token.
+
+/// The code a script returns when a key holds a value of another type.
+pub const WRONG_TYPE: i64 = -1;
+
+/// `ARGV[1]` = token, `ARGV[2]` = ttl in ms. 1 = acquired (fresh, or already ours: expiry reset).
+pub const ACQUIRE: &str = r"#!lua
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0";
+
+/// `ARGV[1]` = token, `ARGV[2]` = ttl in ms; 1 = extended. Never SET: an absent key stays
+/// absent (a lost lock is not resurrected).
+pub const EXTEND: &str = r"#!lua
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0";
+
+/// The "release" script: deletes the key if it holds `ARGV[1]`; 1 = released, 0 = not ours.
+pub const RELEASE: &str = r"#!lua
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0";
+
+/// RELEASE that also announces the release on `ARGV[2]`: 2 = released and a subscriber heard it,
+/// 1 = released and nobody listened, 0 = not ours.
+pub const RELEASE_NOTIFY: &str = r"#!lua
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if redis.call('PUBLISH', ARGV[2], '') > 0 then return 2 end
+  return 1
+end
+return 0";
+
+/// 0 = absent; otherwise `{value, pttl}`. One script so the value and the TTL belong together.
+pub const INSPECT: &str = r"#!lua
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v == false then return 0 end
+return {v, redis.call('PTTL', KEYS[1])}";
+
+/// `KEYS[1]` = lock key, `KEYS[2]` = its fencing counter, `ARGV[1]` = token. If the key holds the
+/// token: the counter, incremented (created at 1, without expiry). 0 = not held; -2 = the counter
+/// is not an integer. The counter's type is checked first, held or not, so a counter key that
+/// holds application data is reported whatever the lock's state.
+pub const NEXT_FENCE: &str = r"#!lua
+local c = redis.pcall('GET', KEYS[2])
+if type(c) == 'table' and c.err then return -1 end
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v ~= ARGV[1] then return 0 end
+local n = redis.pcall('INCR', KEYS[2])
+if type(n) == 'table' and n.err then return -2 end
+return n";
+
+/// `KEYS[1]` = a fencing counter, `ARGV[1]` = a value in decimal. counter = max(counter, value),
+/// returned as a decimal string. Compared as digit strings (length, then bytes), not as Lua
+/// numbers, which are doubles and would round values above 2^53. -2 = the counter is not a
+/// decimal number.
+pub const RAISE_FENCE: &str = r"#!lua
+local c = redis.pcall('GET', KEYS[1])
+if type(c) == 'table' and c.err then return -1 end
+if c == false then c = '0' end
+if not string.match(c, '^%d+$') then return -2 end
+c = string.gsub(c, '^0+(%d)', '%1')
+local v = ARGV[1]
+if #c < #v or (#c == #v and c < v) then
+  redis.call('SET', KEYS[1], v)
+  return v
+end
+return c";
