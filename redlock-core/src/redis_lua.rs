@@ -1,4 +1,5 @@
-//! The Lua scripts of the Redis backends (`redlock-fred`, `redlock-redis`): one text, so one
+//! The Lua scripts and release channels of the Redis backends (`redlock-fred`, `redlock-redis`): one
+//! text, so one
 //! SHA-1 in the servers' script caches and one semantics, whichever client a manager uses.
 //! Managers on both backends, and aioredlock, share servers.
 //!
@@ -9,6 +10,23 @@
 //! refuses it with `READONLY` instead of answering "not held" from an empty dataset.
 //!
 //! Keys are `KEYS[1]` (the lock key) unless a script says otherwise; `ARGV[1]` is the token.
+
+/// Prefix of the release-announcement channels; the rest is the key in hex (channels are text
+/// in some clients, keys are bytes).
+pub const RELEASE_CHANNEL_PREFIX: &str = "redlock:released:";
+
+/// The channel on which releases of `key` are announced (`RELEASE_NOTIFY`'s `ARGV[2]`).
+#[must_use]
+pub fn release_channel(key: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut channel = String::with_capacity(RELEASE_CHANNEL_PREFIX.len() + key.len() * 2);
+    channel.push_str(RELEASE_CHANNEL_PREFIX);
+    for b in key {
+        channel.push(char::from(HEX[usize::from(b >> 4)]));
+        channel.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    channel
+}
 
 /// The code a script returns when a key holds a value of another type.
 pub const WRONG_TYPE: i64 = -1;

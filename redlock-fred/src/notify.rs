@@ -19,21 +19,7 @@ use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::stream::{BoxStream, Stream};
 use redlock_core::{BackendError, BackendErrorKind};
 
-/// Prefix of the announcement channels; the rest is the key in hex (channels are text in fred,
-/// keys are bytes).
-const CHANNEL_PREFIX: &str = "redlock:released:";
-
-/// The channel on which releases of `key` are announced.
-pub(crate) fn channel(key: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut channel = String::with_capacity(CHANNEL_PREFIX.len() + key.len() * 2);
-    channel.push_str(CHANNEL_PREFIX);
-    for b in key {
-        channel.push(char::from(HEX[usize::from(b >> 4)]));
-        channel.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    channel
-}
+pub(crate) use redlock_core::redis_lua::release_channel as channel;
 
 type Listeners = HashMap<String, Vec<UnboundedSender<()>>>;
 

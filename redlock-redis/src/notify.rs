@@ -20,20 +20,7 @@ use redlock_core::{BackendError, BackendErrorKind};
 
 use crate::error;
 
-/// Prefix of the announcement channels; the rest is the key in hex (redlock-fred's naming).
-const CHANNEL_PREFIX: &str = "redlock:released:";
-
-/// The channel on which releases of `key` are announced.
-pub(crate) fn channel(key: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut channel = String::with_capacity(CHANNEL_PREFIX.len() + key.len() * 2);
-    channel.push_str(CHANNEL_PREFIX);
-    for b in key {
-        channel.push(char::from(HEX[usize::from(b >> 4)]));
-        channel.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    channel
-}
+pub(crate) use redlock_core::redis_lua::release_channel as channel;
 
 type Listeners = HashMap<String, Vec<UnboundedSender<()>>>;
 
