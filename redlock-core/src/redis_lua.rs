@@ -1,6 +1,6 @@
-//! The Lua scripts and release channels of the Redis backends (`redlock-fred`, `redlock-redis`): one
-//! text, so one
-//! SHA-1 in the servers' script caches and one semantics, whichever client a manager uses.
+//! The Lua scripts and release channels of the Redis backends (`redlock-fred`,
+//! `redlock-redis`): one text, so one SHA-1 in the servers' script caches and one semantics,
+//! whichever client a manager uses.
 //! Managers on both backends, and aioredlock, share servers.
 //!
 //! Each returns an integer code rather than raising (a script error reaches the client as an
