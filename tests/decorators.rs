@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{ms, TTL};
 use futures::stream::BoxStream;
 use redlock_lease::{
-    async_trait, BackendError, BackendErrorKind, Clock, Config, Fencing, KeyState, LockBackend,
-    LockManager, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Clock, Config, Fencing, Handoff, KeyState,
+    LockBackend, LockManager, ReleaseNotify,
 };
 use redlock_mock::{FaultyBackend, MemoryBackend, Simulation};
 
@@ -83,6 +83,10 @@ impl<B: LockBackend> LockBackend for Counting<B> {
 
     fn fencing(&self) -> Option<&dyn Fencing> {
         self.inner.fencing().map(|_| self as &dyn Fencing)
+    }
+
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        self.inner.handoff()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, Config, Fencing, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, Config, Fencing, Handoff, KeyState, LockBackend, QueuePlace,
+    ReleaseNotify,
 };
 
 /// What the decorated backends saw, shared between them.
@@ -142,6 +143,10 @@ impl<B: LockBackend> LockBackend for Timed<B> {
         self.inner.fencing().map(|_| self as &dyn Fencing)
     }
 
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        self.inner.handoff().map(|_| self as &dyn Handoff)
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.inner.connect().await
     }
@@ -218,6 +223,60 @@ impl<B: LockBackend> Fencing for Timed<B> {
         let call = Call::start(self.id(), "raise_fence");
         let result = fencing.raise_fence(counter, value).await;
         call.end(&result);
+        result
+    }
+}
+
+fn no_handoff(id: &str) -> BackendError {
+    BackendError::new(
+        redlock_core::BackendErrorKind::Other,
+        format!("{id}: no hand-off queues"),
+    )
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<B: LockBackend> Handoff for Timed<B> {
+    async fn listen(&self, token: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        let Some(h) = self.inner.handoff() else {
+            return Err(no_handoff(self.id()));
+        };
+        let call = Call::start(self.id(), "listen");
+        let result = h.listen(token).await;
+        call.end(&result.as_ref().map(|_| ()));
+        result
+    }
+
+    async fn acquire_or_queue(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl: Duration,
+        place: QueuePlace,
+    ) -> Result<bool, BackendError> {
+        let Some(h) = self.inner.handoff() else {
+            return Err(no_handoff(self.id()));
+        };
+        let call = Call::start(self.id(), "acquire+queue");
+        let result = h.acquire_or_queue(key, token, ttl, place).await;
+        call.end(&result);
+        result
+    }
+
+    async fn release_and_hand_off(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        let Some(h) = self.inner.handoff() else {
+            return Err(no_handoff(self.id()));
+        };
+        let call = Call::start(self.id(), "release+hand-off");
+        let result = h.release_and_hand_off(key, token).await;
+        call.end(&result);
+        if matches!(result, Ok((_, true))) {
+            self.observed.heard.store(true, Ordering::Release);
+        }
         result
     }
 }

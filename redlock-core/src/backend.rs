@@ -9,8 +9,12 @@ use futures::stream::BoxStream;
 
 mod fencing;
 mod forward;
+mod handoff;
 
 pub use fencing::{fence_key, Fencing, FENCE_KEY_PREFIX};
+pub use handoff::{
+    queue_keys, Handoff, QueuePlace, QUEUE_KEY_PREFIX, RESERVED_KEY_PREFIX, WAITERS_KEY_PREFIX,
+};
 
 /// One independent lock instance (one Redis master, one simulated server, ...).
 ///
@@ -120,6 +124,13 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
     /// Fencing counters, when this backend supports them (see [`Fencing`]). A manager asked for
     /// fenced locks refuses, without sending anything, backends that return `None`.
     fn fencing(&self) -> Option<&dyn Fencing> {
+        None
+    }
+
+    /// Hand-off queues, when this backend supports them (see [`Handoff`]). When every instance
+    /// does, a contended acquirer queues on the instances and a release hands the key to one
+    /// waiter instead of waking all of them.
+    fn handoff(&self) -> Option<&dyn Handoff> {
         None
     }
 

@@ -1,7 +1,8 @@
 //! The backend conformance suite: one `async fn` per rule of the
 //! [`LockBackend` contract](crate::LockBackend#contract) and of the
-//! [`ReleaseNotify` contract](crate::ReleaseNotify#contract) and of the
-//! [`Fencing` contract](crate::Fencing#contract). Every backend runs it.
+//! [`ReleaseNotify` contract](crate::ReleaseNotify#contract), of the
+//! [`Fencing` contract](crate::Fencing#contract) and of the
+//! [`Handoff` contract](crate::Handoff#contract). Every backend runs it.
 //!
 //! Each function panics (like `assert!`) when the backend breaks the rule. Keys are built from
 //! `namespace`, so runs against a shared server do not collide; pass something unique per run.
@@ -37,6 +38,7 @@ use crate::backend::LockBackend;
 use crate::runtime::Clock;
 
 mod fencing;
+mod handoff;
 mod notify;
 mod reconnect;
 mod wrong_type;
@@ -44,6 +46,10 @@ mod wrong_type;
 pub use fencing::{
     fencing_is_offered_as_declared, fencing_on_another_type_is_an_error,
     next_fence_counts_only_for_the_holder, raise_fence_never_lowers,
+};
+pub use handoff::{
+    a_queue_of_another_type_is_an_error, a_queued_waiter_is_handed_the_key,
+    gone_waiters_are_passed_over, hand_offs_follow_the_queue, handoff_is_offered_as_declared,
 };
 pub use notify::{
     a_subscription_hears_every_later_release, dropping_a_subscription_unsubscribes,
@@ -82,6 +88,14 @@ pub trait Fixture: Send + Sync {
     /// returns `Some`). The suite checks that it does exactly when this says so, and runs the
     /// [`Fencing`](crate::Fencing) rules when it does.
     fn keeps_fence_counters(&self) -> bool;
+
+    /// Whether the backend is meant to hand keys off to queued waiters
+    /// ([`LockBackend::handoff`] returns `Some`). The suite checks that it does exactly when
+    /// this says so, and runs the [`Handoff`](crate::Handoff) rules when it does. By default
+    /// `false`.
+    fn hands_off(&self) -> bool {
+        false
+    }
 }
 
 fn key(namespace: &[u8], name: &[u8]) -> Vec<u8> {
@@ -132,6 +146,13 @@ pub async fn run_all(
         next_fence_counts_only_for_the_holder(backend, clock, fixture, namespace).await;
         raise_fence_never_lowers(backend, fixture, namespace).await;
         fencing_on_another_type_is_an_error(backend, fixture, namespace).await;
+    }
+    handoff_is_offered_as_declared(backend, fixture);
+    if fixture.hands_off() {
+        a_queued_waiter_is_handed_the_key(backend, clock, fixture, namespace).await;
+        hand_offs_follow_the_queue(backend, clock, fixture, namespace).await;
+        gone_waiters_are_passed_over(backend, clock, fixture, namespace).await;
+        a_queue_of_another_type_is_an_error(backend, fixture, namespace).await;
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{FutureExt, TryFutureExt};
 
-use crate::backend::{KeyState, LockBackend};
+use crate::backend::{KeyState, LockBackend, QueuePlace};
 use crate::error::{Error, Failure};
 use crate::gate::Gate;
 use crate::holders::Holders;
@@ -36,6 +36,9 @@ pub(crate) struct Engine {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) drift: DriftPpm,
     pub(crate) instance_timeout: Duration,
+    /// Every instance supports [`Handoff`](crate::Handoff): contended acquirers queue, and
+    /// announced releases hand the key to one of them.
+    pub(crate) handoff: bool,
 }
 
 /// A fencing counter's value as the instance keeps it (decimal ASCII); `None` for anything else.
@@ -54,7 +57,13 @@ fn release_call<'a>(
     token: &'a [u8],
     announce: bool,
 ) -> BoxFuture<'a, Result<(bool, bool), crate::BackendError>> {
-    match b.release_notify().filter(|_| announce) {
+    if !announce {
+        return b.release(key, token).map_ok(|r| (r, false)).boxed();
+    }
+    if let Some(h) = b.handoff() {
+        return h.release_and_hand_off(key, token);
+    }
+    match b.release_notify() {
         Some(n) => n.release_and_notify(key, token),
         None => b.release(key, token).map_ok(|r| (r, false)).boxed(),
     }
@@ -146,13 +155,15 @@ impl Engine {
 
     /// One acquire attempt: `key = token` for `ttl` on a quorum, within validity. A failed
     /// attempt may have left keys anywhere: the caller releases them. `sent` is set once a
-    /// request went out (before that, nothing can be set: no cleanup needed).
+    /// request went out (before that, nothing can be set: no cleanup needed). With `queue`, a
+    /// refusal queues the caller for a hand-off on instances that support it.
     pub(crate) async fn acquire(
         &self,
         key: &[u8],
         token: &[u8],
         ttl: Duration,
         sent: Option<&AtomicBool>,
+        queue: Option<QueuePlace>,
     ) -> Result<Lease, Rejected> {
         let t1 = self.clock.now();
         let round = round::run(
@@ -161,7 +172,10 @@ impl Engine {
             self.clock.as_ref(),
             self.limit(ttl),
             Wait::UntilDecided,
-            |b| b.acquire(key, token, ttl),
+            |b| match (queue, b.handoff()) {
+                (Some(place), Some(h)) => h.acquire_or_queue(key, token, ttl, place),
+                _ => b.acquire(key, token, ttl),
+            },
             |acquired| *acquired,
         )
         .await;
@@ -575,6 +589,7 @@ mod tests {
             clock: Arc::new(StillClock::default()),
             drift: DriftPpm(10_000),
             instance_timeout: Duration::from_millis(100),
+            handoff: false,
         }
     }
 
@@ -583,7 +598,7 @@ mod tests {
     #[test]
     fn a_quorum_grants_a_lease_from_the_round_start() {
         let e = engine(&[Up, Up, Down]);
-        let lease = block_on(e.acquire(b"k", b"t", TTL, None)).unwrap();
+        let lease = block_on(e.acquire(b"k", b"t", TTL, None, None)).unwrap();
         assert_eq!(lease.validity(), Duration::from_millis(9_898));
         assert_eq!(lease.deadline(), Duration::from_millis(9_898));
     }
@@ -591,13 +606,13 @@ mod tests {
     #[test]
     fn a_minority_is_undecided_and_a_holder_refuses() {
         let e = engine(&[Up, Down, Down]);
-        let err = block_on(e.acquire(b"k", b"t", TTL, None)).unwrap_err();
+        let err = block_on(e.acquire(b"k", b"t", TTL, None, None)).unwrap_err();
         assert_eq!(err.verdict, Verdict::Undecided);
         assert!(matches!(err.into_acquire_error(1), Error::Unavailable(_)));
 
         let e = engine(&[Up, Up, Up]);
-        block_on(e.acquire(b"k", b"rival", TTL, None)).unwrap();
-        let err = block_on(e.acquire(b"k", b"t", TTL, None)).unwrap_err();
+        block_on(e.acquire(b"k", b"rival", TTL, None, None)).unwrap();
+        let err = block_on(e.acquire(b"k", b"t", TTL, None, None)).unwrap_err();
         assert_eq!(err.verdict, Verdict::Refused);
         assert_eq!(err.failure.quorum, 2);
         assert!(matches!(err.into_acquire_error(1), Error::Contended(_)));
@@ -612,7 +627,7 @@ mod tests {
                 .verdict,
             Verdict::Refused
         );
-        block_on(e.acquire(b"k", b"t", TTL, None)).unwrap();
+        block_on(e.acquire(b"k", b"t", TTL, None, None)).unwrap();
         block_on(e.extend(b"k", b"t", TTL, Some(Duration::from_secs(1)))).unwrap();
         let round = block_on(e.release(b"k", b"t", false));
         assert_eq!(round.verdict(), Verdict::Quorum);
@@ -634,7 +649,7 @@ mod tests {
     #[test]
     fn rehydration_takes_the_quorum_th_longest_ttl() {
         let e = engine(&[Up, Up, Up]);
-        block_on(e.acquire(b"k", b"t", TTL, None)).unwrap();
+        block_on(e.acquire(b"k", b"t", TTL, None, None)).unwrap();
         let lease = block_on(e.rehydrate(b"k", b"t", TTL)).unwrap();
         // Every instance reports 5 s left: validity 5 s − 1 % − 2 ms.
         assert_eq!(lease.validity(), Duration::from_millis(4_948));

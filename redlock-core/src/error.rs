@@ -131,7 +131,8 @@ pub enum InvalidInput {
     /// A token given to rehydrate a lock is empty or too long.
     Token(&'static str),
     /// The key (prefix + resource name) starts with
-    /// [`FENCE_KEY_PREFIX`](crate::FENCE_KEY_PREFIX), which is reserved for fencing counters.
+    /// [`RESERVED_KEY_PREFIX`](crate::RESERVED_KEY_PREFIX) (`0xFF redlock-`), which is reserved
+    /// for fencing counters and hand-off queues.
     ReservedKey,
     /// A fenced lock was asked for, but this instance's backend keeps no fencing counters
     /// ([`LockBackend::fencing`](crate::LockBackend::fencing) returned `None`).
@@ -177,8 +178,8 @@ impl fmt::Display for InvalidInput {
             ),
             Self::Token(reason) => write!(f, "token {reason}"),
             Self::ReservedKey => f.write_str(
-                "the key starts with the byte 0xFF and \"redlock-fence:\", which are reserved for \
-                 fencing counters",
+                "the key starts with the byte 0xFF and \"redlock-\", which are reserved for \
+                 fencing counters and hand-off queues",
             ),
             Self::NoFencing(id) => write!(
                 f,

@@ -123,7 +123,7 @@
 //! counters are one small key per fenced resource per instance, kept forever.
 //!
 //! The manager refuses (as [`InvalidInput::ReservedKey`], touching no instance) every lock key
-//! that starts with [`FENCE_KEY_PREFIX`]; its first byte, `0xFF`, never occurs in UTF-8, so
+//! that starts with [`RESERVED_KEY_PREFIX`] (which [`FENCE_KEY_PREFIX`] extends); its first byte, `0xFF`, never occurs in UTF-8, so
 //! clients that name resources with strings (aioredlock) never meet it. A fenced lock on a
 //! manager whose backends keep no counters fails with [`InvalidInput::NoFencing`], also touching
 //! nothing. [`LockManager::get_lock`] rebuilds handles without a fence.
@@ -189,8 +189,9 @@ mod validity;
 mod wait;
 
 pub use backend::{
-    fence_key, BackendError, BackendErrorKind, Fencing, KeyState, LockBackend, ReleaseNotify,
-    FENCE_KEY_PREFIX,
+    fence_key, queue_keys, BackendError, BackendErrorKind, Fencing, Handoff, KeyState, LockBackend,
+    QueuePlace, ReleaseNotify, FENCE_KEY_PREFIX, QUEUE_KEY_PREFIX, RESERVED_KEY_PREFIX,
+    WAITERS_KEY_PREFIX,
 };
 pub use config::{
     Config, LockManagerBuilder, DEFAULT_DRIFT_FACTOR, DEFAULT_INSTANCE_TIMEOUT,

@@ -115,3 +115,102 @@ if #c < #v or (#c == #v and c < v) then
   return v
 end
 return c";
+
+/// Prefix of the hand-off channels: one per backend connection, named by a random id, on which
+/// [`RELEASE_HAND_OFF`] tells a waiter that a key was handed to it.
+pub const HANDOFF_CHANNEL_PREFIX: &str = "redlock:handoff:";
+
+/// A hand-off channel for a listener identified by `id` (random, so two processes never share
+/// one).
+#[must_use]
+pub fn handoff_channel(id: u64) -> String {
+    format!("{HANDOFF_CHANNEL_PREFIX}{id:016x}")
+}
+
+/// The waiter token and lock key a [`RELEASE_HAND_OFF`] message carries (`<token length>:` then
+/// the token, then the key), or `None` when the message is not one.
+#[must_use]
+pub fn parse_handoff(message: &[u8]) -> Option<(&[u8], &[u8])> {
+    let colon = message.iter().position(|&b| b == b':')?;
+    let len: usize = std::str::from_utf8(&message[..colon]).ok()?.parse().ok()?;
+    let rest = &message[colon + 1..];
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// [`ACQUIRE`] that queues a refused waiter for a hand-off. `KEYS[1]` = lock key, `KEYS[2]` /
+/// `KEYS[3]` = its queue and waiter table ([`crate::queue_keys`]); `ARGV[1]` = token, `ARGV[2]` =
+/// ttl in ms, `ARGV[3]` = how long the place lasts (ms), `ARGV[4]` = how long a key handed to
+/// this waiter stays reserved (ms), `ARGV[5]` = the waiter's hand-off channel. 1 = acquired
+/// (and unqueued), 0 = refused and queued (a waiter already queued keeps its place and gets a
+/// new deadline). A table entry is `<deadline ms> <reserve ms> <channel>`, on the instance's
+/// clock (`TIME`), so client clocks play no part.
+pub const ACQUIRE_QUEUE: &str = r"#!lua
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v == false or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.pcall('HDEL', KEYS[3], ARGV[1])
+  return 1
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local stay = tonumber(ARGV[3])
+local new = redis.pcall('HSET', KEYS[3], ARGV[1], (now + stay) .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
+if type(new) == 'table' and new.err then return -1 end
+if new == 1 then
+  local pushed = redis.pcall('RPUSH', KEYS[2], ARGV[1])
+  if type(pushed) == 'table' and pushed.err then return -1 end
+end
+for i = 2, 3 do
+  if redis.call('PTTL', KEYS[i]) < stay then redis.call('PEXPIRE', KEYS[i], stay) end
+end
+return 0";
+
+/// [`RELEASE_NOTIFY`] that hands the key to the first live queued waiter. Keys as
+/// [`ACQUIRE_QUEUE`]; `ARGV[1]` = token, `ARGV[2]` = the release channel ([`release_channel`]),
+/// or empty for none. When the key holds the token, waiters are taken from the head of the queue
+/// (at most 100 per call, so a queue of stale entries costs a bounded time); the first whose
+/// deadline has not passed, that is not the releaser, and whose channel has a subscriber gets
+/// the key (`SET` to its token with its reserve as expiry) and a message on its channel
+/// (`<token length>:<token><key>`, see [`parse_handoff`]): 3. Otherwise the key is deleted and the
+/// release announced as `RELEASE_NOTIFY` does: 2 = heard, 1 = not. 0 = not ours.
+pub const RELEASE_HAND_OFF: &str = r"#!lua
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return -1 end
+if v ~= ARGV[1] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, 100 do
+  local w = redis.pcall('LPOP', KEYS[2])
+  if type(w) ~= 'string' then break end
+  local e = redis.pcall('HGET', KEYS[3], w)
+  if type(e) == 'string' then
+    redis.call('HDEL', KEYS[3], w)
+    local deadline, reserve, channel = string.match(e, '^(%d+) (%d+) (.+)$')
+    if deadline and w ~= ARGV[1] and tonumber(deadline) >= now and tonumber(reserve) > 0 then
+      redis.call('SET', KEYS[1], w, 'PX', reserve)
+      if redis.call('PUBLISH', channel, #w .. ':' .. w .. KEYS[1]) > 0 then return 3 end
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' and redis.call('PUBLISH', ARGV[2], '') > 0 then return 2 end
+return 1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handoff_messages_split_into_token_and_key() {
+        assert_eq!(
+            parse_handoff(b"3:tokkey:with:colons"),
+            Some((&b"tok"[..], &b"key:with:colons"[..]))
+        );
+        assert_eq!(parse_handoff(b"0:key"), Some((&b""[..], &b"key"[..])));
+        assert_eq!(parse_handoff(b"9:short"), None);
+        assert_eq!(parse_handoff(b"x:tok"), None);
+        assert_eq!(parse_handoff(b"no colon"), None);
+        assert_ne!(handoff_channel(1), handoff_channel(2));
+    }
+}

@@ -18,11 +18,19 @@ use crate::runtime::Clock;
 /// Most yield entries kept for fair mode before expired ones are swept.
 const YIELD_SWEEP_AT: usize = 1024;
 
+/// How long a key counts as contended after an attempt on it was refused: while it does, the
+/// first attempt of a call already queues for a hand-off (see [`Contention`]).
+const CONTENDED_FOR: Duration = Duration::from_secs(5);
+
 /// Release subscriptions held for the duration of one `lock` call; each yields the index of
 /// its instance.
 #[derive(Default)]
 pub(crate) struct Waiter {
     subscriptions: Option<SelectAll<BoxStream<'static, usize>>>,
+    /// `subscriptions` are hand-off listeners of this call's token (the call queues).
+    listening: bool,
+    /// Listening failed on too many instances once: this call does not queue.
+    no_listen: bool,
 }
 
 impl Engine {
@@ -55,6 +63,44 @@ impl Engine {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Listens for hand-offs to `token` on every instance (once per call), for at most `limit`;
+    /// `true` when a quorum listens, so that the call may queue: a queued waiter that nobody
+    /// would tell of its turn would only hold up the others for its reserve.
+    pub(crate) async fn listen(&self, token: &[u8], waiter: &mut Waiter, limit: Duration) -> bool {
+        if waiter.listening || waiter.no_listen {
+            return waiter.listening;
+        }
+        let round = round::run(
+            &self.instances,
+            round::Gating::Off,
+            self.clock.as_ref(),
+            limit,
+            Wait::ForAll,
+            |b| match b.handoff() {
+                Some(h) => h.listen(token).map(|r| r.map(Some)).boxed(),
+                None => futures::future::ready(Ok(None)).boxed(),
+            },
+            Option::is_some,
+        )
+        .await;
+        let streams: SelectAll<_> = round
+            .answers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, a)| match a {
+                Some(Ok(Some(stream))) => Some(stream.map(move |()| i).boxed()),
+                _ => None,
+            })
+            .collect();
+        if streams.len() < self.quorum() {
+            waiter.no_listen = true;
+            return false;
+        }
+        waiter.subscriptions = Some(streams);
+        waiter.listening = true;
+        true
     }
 
     /// Waits until `until` (the end of the current retry window) or until a release is
@@ -145,6 +191,36 @@ impl Engine {
             Either::Left(_)
         );
         woke
+    }
+}
+
+/// Keys on which an attempt of this manager was refused lately: the first attempt of a later
+/// call on such a key queues for a hand-off at once (a scripted acquire), while other keys keep
+/// the cheaper plain acquire.
+#[derive(Debug, Default)]
+pub(crate) struct Contention {
+    until: Mutex<HashMap<Arc<[u8]>, Duration>>,
+}
+
+impl Contention {
+    fn until(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<[u8]>, Duration>> {
+        // Entries are inserted or removed whole.
+        self.until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An attempt on `key` was refused by holders.
+    pub(crate) fn note(&self, clock: &dyn Clock, key: &Arc<[u8]>) {
+        let now = clock.now();
+        let mut until = self.until();
+        if until.len() >= YIELD_SWEEP_AT {
+            until.retain(|_, t| *t > now);
+        }
+        until.insert(Arc::clone(key), now.saturating_add(CONTENDED_FOR));
+    }
+
+    /// Whether an attempt on `key` was refused lately.
+    pub(crate) fn recent(&self, clock: &dyn Clock, key: &[u8]) -> bool {
+        self.until().get(key).is_some_and(|t| *t > clock.now())
     }
 }
 

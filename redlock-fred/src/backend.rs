@@ -1,7 +1,7 @@
 //! [`LockBackend`] on one fred client per instance.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,8 @@ use fred::types::{
 };
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Fencing, KeyState, LockBackend, ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Fencing, Handoff, KeyState, LockBackend,
+    QueuePlace, ReleaseNotify,
 };
 
 use crate::build::Parts;
@@ -67,7 +68,7 @@ pub struct RedisBackend {
     /// A second connection, made on first use, for release announcements.
     notifier: Notifier,
     /// Bits of the scripts known to be in the server's script cache (see `run`).
-    cached: Arc<AtomicU8>,
+    cached: Arc<AtomicU16>,
     /// fred's command timeout; must stay below the manager's instance timeout.
     command_timeout: Duration,
     connection: Mutex<Connection>,
@@ -95,9 +96,9 @@ impl RedisBackend {
         Self {
             id: parts.id,
             sentinel: parts.sentinel,
+            notifier: Notifier::new(parts.subscriber, parts.client.clone()),
             client: parts.client,
-            notifier: Notifier::new(parts.subscriber),
-            cached: Arc::new(AtomicU8::new(0)),
+            cached: Arc::new(AtomicU16::new(0)),
             command_timeout: parts.command_timeout,
             connection: Mutex::new(Connection::NotStarted),
             rediscovering: Arc::new(AtomicBool::new(false)),
@@ -464,6 +465,10 @@ impl LockBackend for RedisBackend {
         Some(self)
     }
 
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        Some(self)
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.ensure_started("connect")?;
         self.health.wait_connected(&self.client).await
@@ -517,6 +522,64 @@ impl ReleaseNotify for RedisBackend {
         self.notifier
             .subscribe(key, |e| self.map_error(&e, "subscribe"))
             .await
+    }
+}
+
+#[async_trait]
+impl Handoff for RedisBackend {
+    async fn listen(&self, tok: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        self.ensure_started("listen")?;
+        self.notifier
+            .listen(tok, |e| self.map_error(&e, "listen"))
+            .await
+    }
+
+    async fn acquire_or_queue(
+        &self,
+        key: &[u8],
+        tok: &[u8],
+        ttl: Duration,
+        place: QueuePlace,
+    ) -> Result<bool, BackendError> {
+        let (queue, waiters) = redlock_core::queue_keys(key);
+        let channel = Value::from(self.notifier.handoff_channel());
+        let reply = self
+            .run(
+                &scripts::ACQUIRE_QUEUE,
+                &[key, &queue, &waiters],
+                &[
+                    token(tok),
+                    millis(ttl),
+                    millis(place.stay),
+                    millis(place.reserve),
+                    channel,
+                ],
+            )
+            .await?;
+        self.code(reply, "acquire")
+    }
+
+    async fn release_and_hand_off(
+        &self,
+        key: &[u8],
+        tok: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        let (queue, waiters) = redlock_core::queue_keys(key);
+        let channel = Value::from(crate::notify::channel(key));
+        match self
+            .run(
+                &scripts::RELEASE_HAND_OFF,
+                &[key, &queue, &waiters],
+                &[token(tok), channel],
+            )
+            .await?
+        {
+            Value::Integer(2 | 3) => Ok((true, true)),
+            Value::Integer(1) => Ok((true, false)),
+            Value::Integer(0) => Ok((false, false)),
+            Value::Integer(scripts::WRONG_TYPE) => Err(self.wrong_type("release")),
+            other => Err(self.unexpected("release", &other)),
+        }
     }
 }
 

@@ -13,22 +13,94 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use fred::clients::SubscriberClient;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fred::bytes::Bytes;
+use fred::bytes_utils::Str;
+use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::types::config::Options;
+use fred::types::{ClusterHash, CustomCommand, Value};
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::stream::{BoxStream, Stream};
-use redlock_core::{BackendError, BackendErrorKind};
+use redlock_core::{redis_lua, BackendError, BackendErrorKind, OsRandom, RandomSource};
 
 pub(crate) use redlock_core::redis_lua::release_channel as channel;
 
 type Listeners = HashMap<String, Vec<UnboundedSender<()>>>;
+
+/// Hand-off listeners by waiter token.
+type Waiting = HashMap<Box<[u8]>, UnboundedSender<()>>;
 
 /// The subscriber connection of one instance and the local listeners of each channel.
 pub(crate) struct Notifier {
     subscriber: SubscriberClient,
     listeners: Arc<Mutex<Listeners>>,
     started: Mutex<Option<Tasks>>,
+    handoff: Arc<HandoffState>,
 }
+
+/// This connection's hand-off channel and the calls waiting on it.
+struct HandoffState {
+    channel: String,
+    waiting: Mutex<Waiting>,
+    /// The channel was subscribed once; after a reconnect [`resubscribe`] does it again.
+    subscribed: AtomicBool,
+    /// The main connection, to pass on a hand-off that no call here waits for any more.
+    client: Client,
+}
+
+impl HandoffState {
+    fn waiting(&self) -> MutexGuard<'_, Waiting> {
+        // Entries are inserted or removed whole.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Routes a hand-off message to its call, or passes the key on when the call is gone.
+    fn deliver(&self, message: &[u8]) {
+        let Some((token, key)) = redis_lua::parse_handoff(message) else {
+            return;
+        };
+        let delivered = self
+            .waiting()
+            .get(token)
+            .is_some_and(|tx| tx.unbounded_send(()).is_ok());
+        if !delivered {
+            tokio::spawn(pass_on(self.client.clone(), key.to_vec(), token.to_vec()));
+        }
+    }
+}
+
+/// Releases `key` for `token`, whose call stopped waiting, handing it to the next waiter (the
+/// rare path: a plain `EVAL`, cached by the server after the first).
+async fn pass_on(client: Client, key: Vec<u8>, token: Vec<u8>) {
+    let (queue, waiters) = redlock_core::queue_keys(&key);
+    let command = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
+    let channel = channel(&key);
+    let args: Vec<Value> = vec![
+        Value::String(Str::from_static(redis_lua::RELEASE_HAND_OFF)),
+        Value::Integer(3),
+        Value::Bytes(Bytes::from(key)),
+        Value::Bytes(Bytes::from(queue)),
+        Value::Bytes(Bytes::from(waiters)),
+        Value::Bytes(Bytes::from(token)),
+        Value::String(Str::from(channel)),
+    ];
+    let options = Options {
+        timeout: Some(PASS_ON_TIMEOUT),
+        ..Options::default()
+    };
+    // A failure leaves the key reserved for its reserve; the waiters then poll.
+    drop(
+        client
+            .with_options(&options)
+            .custom::<Value, Value>(command, args)
+            .await,
+    );
+}
+
+/// How long passing on a hand-off may take; the key's reserve bounds the cost of a failure.
+const PASS_ON_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The background tasks of a started notifier; aborted on close or drop (a dropped tokio
 /// handle would leave them running, and fred's connection task reconnects forever).
@@ -45,12 +117,47 @@ impl Tasks {
 }
 
 impl Notifier {
-    pub(crate) fn new(subscriber: SubscriberClient) -> Self {
+    pub(crate) fn new(subscriber: SubscriberClient, client: Client) -> Self {
         Self {
             subscriber,
             listeners: Arc::default(),
             started: Mutex::new(None),
+            handoff: Arc::new(HandoffState {
+                channel: redis_lua::handoff_channel(OsRandom.next_u64()),
+                waiting: Mutex::default(),
+                subscribed: AtomicBool::new(false),
+                client,
+            }),
         }
+    }
+
+    /// This connection's hand-off channel, sent with each queued acquire.
+    pub(crate) fn handoff_channel(&self) -> &str {
+        &self.handoff.channel
+    }
+
+    /// Listens for hand-offs to `token`; returns once the hand-off channel is subscribed.
+    pub(crate) async fn listen(
+        &self,
+        token: &[u8],
+        map_error: impl Fn(fred::error::Error) -> BackendError,
+    ) -> Result<BoxStream<'static, ()>, BackendError> {
+        self.ensure_started()?;
+        let (tx, rx) = unbounded();
+        self.handoff.waiting().insert(token.into(), tx);
+        let stream = Listening {
+            rx,
+            token: token.into(),
+            handoff: Arc::clone(&self.handoff),
+        };
+        if !self.handoff.subscribed.load(Ordering::Acquire) {
+            self.subscriber
+                .subscribe(self.handoff.channel.as_str())
+                .await
+                .map_err(map_error)?;
+            self.handoff.subscribed.store(true, Ordering::Release);
+        }
+        Ok(Box::pin(stream))
     }
 
     fn listeners(listeners: &Mutex<Listeners>) -> MutexGuard<'_, Listeners> {
@@ -80,12 +187,19 @@ impl Notifier {
         let resubscribe = tokio::spawn(resubscribe(
             self.subscriber.clone(),
             Arc::clone(&self.listeners),
+            Arc::clone(&self.handoff),
         ));
         let mut messages = self.subscriber.message_rx();
         let listeners = Arc::clone(&self.listeners);
+        let handoff = Arc::clone(&self.handoff);
         let dispatch = tokio::spawn(async move {
             loop {
                 match messages.recv().await {
+                    Ok(message) if *message.channel == *handoff.channel => {
+                        if let Some(bytes) = message.value.as_bytes() {
+                            handoff.deliver(bytes);
+                        }
+                    }
                     Ok(message) => {
                         let mut map = Self::listeners(&listeners);
                         if let Some(senders) = map.get_mut(&*message.channel) {
@@ -163,6 +277,34 @@ impl Drop for Notifier {
     }
 }
 
+/// One call's hand-off listener; stops listening when dropped.
+struct Listening {
+    rx: UnboundedReceiver<()>,
+    token: Box<[u8]>,
+    handoff: Arc<HandoffState>,
+}
+
+impl Stream for Listening {
+    type Item = ();
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<()>> {
+        Pin::new(&mut self.rx).poll_next(cx)
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        let mut waiting = self.handoff.waiting();
+        // Only ours: a later listen of the same token replaced the entry.
+        if waiting
+            .get(&self.token)
+            .is_some_and(|tx| tx.is_connected_to(&self.rx))
+        {
+            waiting.remove(&self.token);
+        }
+    }
+}
+
 /// One local subscription; unsubscribes the channel when the last one is dropped.
 struct Subscription {
     rx: UnboundedReceiver<()>,
@@ -212,7 +354,11 @@ impl Drop for Subscription {
 /// raced with the reconnect. Such a channel then stayed subscribed for the life of the
 /// connection with no one listening. The listener map is the truth here: after the SUBSCRIBE,
 /// channels whose last listener left meanwhile are unsubscribed again.
-async fn resubscribe(subscriber: SubscriberClient, listeners: Arc<Mutex<Listeners>>) {
+async fn resubscribe(
+    subscriber: SubscriberClient,
+    listeners: Arc<Mutex<Listeners>>,
+    handoff: Arc<HandoffState>,
+) {
     use tokio::sync::broadcast::error::RecvError;
     let mut reconnects = subscriber.reconnect_rx();
     loop {
@@ -221,6 +367,18 @@ async fn resubscribe(subscriber: SubscriberClient, listeners: Arc<Mutex<Listener
             Err(RecvError::Closed) => return,
         }
         let wanted: Vec<String> = Notifier::listeners(&listeners).keys().cloned().collect();
+        if handoff.subscribed.load(Ordering::Acquire) {
+            // Kept for the life of the connection: one channel per process and instance.
+            if subscriber
+                .subscribe(handoff.channel.as_str())
+                .await
+                .is_err()
+            {
+                // Until it is made again, releases skip this process's waiters (nobody is
+                // subscribed), and they poll: let the next listen try.
+                handoff.subscribed.store(false, Ordering::Release);
+            }
+        }
         if wanted.is_empty() {
             continue;
         }

@@ -14,7 +14,7 @@ pub(crate) struct Script {
     /// The operation, for messages.
     pub(crate) name: &'static str,
     /// This script's bit in a backend's set of scripts known to be cached on the server.
-    pub(crate) bit: u8,
+    pub(crate) bit: u16,
     pub(crate) body: &'static str,
     /// Shared, so sending it costs a reference count, not a copy.
     pub(crate) sha: LazyLock<Str>,
@@ -44,3 +44,7 @@ script!(INSPECT, "inspect", 4, redis_lua::INSPECT);
 script!(NEXT_FENCE, "next_fence", 5, redis_lua::NEXT_FENCE);
 
 script!(RAISE_FENCE, "raise_fence", 6, redis_lua::RAISE_FENCE);
+
+script!(ACQUIRE_QUEUE, "acquire", 7, redis_lua::ACQUIRE_QUEUE);
+
+script!(RELEASE_HAND_OFF, "release", 8, redis_lua::RELEASE_HAND_OFF);

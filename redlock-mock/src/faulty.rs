@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Clock, Config, Fencing, KeyState, LockBackend,
-    ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Clock, Config, Fencing, Handoff, KeyState,
+    LockBackend, QueuePlace, ReleaseNotify,
 };
 
 /// Wraps a backend and injects faults into every call, switched at run time through its
@@ -217,6 +217,11 @@ impl<B: LockBackend> LockBackend for FaultyBackend<B> {
         self.inner.fencing().map(|_| self as &dyn Fencing)
     }
 
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        // Queued acquires and hand-off releases go through the faults too.
+        self.inner.handoff().map(|_| self as &dyn Handoff)
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         self.inner.connect().await
     }
@@ -277,6 +282,57 @@ impl<B: LockBackend> Fencing for FaultyBackend<B> {
             match self.inner.fencing() {
                 Some(fencing) => fencing.raise_fence(counter, value).await,
                 None => Err(no_counters()),
+            }
+        })
+        .await
+    }
+}
+
+fn no_handoff() -> BackendError {
+    BackendError::new(
+        BackendErrorKind::Other,
+        "the inner backend does not hand off",
+    )
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<B: LockBackend> Handoff for FaultyBackend<B> {
+    async fn listen(&self, token: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        self.call(async {
+            match self.inner.handoff() {
+                Some(h) => h.listen(token).await,
+                None => Err(no_handoff()),
+            }
+        })
+        .await
+    }
+
+    async fn acquire_or_queue(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl: Duration,
+        place: QueuePlace,
+    ) -> Result<bool, BackendError> {
+        self.call(async {
+            match self.inner.handoff() {
+                Some(h) => h.acquire_or_queue(key, token, ttl, place).await,
+                None => Err(no_handoff()),
+            }
+        })
+        .await
+    }
+
+    async fn release_and_hand_off(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        self.call(async {
+            match self.inner.handoff() {
+                Some(h) => h.release_and_hand_off(key, token).await,
+                None => Err(no_handoff()),
             }
         })
         .await

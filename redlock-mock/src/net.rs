@@ -890,6 +890,11 @@ impl LockBackend for LinkBackend {
         Some(self)
     }
 
+    fn handoff(&self) -> Option<&dyn redlock_core::Handoff> {
+        // The simulated servers keep no queues: contended waiters are woken by announcements.
+        None
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         // Nothing to set up: the link exists from the start, and its faults show on the calls
         // that cross it.

@@ -88,6 +88,11 @@ impl LockBackend for Picky {
         }
     }
 
+    fn handoff(&self) -> Option<&dyn redlock_core::Handoff> {
+        // The in-memory backend keeps no hand-off queues.
+        self.inner.handoff()
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         Err(BackendError::new(
             BackendErrorKind::Auth,

@@ -70,4 +70,8 @@ impl Fixture for ServerFixture<'_> {
     fn keeps_fence_counters(&self) -> bool {
         true
     }
+
+    fn hands_off(&self) -> bool {
+        true
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use redlock_lease::{
-    async_trait, BackendError, BackendErrorKind, Clock, Config, Error, Failure, Fencing,
+    async_trait, BackendError, BackendErrorKind, Clock, Config, Error, Failure, Fencing, Handoff,
     InstanceOutcome, KeyState, LockBackend, LockManager, LockManagerBuilder, ReleaseNotify,
     SeededRandom,
 };
@@ -273,6 +273,10 @@ impl LockBackend for Recorder {
 
     fn fencing(&self) -> Option<&dyn Fencing> {
         self.inner.fencing().map(|_| self as &dyn Fencing)
+    }
+
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        self.inner.handoff()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use super::{BackendError, Fencing, KeyState, LockBackend, ReleaseNotify};
+use super::{BackendError, Fencing, Handoff, KeyState, LockBackend, QueuePlace, ReleaseNotify};
 use crate::Config;
 
 macro_rules! forward {
@@ -64,6 +64,10 @@ macro_rules! forward {
                 (**self).fencing()
             }
 
+            fn handoff(&self) -> Option<&dyn Handoff> {
+                (**self).handoff()
+            }
+
             async fn connect(&self) -> Result<(), BackendError> {
                 (**self).connect().await
             }
@@ -105,6 +109,32 @@ macro_rules! forward {
                 (**self).raise_fence(counter, value).await
             }
         }
+
+        #[async_trait]
+        #[deny(clippy::missing_trait_methods)]
+        impl<T: Handoff + ?Sized> Handoff for $pointer<T> {
+            async fn listen(&self, token: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+                (**self).listen(token).await
+            }
+
+            async fn acquire_or_queue(
+                &self,
+                key: &[u8],
+                token: &[u8],
+                ttl: Duration,
+                place: QueuePlace,
+            ) -> Result<bool, BackendError> {
+                (**self).acquire_or_queue(key, token, ttl, place).await
+            }
+
+            async fn release_and_hand_off(
+                &self,
+                key: &[u8],
+                token: &[u8],
+            ) -> Result<(bool, bool), BackendError> {
+                (**self).release_and_hand_off(key, token).await
+            }
+        }
     };
 }
 
@@ -120,7 +150,9 @@ mod tests {
     use futures::executor::block_on;
     use futures::stream::BoxStream;
 
-    use crate::{BackendError, Config, Fencing, KeyState, LockBackend, ReleaseNotify};
+    use crate::{
+        BackendError, Config, Fencing, Handoff, KeyState, LockBackend, QueuePlace, ReleaseNotify,
+    };
 
     /// Logs every method called on it; refuses every configuration so a forwarded check shows.
     #[derive(Debug, Default)]
@@ -173,6 +205,10 @@ mod tests {
             self.note("fencing");
             Some(self)
         }
+        fn handoff(&self) -> Option<&dyn Handoff> {
+            self.note("handoff");
+            Some(self)
+        }
         async fn connect(&self) -> Result<(), BackendError> {
             self.note("connect");
             Ok(())
@@ -216,6 +252,32 @@ mod tests {
         }
     }
 
+    #[async_trait]
+    impl Handoff for Probe {
+        async fn listen(&self, _: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+            self.note("listen");
+            Ok(Box::pin(futures::stream::empty()))
+        }
+        async fn acquire_or_queue(
+            &self,
+            _: &[u8],
+            _: &[u8],
+            _: Duration,
+            _: QueuePlace,
+        ) -> Result<bool, BackendError> {
+            self.note("acquire_or_queue");
+            Ok(false)
+        }
+        async fn release_and_hand_off(
+            &self,
+            _: &[u8],
+            _: &[u8],
+        ) -> Result<(bool, bool), BackendError> {
+            self.note("release_and_hand_off");
+            Ok((true, false))
+        }
+    }
+
     /// A clock the manager builder accepts; these tests never wait.
     #[derive(Debug)]
     struct Still;
@@ -229,19 +291,23 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 15] = [
+    const EVERY_METHOD: [&str; 19] = [
         "acquire",
+        "acquire_or_queue",
         "check_config",
         "close",
         "connect",
         "extend",
         "fencing",
+        "handoff",
         "id",
         "inspect",
+        "listen",
         "next_fence",
         "raise_fence",
         "reconnects",
         "release",
+        "release_and_hand_off",
         "release_and_notify",
         "release_notify",
         "subscribe",
@@ -277,6 +343,20 @@ mod tests {
             let fencing = backend.fencing().expect("the probe keeps counters");
             assert_eq!(fencing.next_fence(b"k", b"t", b"c").await.unwrap(), Some(7));
             assert_eq!(fencing.raise_fence(b"c", 9).await.unwrap(), 9);
+            let handoff = backend.handoff().expect("the probe hands off");
+            assert!(handoff.listen(b"t").await.is_ok());
+            let place = QueuePlace {
+                stay: ttl,
+                reserve: ttl,
+            };
+            assert!(!handoff
+                .acquire_or_queue(b"k", b"t", ttl, place)
+                .await
+                .unwrap());
+            assert_eq!(
+                handoff.release_and_hand_off(b"k", b"t").await.unwrap(),
+                (true, false)
+            );
             backend.connect().await.unwrap();
             backend.close().await.unwrap();
         });

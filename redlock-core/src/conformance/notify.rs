@@ -23,7 +23,7 @@ fn notify_of(backend: &dyn LockBackend) -> &dyn ReleaseNotify {
 }
 
 /// Waits for the next announcement on `stream`, at most [`PATIENCE`] on `clock`.
-async fn heard(stream: &mut BoxStream<'static, ()>, clock: &dyn Clock, what: &str) {
+pub(super) async fn heard(stream: &mut BoxStream<'static, ()>, clock: &dyn Clock, what: &str) {
     match select(stream.next(), clock.sleep(PATIENCE)).await {
         Either::Left((Some(()), _)) => {}
         Either::Left((None, _)) => panic!("{what}: the subscription ended instead"),

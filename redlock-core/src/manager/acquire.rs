@@ -10,6 +10,7 @@ use futures::future::{select, Either};
 use futures::FutureExt;
 
 use super::{Inner, LockManager};
+use crate::backend::QueuePlace;
 use crate::error::Error;
 use crate::lock::Lock;
 use crate::options::Patience;
@@ -103,6 +104,20 @@ impl Inner {
         };
         let mut waiter = Waiter::default();
         let engine = &self.engine;
+        // Hand-offs: once an attempt on this key was refused (by this call, or lately by this
+        // manager), attempts queue on the instances, and a release hands the key to one waiter
+        // instead of waking all of them. A queued place outlives the longest retry window by
+        // two rounds, so a waiter that keeps trying keeps it.
+        let handoff = engine.handoff && self.config.wake_on_release && patience != Patience::NoWait;
+        let queue_place = QueuePlace {
+            stay: self
+                .config
+                .retry_delay()
+                .1
+                .saturating_add(self.config.instance_timeout.saturating_mul(2))
+                .saturating_add(grace),
+            reserve: self.config.instance_timeout,
+        };
         let (held_here, releases) = place.local_state();
         if held_here && patience != Patience::NoWait {
             // Another task of this manager holds the key: an attempt now would only be refused.
@@ -126,9 +141,25 @@ impl Inner {
                 engine.yield_until(&key, &mut waiter, until).await;
             }
             made += 1;
+            let queue = if handoff && (made > 1 || self.contention.recent(self.clock(), &key)) {
+                // Listening comes first, so that no hand-off to this call can go unheard.
+                let now = self.clock().now();
+                let limit = last_start.map_or(self.config.instance_timeout, |last| {
+                    self.config.instance_timeout.min(last.saturating_sub(now))
+                });
+                engine.listen(&token, &mut waiter, limit).await
+            } else {
+                false
+            };
             let (_, releases) = place.local_state();
             let mut granted = engine
-                .acquire(&key, &token, ttl, Some(&cleanup_on_drop.armed))
+                .acquire(
+                    &key,
+                    &token,
+                    ttl,
+                    Some(&cleanup_on_drop.armed),
+                    queue.then_some(queue_place),
+                )
                 .await;
             let mut fence = None;
             if let (true, Ok(lease)) = (fenced, &granted) {
@@ -169,6 +200,9 @@ impl Inner {
                 Err(rejected) => rejected,
             };
             let contended = rejected.verdict == Verdict::Refused;
+            if contended && handoff {
+                self.contention.note(self.clock(), &key);
+            }
             let dirty = rejected.dirty;
             let error = rejected.into_acquire_error(made);
             // A timed-out or ambiguous acquire may still have landed: clean up wherever it may

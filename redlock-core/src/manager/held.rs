@@ -146,7 +146,11 @@ impl Inner {
             .answers
             .iter()
             .any(|a| matches!(a, Some(Ok((_, true)))));
-        self.fairness.note_release(self.clock(), &shared.key, heard);
+        // With hand-offs the key is reserved for the waiter it went to: no yield needed (and the
+        // yield would wait for an announcement that a hand-off does not make).
+        let yield_to_waiter = heard && !self.engine.handoff;
+        self.fairness
+            .note_release(self.clock(), &shared.key, yield_to_waiter);
         // Judged on the deadline, not the status: a concurrent extend or check that ran into
         // this very release's deletes marks the lock lost, but it was ours until now.
         let expired = !shared.state().lease.is_valid(self.clock().now());

@@ -64,6 +64,8 @@ pub(crate) struct Inner {
     /// Owned locks handed out and not yet released, lost or dropped.
     active: Mutex<HashMap<u64, Arc<LockShared>>>,
     pub(crate) fairness: Fairness,
+    /// Keys refused lately, whose first attempts queue for a hand-off.
+    pub(crate) contention: crate::wait::Contention,
     /// One contender per key: the local FIFO queues.
     pub(crate) queues: KeyQueues,
     /// Releases finishing in the background after `unlock` returned at a quorum.
@@ -122,6 +124,7 @@ impl LockManager {
         Self {
             inner: Arc::new(Inner {
                 engine: Engine {
+                    handoff: instances.iter().all(|b| b.handoff().is_some()),
                     gates: instances
                         .iter()
                         .map(|_| Gate::new(config.max_in_flight))
@@ -132,6 +135,7 @@ impl LockManager {
                     instance_timeout: config.instance_timeout,
                 },
                 fairness: Fairness::new(config.fair),
+                contention: crate::wait::Contention::default(),
                 config,
                 random,
                 spawner,
@@ -444,9 +448,9 @@ impl Inner {
             return Err(Error::invalid(InvalidInput::ResourceTooLong(len)));
         }
         let key: Arc<[u8]> = prefix.iter().chain(resource).copied().collect();
-        // A lock on a counter's key would let a fenced lock's counter be taken as a lock, or
-        // deleted by its release.
-        if key.starts_with(crate::backend::FENCE_KEY_PREFIX) {
+        // A lock on a counter's or a hand-off queue's key would let it be taken as a lock, or
+        // deleted by a release.
+        if key.starts_with(crate::backend::RESERVED_KEY_PREFIX) {
             return Err(Error::invalid(InvalidInput::ReservedKey));
         }
         Ok(key)

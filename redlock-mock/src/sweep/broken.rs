@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Config, Fencing, KeyState, LockBackend,
+    async_trait, BackendError, BackendErrorKind, Config, Fencing, Handoff, KeyState, LockBackend,
     ReleaseNotify,
 };
 
@@ -69,6 +69,10 @@ impl LockBackend for OneToken {
     fn fencing(&self) -> Option<&dyn Fencing> {
         // The queue family takes plain locks: the counters need not share the bug.
         self.inner.fencing()
+    }
+
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        self.inner.handoff()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {
@@ -150,6 +154,10 @@ impl LockBackend for RefuseAcquires {
     fn fencing(&self) -> Option<&dyn Fencing> {
         // Only acquires are refused.
         self.0.fencing()
+    }
+
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        self.0.handoff()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Config, Fencing, KeyState, LockBackend,
+    async_trait, BackendError, BackendErrorKind, Config, Fencing, Handoff, KeyState, LockBackend,
     ReleaseNotify,
 };
 
@@ -165,6 +165,10 @@ impl LockBackend for UncheckedRelease {
     fn fencing(&self) -> Option<&dyn Fencing> {
         // Only releases are broken.
         self.0.fencing()
+    }
+
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        self.0.handoff()
     }
 
     async fn connect(&self) -> Result<(), BackendError> {
