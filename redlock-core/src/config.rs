@@ -124,7 +124,7 @@ impl Config {
 /// | `key_prefix` | none: the key is the resource name | none |
 /// | randomness | [`OsRandom`] | `uuid4` |
 /// | spawner | none | asyncio loop |
-/// | `wake_on_release` | on (where the backend supports it) | no: waiters sleep out the delay |
+/// | `wake_on_release` | on: hand-off queues, or release announcements (where the backend supports them) | no: waiters sleep out the delay |
 /// | `fair` | off | no |
 /// | `max_in_flight` | 1024 calls per instance | no limit |
 /// | `restart_recovery` | on (with a spawner, where the backend announces reconnections) | no |
@@ -264,10 +264,14 @@ impl LockManagerBuilder {
         self
     }
 
-    /// Whether a waiting acquirer wakes as soon as a majority of instances announced a release
-    /// (through the backends' [`ReleaseNotify`](crate::ReleaseNotify)), instead of sleeping out
-    /// its retry delay. The jittered delay stays as the fallback, and every wake-up still runs a
-    /// full attempt with the usual quorum and validity rules. Attempts made early this way do not
+    /// Whether a waiting acquirer is woken by releases instead of sleeping out its retry delay.
+    /// When every instance supports [`Handoff`](crate::Handoff), a refused acquirer queues on
+    /// the instances and a release hands the key to the first queued waiter, reserved for it,
+    /// and tells it alone: waiters are served in order across processes, and a release costs one
+    /// attempt, not one per waiter. Otherwise an acquirer wakes as soon as a majority of
+    /// instances announced a release (through the backends'
+    /// [`ReleaseNotify`](crate::ReleaseNotify)). The jittered delay stays as the fallback, and
+    /// every wake-up still runs a full attempt with the usual quorum and validity rules. Attempts made early this way do not
     /// count against `retry_count` while their retry window lasts, so several waiters woken by
     /// every release do not use up their attempts; the time bound of
     /// [`LockManager::lock`](crate::LockManager::lock) is unchanged. On by default; backends
@@ -282,7 +286,8 @@ impl LockManagerBuilder {
     /// the releaser winning again at once. A waiter that vanished delays the releaser by at most
     /// `grace` ([`DEFAULT_FAIR_GRACE`](crate::DEFAULT_FAIR_GRACE) is 20 ms; at most
     /// [`MAX_FAIR_GRACE`]). Needs `wake_on_release` (a build error otherwise) and a backend that
-    /// reports listeners (without one it has no effect).
+    /// reports listeners (without one it has no effect). With hand-offs the release already
+    /// reserves the key for the waiter, and fair mode adds nothing.
     pub fn fair(mut self, grace: Duration) -> Self {
         self.fair = Some(grace);
         self

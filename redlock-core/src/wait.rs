@@ -33,6 +33,13 @@ pub(crate) struct Waiter {
     no_listen: bool,
 }
 
+impl Waiter {
+    /// Whether this call listens for hand-offs, so that its attempts queue.
+    pub(crate) fn listening(&self) -> bool {
+        self.listening
+    }
+}
+
 impl Engine {
     /// Subscribes to releases of `key` on every instance that supports it, for at most `limit`.
     /// Instances that fail or have not answered by then are simply not heard from.
@@ -223,6 +230,14 @@ impl Contention {
         self.until().get(key).is_some_and(|t| *t > clock.now())
     }
 }
+
+/// How long a manager that just handed a key to a waiter waits before its next attempt on it.
+/// The key is reserved for the waiter, so an attempt now would only be refused; it would also
+/// compete for the instances (and, on a small machine, the CPU) with the waiter's own acquire.
+/// Waiting costs the releaser nothing in the queue's order: the waiters queued before it are
+/// served first either way. About a loopback hand-off (the release, the message, the waiter's
+/// acquire) with room to spare; short against a retry window.
+pub(crate) const HANDED_OFF_PAUSE: Duration = Duration::from_millis(1);
 
 /// How long fair mode lets a waiter go first, by default. It bounds how long a waiter that
 /// vanished right after the release can delay the releaser.

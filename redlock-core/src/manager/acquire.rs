@@ -140,17 +140,21 @@ impl Inner {
                 telemetry::fair_yield(self.clock(), resource, until);
                 engine.yield_until(&key, &mut waiter, until).await;
             }
+            if made == 0 && patience != Patience::NoWait {
+                if let Some(until) = self.handed_off.pending_yield(self.clock(), &key) {
+                    let until = last_start.map_or(until, |last| until.min(last));
+                    let left = until.saturating_sub(self.clock().now());
+                    self.clock().sleep(left).await;
+                }
+            }
             made += 1;
-            let queue = if handoff && (made > 1 || self.contention.recent(self.clock(), &key)) {
-                // Listening comes first, so that no hand-off to this call can go unheard.
-                let now = self.clock().now();
-                let limit = last_start.map_or(self.config.instance_timeout, |last| {
-                    self.config.instance_timeout.min(last.saturating_sub(now))
-                });
-                engine.listen(&token, &mut waiter, limit).await
-            } else {
-                false
-            };
+            if handoff && made == 1 && self.contention.recent(self.clock(), &key) {
+                // A key refused lately: queue from the first attempt. Listening comes first, so
+                // that no hand-off to this call can go unheard.
+                let limit = self.listen_limit(last_start);
+                engine.listen(&token, &mut waiter, limit).await;
+            }
+            let queue = waiter.listening();
             let (_, releases) = place.local_state();
             let mut granted = engine
                 .acquire(
@@ -200,10 +204,27 @@ impl Inner {
                 Err(rejected) => rejected,
             };
             let contended = rejected.verdict == Verdict::Refused;
+            let dirty = rejected.dirty;
             if contended && handoff {
                 self.contention.note(self.clock(), &key);
+                let in_time = last_start.is_none_or(|last| self.clock().now() < last);
+                if !queue && in_time {
+                    // Refused without a place in the queues: take one at once (an attempt that
+                    // queues), rather than wait a retry window for a hand-off that cannot come.
+                    // Not counted: no window passed.
+                    let limit = self.listen_limit(last_start);
+                    if engine.listen(&token, &mut waiter, limit).await {
+                        if !dirty.is_empty() {
+                            engine.cleanup(&key, &token, false, dirty).await;
+                        }
+                        cleanup_on_drop.disarm();
+                        if last_start.is_some_and(|last| self.clock().now() > last) {
+                            return Err(rejected.into_acquire_error(made));
+                        }
+                        continue;
+                    }
+                }
             }
-            let dirty = rejected.dirty;
             let error = rejected.into_acquire_error(made);
             // A timed-out or ambiguous acquire may still have landed: clean up wherever it may
             // have (an instance that said no wrote nothing, so a fully contended attempt costs no
@@ -249,6 +270,15 @@ impl Inner {
             }
             window_end = woke.then_some(until);
         }
+    }
+
+    /// How long listening for hand-offs may take before an attempt: an instance timeout, and
+    /// never past the last moment an attempt may start.
+    fn listen_limit(&self, last_start: Option<Duration>) -> Duration {
+        let timeout = self.config.instance_timeout;
+        last_start.map_or(timeout, |last| {
+            timeout.min(last.saturating_sub(self.clock().now()))
+        })
     }
 
     /// How long `attempts` attempts may take in all: each an attempt, its cleanup and a retry
