@@ -22,6 +22,8 @@ pub struct Config {
     pub(crate) internal_lock_timeout: Duration,
     pub(crate) key_prefix: Vec<u8>,
     pub(crate) wake_on_release: bool,
+    /// Hand-off queues where every backend supports them (else announcements).
+    pub(crate) hand_off: bool,
     /// Fair mode's grace, when fair mode is on.
     pub(crate) fair: Option<Duration>,
     /// Off only in tests that prove their checkers catch work running past the deadline.
@@ -84,6 +86,13 @@ impl Config {
         self.wake_on_release
     }
 
+    /// Whether contended waiters queue for hand-offs (where every backend supports them)
+    /// instead of being woken by announcements.
+    #[must_use]
+    pub fn hand_off(&self) -> bool {
+        self.hand_off
+    }
+
     /// Whether fair mode is on, and its grace period.
     #[must_use]
     pub fn fair(&self) -> Option<Duration> {
@@ -125,6 +134,7 @@ impl Config {
 /// | randomness | [`OsRandom`] | `uuid4` |
 /// | spawner | none | asyncio loop |
 /// | `wake_on_release` | on: hand-off queues, or release announcements (where the backend supports them) | no: waiters sleep out the delay |
+/// | `hand_off` | on (where every backend supports it) | no |
 /// | `fair` | off | no |
 /// | `max_in_flight` | 1024 calls per instance | no limit |
 /// | `restart_recovery` | on (with a spawner, where the backend announces reconnections) | no |
@@ -143,6 +153,7 @@ pub struct LockManagerBuilder {
     internal_lock_timeout: Duration,
     key_prefix: Vec<u8>,
     wake_on_release: bool,
+    hand_off: bool,
     fair: Option<Duration>,
     deadline_guard: bool,
     max_in_flight: usize,
@@ -188,6 +199,7 @@ impl LockManagerBuilder {
             internal_lock_timeout: DEFAULT_INTERNAL_LOCK_TIMEOUT,
             key_prefix: Vec::new(),
             wake_on_release: true,
+            hand_off: true,
             fair: None,
             deadline_guard: true,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
@@ -278,6 +290,16 @@ impl LockManagerBuilder {
     /// without the capability poll.
     pub fn wake_on_release(mut self, on: bool) -> Self {
         self.wake_on_release = on;
+        self
+    }
+
+    /// Whether contended waiters queue on the instances for hand-offs (on by default; used when
+    /// every backend supports [`Handoff`](crate::Handoff) and `wake_on_release` is on). Off,
+    /// waiters are woken by release announcements instead: every waiter of every process wakes
+    /// at each release and tries (the behaviour of earlier versions, which share servers with
+    /// this one either way: a hand-off release announces when nobody is queued).
+    pub fn hand_off(mut self, on: bool) -> Self {
+        self.hand_off = on;
         self
     }
 
@@ -446,6 +468,7 @@ impl LockManagerBuilder {
             internal_lock_timeout,
             key_prefix: self.key_prefix,
             wake_on_release: self.wake_on_release,
+            hand_off: self.hand_off,
             fair: self.fair,
             deadline_guard: self.deadline_guard,
             max_in_flight: self.max_in_flight,

@@ -43,6 +43,11 @@ pub(crate) struct LockShared {
     /// Counted among the manager's local holders of the key (see the local queue) until it is
     /// released, lost or dropped.
     pub(crate) holding: Mutex<Option<Holding>>,
+    /// The acquiring call's hand-off listeners, kept until the lock is released, lost or
+    /// dropped: a hand-off to our token that arrives after the grant (a late one from an
+    /// instance that refused us in the round) is then absorbed here, where it would otherwise be
+    /// passed on as a waiter gone, releasing a key of a lock that is held.
+    pub(crate) listening: Mutex<Option<crate::wait::Listeners>>,
     /// A release round went out for this lock.
     pub(crate) release_sent: AtomicBool,
     /// Counts reconnection re-checks that found an instance without our token (see
@@ -97,6 +102,7 @@ impl LockShared {
             token,
             owned: AtomicBool::new(false),
             holding: Mutex::new(None),
+            listening: Mutex::new(None),
             release_sent: AtomicBool::new(false),
             rechecks: AtomicU64::new(0),
             fence: None,

@@ -22,11 +22,15 @@ const YIELD_SWEEP_AT: usize = 1024;
 /// first attempt of a call already queues for a hand-off (see [`Contention`]).
 const CONTENDED_FOR: Duration = Duration::from_secs(5);
 
+/// Release subscriptions or hand-off listeners, one per instance; each yields the index of its
+/// instance.
+pub(crate) type Listeners = SelectAll<BoxStream<'static, usize>>;
+
 /// Release subscriptions held for the duration of one `lock` call; each yields the index of
 /// its instance.
 #[derive(Default)]
 pub(crate) struct Waiter {
-    subscriptions: Option<SelectAll<BoxStream<'static, usize>>>,
+    subscriptions: Option<Listeners>,
     /// `subscriptions` are hand-off listeners of this call's token (the call queues).
     listening: bool,
     /// Listening failed on too many instances once: this call does not queue.
@@ -37,6 +41,15 @@ impl Waiter {
     /// Whether this call listens for hand-offs, so that its attempts queue.
     pub(crate) fn listening(&self) -> bool {
         self.listening
+    }
+
+    /// The hand-off listeners, for the lock this call got (see `LockShared::listening`).
+    pub(crate) fn take_listeners(&mut self) -> Option<Listeners> {
+        if !self.listening {
+            return None;
+        }
+        self.listening = false;
+        self.subscriptions.take()
     }
 }
 

@@ -139,6 +139,13 @@ impl RedisManagerBuilder {
         self
     }
 
+    /// Queue contended waiters on the instances and hand each release to the first of them
+    /// (on by default; see [`LockManagerBuilder::hand_off`]). Off, releases wake every waiter.
+    pub fn hand_off(mut self, on: bool) -> Self {
+        self.core = self.core.hand_off(on);
+        self
+    }
+
     /// Fair mode: after a release someone was waiting for, wait `grace` before taking the same
     /// resource again (see [`LockManagerBuilder::fair`]).
     pub fn fair(mut self, grace: Duration) -> Self {

@@ -60,7 +60,10 @@ async fn waiters_are_served_in_the_order_they_queued() {
         let manager = waits_long(&urls);
         let order = order_tx.clone();
         waiters.push(tokio::spawn(async move {
-            let lock = manager.lock("fifo", TTL).await.expect("served by a hand-off");
+            let lock = manager
+                .lock("fifo", TTL)
+                .await
+                .expect("served by a hand-off");
             order.send(i).expect("order");
             // Hold a moment so a rival that ignored the queue would show up out of order.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -144,7 +147,12 @@ async fn a_waiter_nobody_listens_for_is_skipped() {
     // its channel any more. It is put at the head of every queue.
     for server in &servers {
         let entry = format!("{} 30000 redlock:handoff:dead", u64::MAX / 2);
-        server.cmd(&[&b"HSET"[..], &waiters_key("dead"), b"ghost", entry.as_bytes()]);
+        server.cmd(&[
+            &b"HSET"[..],
+            &waiters_key("dead"),
+            b"ghost",
+            entry.as_bytes(),
+        ]);
         server.cmd(&[&b"LPUSH"[..], &queue_key("dead"), b"ghost"]);
     }
     lock.release().await.expect("release");
@@ -187,7 +195,10 @@ async fn a_release_is_not_taken_back_by_its_releaser_while_a_waiter_is_queued() 
         .await
         .expect("the waiter was handed the lock")
         .expect("task");
-    got.expect("the waiter's turn").release().await.expect("release");
+    got.expect("the waiter's turn")
+        .release()
+        .await
+        .expect("release");
     waiter.close().await.expect("close");
     releaser.close().await.expect("close");
 }

@@ -2,6 +2,8 @@
 //! real servers: after a plain drop of many waiters, and after an UNSUBSCRIBE that failed because
 //! the subscriber connection stalled and was then reset (fred keeps a channel whose UNSUBSCRIBE
 //! failed and subscribes it again when it reconnects; the backend retries the UNSUBSCRIBE).
+//! The waiters here use announcements (`hand_off(false)`): with hand-offs they subscribe no
+//! per-key channel at all, only their process's hand-off channel, once.
 
 use std::time::Duration;
 
@@ -61,14 +63,22 @@ async fn no_channel_stays_subscribed_after_the_waiters_leave() {
     require_redis();
     let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
     let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
-    let holder = redlock_fred::manager(urls.clone()).build().expect("config");
+    let holder = redlock_fred::manager(urls.clone())
+        .hand_off(false)
+        .build()
+        .expect("config");
     let keys: Vec<String> = (0..5).map(|k| format!("busy-{k}")).collect();
     let mut locks = Vec::new();
     for k in &keys {
         locks.push(holder.lock(k, TTL).await.expect("free"));
     }
     let managers: Vec<LockManager> = (0..2)
-        .map(|_| redlock_fred::manager(urls.clone()).build().expect("config"))
+        .map(|_| {
+            redlock_fred::manager(urls.clone())
+                .hand_off(false)
+                .build()
+                .expect("config")
+        })
         .collect();
     let mut tasks = Vec::new();
     for m in &managers {
@@ -120,7 +130,10 @@ async fn a_channel_left_during_an_outage_is_not_subscribed_again() {
     let holder = redlock_fred::manager(urls[1..].to_vec())
         .build()
         .expect("config");
-    let waiter = redlock_fred::manager(urls).build().expect("config");
+    let waiter = redlock_fred::manager(urls)
+        .hand_off(false)
+        .build()
+        .expect("config");
     // Held on a quorum without server 0, which is about to go away.
     let lock = holder.lock("outage", TTL).await.expect("free");
     servers[0].cmd(&["SET", "outage", "someone-else"]);
@@ -162,6 +175,7 @@ async fn no_channel_stays_subscribed_after_a_stall() {
         .build()
         .expect("config");
     let waiter = redlock_fred::manager(proxies.iter().map(Proxy::url).collect::<Vec<_>>())
+        .hand_off(false)
         .build()
         .expect("config");
     let lock = holder.lock("stalled", TTL).await.expect("free");

@@ -24,6 +24,9 @@ async fn a_waiter_is_woken_by_the_release_not_by_its_delay() {
     let holder = redlock_fred::manager(urls.clone()).build().expect("config");
     // Polling alone would only try again after 60 s: the wake-up is the only way in.
     let waiter = redlock_fred::manager(urls)
+        // Announcements, not hand-offs (those are `real_handoff`'s): the waiter subscribes to
+        // the key's channel.
+        .hand_off(false)
         .retry_count(2)
         .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
         .build()
@@ -81,11 +84,15 @@ async fn fair_mode_hands_the_lock_to_the_waiter() {
     let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
     let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     let releaser = redlock_fred::manager(urls.clone())
+        .hand_off(false)
         .fair(Duration::from_millis(500))
         .retry_count(1)
         .build()
         .expect("config");
     let waiter = redlock_fred::manager(urls)
+        // Announcements, not hand-offs (those are `real_handoff`'s): the waiter subscribes to
+        // the key's channel.
+        .hand_off(false)
         .retry_count(2)
         .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
         .build()

@@ -63,7 +63,9 @@ pub struct QueuePlace {
 ///    on this instance, or, if it is queued already, renews its place without moving it. A
 ///    granted call removes `token` from the queue.
 /// 2. [`release_and_hand_off`](Self::release_and_hand_off) is [`LockBackend::release`] (same
-///    token check). When the key held `token`, it takes waiters from the head of the queue,
+///    token check) that also gives up `token`'s own place in the queue, if it has one, whether
+///    or not the key held `token` (so a waiter that stops waiting leaves with this call). When
+///    the key held `token`, it takes waiters from the head of the queue,
 ///    skipping those whose stay ran out or that nobody listens for, and sets the key to the first
 ///    other one's token with that waiter's reserve as expiry, telling its listener. With no such
 ///    waiter it deletes the key, and announces the release as

@@ -57,9 +57,9 @@ pub async fn a_queued_waiter_is_handed_the_key(
         "a held key was granted to a waiter"
     );
     assert_eq!(
-        must("foreign release", h.release_and_hand_off(&k, b"tok-b")).await,
+        must("foreign release", h.release_and_hand_off(&k, b"tok-c")).await,
         (false, false),
-        "a waiter's token released the holder's key"
+        "another token released the holder's key"
     );
     assert_eq!(
         must("release_and_hand_off", h.release_and_hand_off(&k, b"tok-a")).await,
@@ -98,6 +98,38 @@ pub async fn a_queued_waiter_is_handed_the_key(
         must("last release", h.release_and_hand_off(&k, b"tok-b")).await,
         (true, false),
         "nobody is queued any more: the key is deleted, and nobody told"
+    );
+    assert_eq!(must("inspect", backend.inspect(&k)).await, None);
+    clean(fixture, &k).await;
+}
+
+/// A queued waiter that calls `release_and_hand_off` with its own token (a call that stops
+/// waiting) leaves the queue: the holder's release then finds nobody and deletes the key.
+pub async fn a_waiter_leaves_with_its_release(
+    backend: &dyn LockBackend,
+    fixture: &dyn Fixture,
+    namespace: &[u8],
+) {
+    let h = handoff(backend);
+    let k = key(namespace, b"handoff-leave");
+    clean(fixture, &k).await;
+    assert!(must("acquire", backend.acquire(&k, b"tok-a", LONG)).await);
+    let _told = must("listen", h.listen(b"tok-b")).await;
+    assert!(!must("queue", h.acquire_or_queue(&k, b"tok-b", LONG, PLACE)).await);
+    assert_eq!(
+        must("leave", h.release_and_hand_off(&k, b"tok-b")).await,
+        (false, false),
+        "leaving the queue released the holder's key"
+    );
+    assert_eq!(
+        must("inspect", backend.inspect(&k)).await.map(|s| s.value),
+        Some(b"tok-a".to_vec()),
+        "leaving the queue touched the lock"
+    );
+    assert_eq!(
+        must("release", h.release_and_hand_off(&k, b"tok-a")).await,
+        (true, false),
+        "the waiter that left was handed the key"
     );
     assert_eq!(must("inspect", backend.inspect(&k)).await, None);
     clean(fixture, &k).await;

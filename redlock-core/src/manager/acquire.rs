@@ -14,7 +14,7 @@ use crate::backend::QueuePlace;
 use crate::error::Error;
 use crate::lock::Lock;
 use crate::options::Patience;
-use crate::round::Verdict;
+use crate::round::{Ask, Verdict};
 use crate::telemetry;
 use crate::wait::Waiter;
 
@@ -101,6 +101,7 @@ impl Inner {
             key: &key,
             token: &token,
             armed: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
         };
         let mut waiter = Waiter::default();
         let engine = &self.engine;
@@ -155,6 +156,9 @@ impl Inner {
                 engine.listen(&token, &mut waiter, limit).await;
             }
             let queue = waiter.listening();
+            if queue {
+                cleanup_on_drop.queued.store(true, Ordering::Relaxed);
+            }
             let (_, releases) = place.local_state();
             let mut granted = engine
                 .acquire(
@@ -183,16 +187,18 @@ impl Inner {
                     // Won while the manager was being closed: the close did not see this lock
                     // and no call on it could release it, so give it back now.
                     let _ = engine.release(&key, &token, false).await;
-                    cleanup_on_drop.disarm();
+                    cleanup_on_drop.settle();
                     return Err(Error::Closed);
                 }
                 Ok(lease) => {
-                    cleanup_on_drop.disarm();
+                    cleanup_on_drop.settle();
                     drop(cleanup_on_drop);
                     let shared = self.new_shared(resource, key, token, ttl, lease, fence);
                     // Counted before this head leaves the queue, so the next one waits for it.
                     *shared.holding.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(self.queues.hold(&place));
+                    *shared.listening.lock().unwrap_or_else(|e| e.into_inner()) =
+                        waiter.take_listeners();
                     self.register(&shared);
                     return Ok(Lock::new(
                         shared,
@@ -219,6 +225,8 @@ impl Inner {
                         }
                         cleanup_on_drop.disarm();
                         if last_start.is_some_and(|last| self.clock().now() > last) {
+                            self.leave_later(&key, &token);
+                            cleanup_on_drop.settle();
                             return Err(rejected.into_acquire_error(made));
                         }
                         continue;
@@ -235,6 +243,10 @@ impl Inner {
                     engine.cleanup(&key, &token, false, dirty).await;
                 }
             };
+            // A call that gives up while queued leaves the queues (and passes on a key already
+            // handed to it) on every instance: a place left behind would be handed the next
+            // release, and hold it up until the hand-off came back as unclaimed.
+            let leave = waiter.listening();
             let now = self.clock().now();
             let out_of_time = last_start.is_some_and(|last| now >= last);
             let until = match window_end {
@@ -242,8 +254,13 @@ impl Inner {
                 _ => {
                     counted = counted.saturating_add(1);
                     if counted >= attempts || out_of_time {
-                        cleanup.await;
-                        cleanup_on_drop.disarm();
+                        if leave {
+                            // The cleanup's round, on every instance.
+                            engine.cleanup(&key, &token, true, Ask::ALL).await;
+                        } else {
+                            cleanup.await;
+                        }
+                        cleanup_on_drop.settle();
                         return Err(error);
                     }
                     let until = now.saturating_add(self.retry_delay());
@@ -266,9 +283,26 @@ impl Inner {
             if last_start.is_some_and(|last| self.clock().now() > last) {
                 // The cleanup outlasted the window and the last moment to start an attempt:
                 // one more would overrun the call's bound by up to an instance timeout.
+                if leave {
+                    // In the background: another round here would overrun the bound.
+                    self.leave_later(&key, &token);
+                }
+                cleanup_on_drop.settle();
                 return Err(error);
             }
             window_end = woke.then_some(until);
+        }
+    }
+
+    /// Leaves the hand-off queues in the background, where a spawner allows; otherwise the
+    /// places run out by themselves, and a hand-off to them is passed on as unclaimed.
+    fn leave_later(self: &Arc<Self>, key: &[u8], token: &[u8]) {
+        if let Some(spawner) = &self.spawner {
+            let inner = Arc::clone(self);
+            let (key, token) = (key.to_vec(), token.to_vec());
+            spawner.spawn(Box::pin(async move {
+                inner.engine.release(&key, &token, true).await;
+            }));
         }
     }
 
@@ -318,17 +352,28 @@ struct CancelCleanup<'a> {
     /// An acquire request of the current attempt went out and is not cleaned up yet (set by
     /// the round, which alone knows when a call passed its gate).
     armed: AtomicBool,
+    /// The call holds places in the hand-off queues: a dropped call leaves them (and passes on
+    /// a key already handed to it), so that the next release is not handed to nobody.
+    queued: AtomicBool,
 }
 
 impl CancelCleanup<'_> {
     fn disarm(&self) {
         self.armed.store(false, Ordering::Relaxed);
     }
+
+    /// The call is over: nothing to release or leave on drop (a won lock is the caller's now;
+    /// a call that gave up has cleaned up).
+    fn settle(&self) {
+        self.armed.store(false, Ordering::Relaxed);
+        self.queued.store(false, Ordering::Relaxed);
+    }
 }
 
 impl Drop for CancelCleanup<'_> {
     fn drop(&mut self) {
-        if !*self.armed.get_mut() {
+        let queued = *self.queued.get_mut();
+        if !*self.armed.get_mut() && !queued {
             return;
         }
         if let Some(spawner) = &self.inner.spawner {
@@ -336,7 +381,9 @@ impl Drop for CancelCleanup<'_> {
             let key = self.key.to_vec();
             let token = self.token.to_vec();
             spawner.spawn(Box::pin(async move {
-                inner.engine.release(&key, &token, false).await;
+                // Queued: the hand-off release also leaves the queues and passes on a key
+                // handed to us.
+                inner.engine.release(&key, &token, queued).await;
             }));
         }
     }

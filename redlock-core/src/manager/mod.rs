@@ -127,7 +127,9 @@ impl LockManager {
         Self {
             inner: Arc::new(Inner {
                 engine: Engine {
-                    handoff: instances.iter().all(|b| b.handoff().is_some()),
+                    handoff: config.hand_off
+                        && config.wake_on_release
+                        && instances.iter().all(|b| b.handoff().is_some()),
                     gates: instances
                         .iter()
                         .map(|_| Gate::new(config.max_in_flight))
@@ -567,6 +569,14 @@ impl Inner {
         if let Some(holding) = holding {
             self.queues.unhold(holding);
         }
+        // Our token no longer holds anything: a late hand-off to it may be passed on now.
+        drop(
+            shared
+                .listening
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
     }
 
     /// Marks `shared` lost (waking its watchers), forgets it, and returns the error to report.
