@@ -146,7 +146,7 @@ impl RedisBackend {
     async fn first(
         &self,
         op: &'static str,
-        build: impl FnOnce(u8) -> Cmd,
+        build: impl FnOnce(u16) -> Cmd,
         deadline: Instant,
     ) -> Result<(Outcome, Conn), BackendError> {
         check_context(&self.link.id, op)?;
