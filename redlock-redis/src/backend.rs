@@ -9,8 +9,8 @@ use futures::stream::BoxStream;
 use redis::io::tcp::TcpSettings;
 use redis::{Client, Cmd, ConnectionInfo, Value};
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Error, Fencing, KeyState, LockBackend,
-    ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Error, Fencing, Handoff, KeyState, LockBackend,
+    QueuePlace, ReleaseNotify,
 };
 use tokio::time::Instant;
 
@@ -24,9 +24,9 @@ use crate::{config, error};
 /// [`LockBackend`], on redis-rs.
 ///
 /// Holds one redis-rs `MultiplexedConnection`, which pipelines concurrent calls over one socket,
-/// and a second connection, made on first use, for release announcements. Connections are made
-/// lazily, by the first call (or [`LockBackend::connect`]), on the tokio runtime running that
-/// call; keep that runtime alive while the backend is used.
+/// and a second connection, made on first use, for release announcements and hand-offs (see
+/// [`Handoff`]). Connections are made lazily, by the first call (or [`LockBackend::connect`]),
+/// on the tokio runtime running that call; keep that runtime alive while the backend is used.
 ///
 /// Every call must come from a tokio runtime with timers (`enable_all`); elsewhere it fails at
 /// once with an error saying so, never a panic.
@@ -119,19 +119,22 @@ impl RedisBackend {
     pub fn from_client(client: Client, options: &ConnectionOptions) -> Result<Self, Error> {
         let info = config::validate(client.get_connection_info().clone())?;
         let id: Arc<str> = config::id_of(&info).into();
+        let link = Arc::new(Link::new(
+            Arc::clone(&id),
+            client.clone(),
+            options.connection_timeout,
+            options.reconnect_max_delay,
+        ));
         Ok(Self {
-            link: Arc::new(Link::new(
-                Arc::clone(&id),
-                client.clone(),
-                options.connection_timeout,
-                options.reconnect_max_delay,
-            )),
             notifier: Notifier::new(
                 id,
                 client,
+                // To pass on hand-offs that no call of this process waits for any more.
+                Arc::clone(&link),
                 options.connection_timeout,
                 options.command_timeout,
             ),
+            link,
             command_timeout: options.command_timeout,
         })
     }
@@ -146,7 +149,7 @@ impl RedisBackend {
     async fn first(
         &self,
         op: &'static str,
-        build: impl FnOnce(u8) -> Cmd,
+        build: impl FnOnce(u16) -> Cmd,
         deadline: Instant,
     ) -> Result<(Outcome, Conn), BackendError> {
         check_context(&self.link.id, op)?;
@@ -437,6 +440,10 @@ impl LockBackend for RedisBackend {
         Some(self)
     }
 
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        Some(self)
+    }
+
     async fn connect(&self) -> Result<(), BackendError> {
         check_context(&self.link.id, "connect")?;
         match self.link.connect()? {
@@ -542,5 +549,71 @@ impl ReleaseNotify for RedisBackend {
             return Err(self.link.closed_error("subscribe"));
         }
         self.notifier.subscribe(key).await
+    }
+}
+
+/// The same scripts, keys and channels as redlock-fred's: waiters of managers on either backend
+/// share one queue per resource, and a release by either hands the key to the first of them.
+#[async_trait]
+impl Handoff for RedisBackend {
+    async fn listen(&self, tok: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        check_context(&self.link.id, "listen")?;
+        if self.link.is_closed() {
+            return Err(self.link.closed_error("listen"));
+        }
+        self.notifier.listen(tok).await
+    }
+
+    async fn acquire_or_queue(
+        &self,
+        key: &[u8],
+        tok: &[u8],
+        ttl: Duration,
+        place: QueuePlace,
+    ) -> Result<bool, BackendError> {
+        let (queue, waiters) = redlock_core::queue_keys(key);
+        let channel = self.notifier.handoff_channel();
+        let reply = self
+            .script(
+                &scripts::ACQUIRE_QUEUE,
+                &[key, &queue, &waiters],
+                |cmd| {
+                    cmd.arg(tok)
+                        .arg(millis(ttl))
+                        .arg(millis(place.stay))
+                        .arg(millis(place.reserve))
+                        .arg(channel);
+                },
+                self.deadline(),
+            )
+            .await?;
+        self.code(&reply, "acquire")
+    }
+
+    async fn release_and_hand_off(
+        &self,
+        key: &[u8],
+        tok: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        let (queue, waiters) = redlock_core::queue_keys(key);
+        let channel = crate::notify::channel(key);
+        let reply = self
+            .script(
+                &scripts::RELEASE_HAND_OFF,
+                &[key, &queue, &waiters],
+                |cmd| {
+                    cmd.arg(tok).arg(&channel);
+                },
+                self.deadline(),
+            )
+            .await?;
+        match reply {
+            // 3: handed to a waiter; 2: deleted, and a subscriber heard the release.
+            Value::Int(2 | 3) => Ok((true, true)),
+            Value::Int(1) => Ok((true, false)),
+            Value::Int(0) => Ok((false, false)),
+            Value::Int(scripts::WRONG_TYPE) => Err(self.wrong_type("release")),
+            other => Err(self.unexpected("release", &other)),
+        }
     }
 }

@@ -31,10 +31,10 @@
 //! # Connections
 //!
 //! Each backend makes one connection for commands and, on the first contended lock, one for
-//! release announcements, lazily, on the tokio runtime of the call that needs it. Every call
-//! must come from a tokio runtime with timers (`enable_all`). A broken connection fails the
-//! calls on it and is replaced by the next call; a server that refuses connections is retried
-//! after a backoff (10 ms doubling up to [`ConnectionOptions::with_reconnect_max_delay`]).
+//! release announcements and hand-offs, lazily, on the tokio runtime of the call that needs it.
+//! Every call must come from a tokio runtime with timers (`enable_all`). A broken connection
+//! fails the calls on it and is replaced by the next call; a server that refuses connections is
+//! retried after a backoff (10 ms doubling up to [`ConnectionOptions::with_reconnect_max_delay`]).
 //!
 //! # Timeouts and ghost locks
 //!
@@ -60,6 +60,7 @@ mod backend;
 mod builder;
 mod config;
 mod error;
+mod handoff;
 mod link;
 mod notify;
 mod options;

@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -47,7 +47,7 @@ pub(crate) struct Conn {
     pub(crate) mux: MultiplexedConnection,
     generation: u64,
     /// Bits of the scripts known to be in this server's script cache.
-    pub(crate) cached: Arc<AtomicU8>,
+    pub(crate) cached: Arc<AtomicU16>,
 }
 
 /// What a sent command got: its reply (a server error as `Err`), or the deadline passed.
@@ -208,7 +208,7 @@ impl Link {
     pub(crate) fn route(
         self: &Arc<Self>,
         op: &str,
-        build: impl FnOnce(u8) -> Cmd,
+        build: impl FnOnce(u16) -> Cmd,
         deadline: Instant,
     ) -> Result<Routed, BackendError> {
         let mut state = self.state();

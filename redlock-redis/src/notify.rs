@@ -1,5 +1,6 @@
 //! Release announcements over Redis pub/sub (the core's `ReleaseNotify`), on the same channels
-//! as redlock-fred, so a release by either backend wakes waiters of both.
+//! as redlock-fred, so a release by either backend wakes waiters of both; and the connection
+//! that carries them and the hand-offs of [`handoff`](crate::handoff).
 //!
 //! One subscriber connection per instance, made on first use, carries every subscription of the
 //! process. When it breaks, every subscription's stream ends (the manager then polls on its
@@ -8,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,6 +21,8 @@ use redis::Client;
 use redlock_core::{BackendError, BackendErrorKind};
 
 use crate::error;
+use crate::handoff::Handoffs;
+use crate::link::Link;
 
 pub(crate) use redlock_core::redis_lua::release_channel as channel;
 
@@ -31,6 +35,9 @@ fn lock(listeners: &Mutex<Listeners>) -> MutexGuard<'_, Listeners> {
 
 struct Subscriber {
     sink: PubSubSink,
+    /// Which connection of this notifier it is (from 1), so that the hand-off channel is known
+    /// to be subscribed on this one and not on one before it.
+    generation: u64,
     /// Reads the connection's messages; owns its stream, so aborting it ends the connection.
     dispatch: tokio::task::JoinHandle<()>,
 }
@@ -41,13 +48,16 @@ pub(crate) struct Notifier {
     connection_timeout: Duration,
     command_timeout: Duration,
     subscriber: tokio::sync::Mutex<Option<Subscriber>>,
+    generations: AtomicU64,
     listeners: Arc<Mutex<Listeners>>,
+    handoffs: Arc<Handoffs>,
 }
 
 impl Notifier {
     pub(crate) fn new(
         id: Arc<str>,
         client: Client,
+        link: Arc<Link>,
         connection_timeout: Duration,
         command_timeout: Duration,
     ) -> Self {
@@ -57,16 +67,24 @@ impl Notifier {
             connection_timeout,
             command_timeout,
             subscriber: tokio::sync::Mutex::new(None),
+            generations: AtomicU64::new(0),
             listeners: Arc::default(),
+            handoffs: Arc::new(Handoffs::new(link)),
         }
     }
 
-    /// The subscriber connection's sink, connecting it first if there is none (or it broke).
-    async fn sink(&self) -> Result<PubSubSink, BackendError> {
+    /// This backend's hand-off channel, sent with each queued acquire.
+    pub(crate) fn handoff_channel(&self) -> &str {
+        self.handoffs.channel()
+    }
+
+    /// The subscriber connection's sink and generation, connecting it first if there is none
+    /// (or it broke).
+    async fn sink(&self) -> Result<(PubSubSink, u64), BackendError> {
         let mut subscriber = self.subscriber.lock().await;
         if let Some(s) = subscriber.as_ref() {
             if !s.dispatch.is_finished() {
-                return Ok(s.sink.clone());
+                return Ok((s.sink.clone(), s.generation));
             }
         }
         let pubsub = tokio::time::timeout(self.connection_timeout, self.client.get_async_pubsub())
@@ -82,21 +100,50 @@ impl Notifier {
             })?
             .map_err(|e| error::connecting(&self.id, e))?;
         let (sink, mut stream) = pubsub.split();
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        // Before the dispatch task starts, so that its end is always after this.
+        self.handoffs.opened(generation);
         let listeners = Arc::clone(&self.listeners);
+        let handoffs = Arc::clone(&self.handoffs);
         let dispatch = tokio::spawn(async move {
             while let Some(message) = stream.next().await {
-                if let Some(senders) = lock(&listeners).get_mut(message.get_channel_name()) {
+                if message.get_channel_name() == handoffs.channel() {
+                    handoffs.deliver(message.get_payload_bytes());
+                } else if let Some(senders) = lock(&listeners).get_mut(message.get_channel_name()) {
                     senders.retain(|tx| tx.unbounded_send(()).is_ok());
                 }
             }
-            // The connection is gone: end every subscription, so no waiter counts on it.
+            // The connection is gone: end every subscription and hand-off listener, so no
+            // waiter counts on it.
             lock(&listeners).clear();
+            handoffs.ended(generation);
         });
         *subscriber = Some(Subscriber {
             sink: sink.clone(),
+            generation,
             dispatch,
         });
-        Ok(sink)
+        Ok((sink, generation))
+    }
+
+    /// Waits, for at most the command timeout, for the server to confirm a `SUBSCRIBE` (`op`
+    /// names the call in errors).
+    async fn confirm(
+        &self,
+        op: &str,
+        subscribing: impl std::future::Future<Output = redis::RedisResult<()>>,
+    ) -> Result<(), BackendError> {
+        match tokio::time::timeout(self.command_timeout, subscribing).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(error::command(&self.id, op, e)),
+            Err(_) => Err(BackendError::new(
+                BackendErrorKind::Timeout,
+                format!(
+                    "{}: {op}: no confirmation within {:?}",
+                    self.id, self.command_timeout
+                ),
+            )),
+        }
     }
 
     /// Subscribes to releases of `key`; returns once the server confirmed the subscription.
@@ -104,7 +151,7 @@ impl Notifier {
         &self,
         key: &[u8],
     ) -> Result<BoxStream<'static, ()>, BackendError> {
-        let mut sink = self.sink().await?;
+        let (mut sink, _) = self.sink().await?;
         let channel = channel(key);
         let (tx, rx) = unbounded();
         lock(&self.listeners)
@@ -119,17 +166,36 @@ impl Notifier {
         };
         // SUBSCRIBE is idempotent: sending it for every subscription (not only the first of a
         // channel) guarantees this one is active when we return.
-        match tokio::time::timeout(self.command_timeout, sink.subscribe(&channel)).await {
-            Ok(Ok(())) => Ok(Box::pin(stream)),
-            Ok(Err(e)) => Err(error::command(&self.id, "subscribe", e)),
-            Err(_) => Err(BackendError::new(
-                BackendErrorKind::Timeout,
+        self.confirm("subscribe", sink.subscribe(&channel)).await?;
+        Ok(Box::pin(stream))
+    }
+
+    /// Listens for hand-offs to `token`; returns once the hand-off channel is subscribed on the
+    /// open subscriber connection. The stream ends when that connection breaks.
+    pub(crate) async fn listen(
+        &self,
+        token: &[u8],
+    ) -> Result<BoxStream<'static, ()>, BackendError> {
+        let (mut sink, generation) = self.sink().await?;
+        // Registered first, so that a hand-off published right after the SUBSCRIBE is routed.
+        let Some(stream) = self.handoffs.register(token, generation) else {
+            return Err(BackendError::new(
+                BackendErrorKind::Connection,
                 format!(
-                    "{}: subscribe: no confirmation within {:?}",
-                    self.id, self.command_timeout
+                    "{}: listen: the subscriber connection was lost while listening",
+                    self.id
                 ),
-            )),
+            ));
+        };
+        // Kept for the life of the connection (one channel per backend): only the first listen
+        // on each connection subscribes, and concurrent first ones each wait for their own
+        // (idempotent) SUBSCRIBE.
+        if !self.handoffs.subscribed_on(generation) {
+            self.confirm("listen", sink.subscribe(self.handoffs.channel()))
+                .await?;
+            self.handoffs.mark_subscribed(generation);
         }
+        Ok(Box::pin(stream))
     }
 
     /// Closes the subscriber connection and ends every subscription's stream.
@@ -139,6 +205,7 @@ impl Notifier {
         }
         // An aborted dispatch task never reaches its own clean-up.
         lock(&self.listeners).clear();
+        self.handoffs.clear();
     }
 }
 

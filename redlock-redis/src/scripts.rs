@@ -12,7 +12,7 @@ pub(crate) struct Script {
     /// The operation, for messages.
     pub(crate) name: &'static str,
     /// This script's bit in a connection's set of scripts known to be cached on the server.
-    pub(crate) bit: u8,
+    pub(crate) bit: u16,
     pub(crate) body: &'static str,
     pub(crate) sha: LazyLock<String>,
 }
@@ -42,6 +42,10 @@ script!(NEXT_FENCE, "next_fence", 5, redis_lua::NEXT_FENCE);
 
 script!(RAISE_FENCE, "raise_fence", 6, redis_lua::RAISE_FENCE);
 
+script!(ACQUIRE_QUEUE, "acquire", 7, redis_lua::ACQUIRE_QUEUE);
+
+script!(RELEASE_HAND_OFF, "release", 8, redis_lua::RELEASE_HAND_OFF);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,6 +60,8 @@ mod tests {
             &INSPECT,
             &NEXT_FENCE,
             &RAISE_FENCE,
+            &ACQUIRE_QUEUE,
+            &RELEASE_HAND_OFF,
         ];
         for s in all {
             assert_eq!(s.sha.len(), 40, "{}", s.name);

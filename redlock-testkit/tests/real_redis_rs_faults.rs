@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use redlock_core::{
-    BackendError, BackendErrorKind, Error, InstanceOutcome, LockBackend, LockManager, ReleaseNotify,
+    BackendError, BackendErrorKind, Error, InstanceOutcome, LockBackend, LockManager, QueuePlace,
+    ReleaseNotify,
 };
 use redlock_redis::{ConnectionOptions, RedisBackend, TokioClock};
-use redlock_testkit::{require_redis, Proxy, RedisServer, ServerOptions};
+use redlock_testkit::{require_redis, Proxy, RedisServer, Reply, ServerOptions};
 
 const TTL: Duration = Duration::from_secs(10);
 
@@ -182,6 +183,49 @@ async fn restart_and_client_kill_are_followed_by_a_new_connection() {
     assert!(servers[0].client_kill() >= 1, "our connection was open");
     assert!(eventually(Duration::from_secs(5), || backend.release(b"b", b"t")).await);
     assert_eq!(servers[0].get("b"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_off_listeners_follow_a_new_subscriber_connection() {
+    let servers = servers(1);
+    let backend = RedisBackend::new(&servers[0].url()).expect("valid");
+    let handoff = backend.handoff().expect("hands off");
+    let place = QueuePlace {
+        stay: TTL,
+        reserve: TTL,
+    };
+    let mut before = handoff.listen(b"w-1").await.expect("listen");
+    // The subscriber connection (CLIENT KILL TYPE normal spares pub/sub clients).
+    assert_eq!(
+        servers[0].cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]),
+        Reply::Int(1),
+        "our subscriber connection was open"
+    );
+    // Its listeners end their streams like subscriptions do: nothing would reach them.
+    let ended = tokio::time::timeout(Duration::from_secs(5), before.next()).await;
+    assert_eq!(ended.expect("the stream ends"), None);
+    // The next listen makes a new connection and subscribes the hand-off channel on it before
+    // it returns: a hand-off right after is heard.
+    let mut after = eventually(Duration::from_secs(5), || handoff.listen(b"w-2")).await;
+    assert!(backend
+        .acquire(b"k", b"holder", TTL)
+        .await
+        .expect("acquire"));
+    assert!(!handoff
+        .acquire_or_queue(b"k", b"w-2", TTL, place)
+        .await
+        .expect("queued"));
+    assert_eq!(
+        handoff
+            .release_and_hand_off(b"k", b"holder")
+            .await
+            .expect("release"),
+        (true, true),
+        "handed to the waiter listening on the new connection"
+    );
+    let told = tokio::time::timeout(Duration::from_secs(5), after.next()).await;
+    assert_eq!(told.expect("told in time"), Some(()));
+    assert_eq!(servers[0].get("k"), Some(b"w-2".to_vec()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
