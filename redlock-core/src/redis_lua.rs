@@ -181,14 +181,17 @@ local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
 redis.pcall('HDEL', KEYS[3], ARGV[1])
 if v ~= ARGV[1] then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = nil
 for i = 1, 100 do
   local w = redis.pcall('LPOP', KEYS[2])
   if type(w) ~= 'string' then break end
   local e = redis.pcall('HGET', KEYS[3], w)
   if type(e) == 'string' then
     redis.call('HDEL', KEYS[3], w)
+    if not now then
+      local t = redis.call('TIME')
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
     local deadline, reserve, channel = string.match(e, '^(%d+) (%d+) (.+)$')
     if deadline and w ~= ARGV[1] and tonumber(deadline) >= now and tonumber(reserve) > 0 then
       redis.call('SET', KEYS[1], w, 'PX', reserve)

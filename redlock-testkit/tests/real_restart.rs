@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use redlock_core::conformance::{self, Reconnect};
 use redlock_core::{Error, LockManager, LossReason};
 use redlock_fred::{RedisBackend, TokioClock};
-use redlock_testkit::{require_redis, Proxy, RedisServer};
+use redlock_testkit::{require_redis, wait_until, Proxy, RedisServer};
 
 /// fred's reconnection backoff is capped here (exponential from 10 ms, plus up to 20 ms of
 /// jitter).
@@ -299,8 +299,16 @@ async fn a_key_lost_by_a_minority_restart_is_set_again_for_the_validity_left() {
     let warm = manager.lock("warm-up", LEASE).await.expect("all up");
     warm.release().await.expect("release");
     let lock = manager.lock("minority", LEASE).await.expect("free");
-    tokio::task::block_in_place(|| servers[0].restart(false));
     let token = lock.token().to_vec();
+    // The lock returned at a quorum: its acquire may still be on its way to server 0, and one
+    // that arrives after the restart (within its timeout) sets the key for the whole lease,
+    // which is not the re-set this test is about. Restart only once it landed.
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(5), "the acquire on server 0", || {
+            servers[0].get("minority").as_deref() == Some(token.as_slice())
+        });
+        servers[0].restart(false);
+    });
     let deadline = Instant::now() + Duration::from_secs(5);
     while servers[0].get("minority").as_deref() != Some(token.as_slice()) {
         assert!(
