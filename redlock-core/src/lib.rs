@@ -44,6 +44,25 @@
 //! Extend follows the same rules with a fresh `T1`; release sends a compare-and-delete to every
 //! instance and, with a spawner, returns once a quorum has answered.
 //!
+//! # Hand-offs under contention
+//!
+//! When every backend supports [`Handoff`] (both Redis backends do), a refused call queues on
+//! each instance (its first refusal takes a place at once with a second attempt), and a release
+//! sets the key to the first live waiter's token for a short reserve instead of deleting it,
+//! telling that waiter alone. Safety does not rest on the queue: a reserved key is, to every
+//! client, a key that holds the waiter's token, exactly as if the waiter's own `SET` had landed
+//! late; the waiter still runs an ordinary attempt, whose acquire of a key that already holds
+//! its token resets the expiry from that attempt (so `T1` above bounds it as for any acquire),
+//! and the lock is granted only on a quorum within validity. What the queue changes is who
+//! tries when: one waiter per release instead of every waiter of every process, in queue
+//! order, and no taking back of a release by the process that made it.
+//!
+//! Two rules keep a hand-off from ever releasing a held key. A hand-off message that finds no
+//! call waiting for its token is passed on (`release_and_hand_off` with that token), so a
+//! waiter that went away costs the next one nothing; therefore a won lock keeps its call's
+//! listeners until it is released or lost, and a late hand-off to a held token is absorbed.
+//! And a call that stops waiting leaves the queues (the same release, with its own token).
+//!
 //! # The deadline
 //!
 //! A lock is yours until its deadline, `T1 + ttl − drift` on the manager's monotonic clock.

@@ -168,9 +168,11 @@ return 0";
 
 /// [`RELEASE_NOTIFY`] that hands the key to the first live queued waiter. Keys as
 /// [`ACQUIRE_QUEUE`]; `ARGV[1]` = token, `ARGV[2]` = the release channel ([`release_channel`]),
-/// or empty for none. The token's own place in the queue, if any, is given up first (a waiter
-/// that stops waiting leaves with this call; its list entry is skipped when reached). When the
-/// key holds the token, waiters are taken from the head of the queue
+/// or empty for none. When the key does not hold the token, the token's own place in the queue,
+/// if any, is given up (a waiter that stops waiting leaves with this call; its list entry is
+/// skipped when reached); a token that holds the key has no place (it was taken when the key
+/// was granted or handed to it), so a plain release pays one `LPOP` of an absent queue over
+/// [`RELEASE_NOTIFY`]. When the key holds the token, waiters are taken from the head of the queue
 /// (at most 100 per call, so a queue of stale entries costs a bounded time); the first whose
 /// deadline has not passed, that is not the releaser, and whose channel has a subscriber gets
 /// the key (`SET` to its token with its reserve as expiry) and a message on its channel
@@ -179,8 +181,10 @@ return 0";
 pub const RELEASE_HAND_OFF: &str = r"#!lua
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
-redis.pcall('HDEL', KEYS[3], ARGV[1])
-if v ~= ARGV[1] then return 0 end
+if v ~= ARGV[1] then
+  redis.pcall('HDEL', KEYS[3], ARGV[1])
+  return 0
+end
 local now = nil
 for i = 1, 100 do
   local w = redis.pcall('LPOP', KEYS[2])

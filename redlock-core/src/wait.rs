@@ -244,14 +244,6 @@ impl Contention {
     }
 }
 
-/// How long a manager that just handed a key to a waiter waits before its next attempt on it.
-/// The key is reserved for the waiter, so an attempt now would only be refused; it would also
-/// compete for the instances (and, on a small machine, the CPU) with the waiter's own acquire.
-/// Waiting costs the releaser nothing in the queue's order: the waiters queued before it are
-/// served first either way. About a loopback hand-off (the release, the message, the waiter's
-/// acquire) with room to spare; short against a retry window.
-pub(crate) const HANDED_OFF_PAUSE: Duration = Duration::from_millis(1);
-
 /// How long fair mode lets a waiter go first, by default. It bounds how long a waiter that
 /// vanished right after the release can delay the releaser.
 pub const DEFAULT_FAIR_GRACE: Duration = Duration::from_millis(20);

@@ -141,13 +141,6 @@ impl Inner {
                 telemetry::fair_yield(self.clock(), resource, until);
                 engine.yield_until(&key, &mut waiter, until).await;
             }
-            if made == 0 && patience != Patience::NoWait {
-                if let Some(until) = self.handed_off.pending_yield(self.clock(), &key) {
-                    let until = last_start.map_or(until, |last| until.min(last));
-                    let left = until.saturating_sub(self.clock().now());
-                    self.clock().sleep(left).await;
-                }
-            }
             made += 1;
             if handoff && made == 1 && self.contention.recent(self.clock(), &key) {
                 // A key refused lately: queue from the first attempt. Listening comes first, so

@@ -151,8 +151,6 @@ impl Inner {
         let yield_to_waiter = heard && !self.engine.handoff;
         self.fairness
             .note_release(self.clock(), &shared.key, yield_to_waiter);
-        self.handed_off
-            .note_release(self.clock(), &shared.key, heard && self.engine.handoff);
         // Judged on the deadline, not the status: a concurrent extend or check that ran into
         // this very release's deletes marks the lock lost, but it was ours until now.
         let expired = !shared.state().lease.is_valid(self.clock().now());

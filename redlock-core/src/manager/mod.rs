@@ -64,9 +64,6 @@ pub(crate) struct Inner {
     /// Owned locks handed out and not yet released, lost or dropped.
     active: Mutex<HashMap<u64, Arc<LockShared>>>,
     pub(crate) fairness: Fairness,
-    /// Keys this manager just handed to a waiter: its next attempt on one waits a moment (it
-    /// could only be refused, and would compete with the waiter's own acquire).
-    pub(crate) handed_off: Fairness,
     /// Keys refused lately, whose first attempts queue for a hand-off.
     pub(crate) contention: crate::wait::Contention,
     /// One contender per key: the local FIFO queues.
@@ -140,7 +137,6 @@ impl LockManager {
                     instance_timeout: config.instance_timeout,
                 },
                 fairness: Fairness::new(config.fair),
-                handed_off: Fairness::new(Some(crate::wait::HANDED_OFF_PAUSE)),
                 contention: crate::wait::Contention::default(),
                 config,
                 random,
