@@ -30,6 +30,15 @@ fn queued(server: &RedisServer, key: &str) -> i64 {
     }
 }
 
+/// How many waiters hold a live place for `key` on `server` (their table entries; a list entry
+/// whose waiter left stays until a release reaches it and skips it).
+fn places(server: &RedisServer, key: &str) -> i64 {
+    match server.cmd(&[&b"HLEN"[..], &waiters_key(key)]) {
+        Reply::Int(n) => n,
+        other => panic!("unexpected HLEN reply {other:?}"),
+    }
+}
+
 fn waits_long(urls: &[String]) -> LockManager {
     redlock_fred::manager(urls.iter().cloned())
         .retry_count(2)
@@ -201,4 +210,36 @@ async fn a_release_is_not_taken_back_by_its_releaser_while_a_waiter_is_queued() 
         .expect("release");
     waiter.close().await.expect("close");
     releaser.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_attempt_call_makes_one_attempt_and_leaves_no_place() {
+    require_redis();
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let holder = redlock_fred::manager(urls.clone()).build().expect("config");
+    let lock = holder.lock("once", TTL).await.expect("free lock");
+    let caller = redlock_fred::manager(urls)
+        .retry_count(1)
+        .build()
+        .expect("config");
+    // The first call meets the key fresh; the second after a refusal, when this manager
+    // queues from the first attempt.
+    for call in 0..2 {
+        match caller.lock("once", TTL).await {
+            Err(Error::Contended(failure)) => {
+                assert_eq!(
+                    failure.attempts, 1,
+                    "call {call}: one attempt, not one more queued"
+                );
+            }
+            other => panic!("call {call}: {other:?}"),
+        }
+        for server in &servers {
+            assert_eq!(places(server, "once"), 0, "call {call} left a place behind");
+        }
+    }
+    lock.release().await.expect("release");
+    caller.close().await.expect("close");
+    holder.close().await.expect("close");
 }

@@ -206,8 +206,14 @@ impl Inner {
             let dirty = rejected.dirty;
             if contended && handoff {
                 self.contention.note(self.clock(), &key);
-                let in_time = last_start.is_none_or(|last| self.clock().now() < last);
-                if !queue && in_time {
+                // Only a call that would wait for another attempt anyway: one whose attempts are
+                // used up gives up now (`retry_count(1)` means one attempt, not one and a
+                // queued one after listening).
+                let now = self.clock().now();
+                let out_of_time = last_start.is_some_and(|last| now >= last);
+                let in_window = window_end.is_some_and(|end| now < end) && !out_of_time;
+                let gives_up = !in_window && (counted.saturating_add(1) >= attempts || out_of_time);
+                if !queue && !gives_up {
                     // Refused without a place in the queues: take one at once (an attempt that
                     // queues), rather than wait a retry window for a hand-off that cannot come.
                     // Not counted: no window passed.
