@@ -1,5 +1,7 @@
 //! An in-memory instance that behaves like one Redis server for the lock commands.
 
+mod queue;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,9 +10,11 @@ use std::time::Duration;
 use futures::channel::mpsc::UnboundedSender;
 use futures::stream::BoxStream;
 use redlock_core::{
-    async_trait, BackendError, BackendErrorKind, Clock, Fencing, KeyState, LockBackend,
-    ReleaseNotify,
+    async_trait, BackendError, BackendErrorKind, Clock, Fencing, Handoff, KeyState, LockBackend,
+    QueuePlace, ReleaseNotify,
 };
+
+use queue::{HandoffListeners, QueueValue};
 
 /// One in-memory lock instance.
 ///
@@ -18,6 +22,10 @@ use redlock_core::{
 /// [`new`](Self::new)), like Redis judges it on the server's. A key can also hold a list
 /// ([`put_list`](Self::put_list)), which makes every lock command on it fail like Redis'
 /// `WRONGTYPE`. Calls complete immediately; latency and faults are the simulation's business.
+///
+/// Hand-off queues ([`Handoff`]) are opt-in, with [`hand_off`](Self::hand_off): off, the
+/// backend offers no such capability and managers over it are woken by release announcements,
+/// as before the capability existed.
 #[derive(Clone)]
 pub struct MemoryBackend {
     id: Arc<str>,
@@ -25,6 +33,10 @@ pub struct MemoryBackend {
     store: Arc<Mutex<HashMap<Vec<u8>, Entry>>>,
     /// Release subscriptions, per key (see [`ReleaseNotify`]).
     listeners: Arc<Mutex<Listeners>>,
+    /// Hand-off listeners, per waiter token, shared by every handle on this instance.
+    handoff_listeners: Arc<Mutex<HandoffListeners>>,
+    /// Whether this handle offers [`Handoff`] (per handle: see [`hand_off`](Self::hand_off)).
+    hand_off: bool,
 }
 
 /// Per key, the senders of its live release subscriptions.
@@ -33,7 +45,10 @@ type Listeners = HashMap<Vec<u8>, Vec<UnboundedSender<()>>>;
 #[derive(Debug, Clone)]
 enum Value {
     Str(Vec<u8>),
+    /// Application data of another type (see [`MemoryBackend::put_list`]).
     List,
+    /// A hand-off queue's order or waiter table (see [`Handoff`]).
+    Queue(QueueValue),
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +62,7 @@ impl fmt::Debug for MemoryBackend {
         f.debug_struct("MemoryBackend")
             .field("id", &self.id)
             .field("keys", &self.store().len())
+            .field("hand_off", &self.hand_off)
             .finish()
     }
 }
@@ -67,7 +83,23 @@ impl MemoryBackend {
             clock,
             store: Arc::default(),
             listeners: Arc::default(),
+            handoff_listeners: Arc::default(),
+            hand_off: false,
         }
+    }
+
+    /// This handle with hand-off queues offered (`on`) or not: [`LockBackend::handoff`] then
+    /// returns `Some`, and the queues follow the Redis backends' `ACQUIRE_QUEUE` and
+    /// `RELEASE_HAND_OFF` scripts (see [`Handoff`]).
+    ///
+    /// The setting belongs to the handle: clones made before keep theirs, and every handle
+    /// shares the instance's keys, queues and listeners. So a test can give some managers the
+    /// capability over the same instance and leave it off for others (as older clients that
+    /// share a server), and a handle on a [`World`](crate::World)'s instance can hand off.
+    #[must_use]
+    pub fn hand_off(mut self, on: bool) -> Self {
+        self.hand_off = on;
+        self
     }
 
     /// Tells the live subscriptions to `key` that it was released; whether anyone heard.
@@ -229,7 +261,8 @@ impl MemoryBackend {
                 }
             }
             Some(Entry {
-                value: Value::List, ..
+                value: Value::List | Value::Queue(_),
+                ..
             }) => Err(wrong_type()),
             None => {
                 store.insert(
@@ -264,7 +297,8 @@ impl MemoryBackend {
                 Ok(true)
             }
             Some(Entry {
-                value: Value::List, ..
+                value: Value::List | Value::Queue(_),
+                ..
             }) => Err(wrong_type()),
             _ => Ok(false),
         }
@@ -286,7 +320,8 @@ impl MemoryBackend {
                 Ok(true)
             }
             Some(Entry {
-                value: Value::List, ..
+                value: Value::List | Value::Queue(_),
+                ..
             }) => Err(wrong_type()),
             _ => Ok(false),
         }
@@ -302,7 +337,8 @@ impl MemoryBackend {
         match Self::live(store, counter, now) {
             None => Ok(0),
             Some(Entry {
-                value: Value::List, ..
+                value: Value::List | Value::Queue(_),
+                ..
             }) => Err(wrong_type()),
             Some(Entry {
                 value: Value::Str(v),
@@ -344,7 +380,8 @@ impl MemoryBackend {
         let mut store = self.store();
         let held = match Self::live(&mut store, key, now) {
             Some(Entry {
-                value: Value::List, ..
+                value: Value::List | Value::Queue(_),
+                ..
             }) => return Err(wrong_type()),
             Some(Entry {
                 value: Value::Str(v),
@@ -355,7 +392,8 @@ impl MemoryBackend {
         if !held {
             // The type is checked even when the key is not ours, as the Redis script does.
             if let Some(Entry {
-                value: Value::List, ..
+                value: Value::List | Value::Queue(_),
+                ..
             }) = Self::live(&mut store, counter, now)
             {
                 return Err(wrong_type());
@@ -399,7 +437,8 @@ impl MemoryBackend {
                 ttl: expires_at.map(|at| at.saturating_sub(now)),
             })),
             Some(Entry {
-                value: Value::List, ..
+                value: Value::List | Value::Queue(_),
+                ..
             }) => Err(wrong_type()),
             None => Ok(None),
         }
@@ -434,6 +473,39 @@ impl LockBackend for MemoryBackend {
 
     fn fencing(&self) -> Option<&dyn Fencing> {
         Some(self)
+    }
+
+    fn handoff(&self) -> Option<&dyn Handoff> {
+        if self.hand_off {
+            Some(self)
+        } else {
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl Handoff for MemoryBackend {
+    async fn listen(&self, token: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        Ok(self.listen_now(token))
+    }
+
+    async fn acquire_or_queue(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl: Duration,
+        place: QueuePlace,
+    ) -> Result<bool, BackendError> {
+        self.acquire_or_queue_now(key, token, ttl, place)
+    }
+
+    async fn release_and_hand_off(
+        &self,
+        key: &[u8],
+        token: &[u8],
+    ) -> Result<(bool, bool), BackendError> {
+        self.release_and_hand_off_now(key, token)
     }
 }
 

@@ -1,6 +1,7 @@
-//! The in-memory backend meets the LockBackend and ReleaseNotify contracts: directly, through
-//! `Arc<dyn LockBackend>`, through a `FaultyBackend` with its faults off, and through the
-//! simulated network links of a `World`.
+//! The in-memory backend meets the LockBackend and ReleaseNotify contracts (and, with its
+//! hand-off queues on, the Handoff contract): directly, through `Arc<dyn LockBackend>`, through
+//! a `FaultyBackend` with its faults off, and through the simulated network links of a `World`
+//! (which keep no queues).
 
 use std::sync::{Arc, Mutex};
 
@@ -8,8 +9,9 @@ use redlock_core::conformance::{self, Fixture};
 use redlock_core::{async_trait, Clock, LockBackend};
 use redlock_mock::{FaultyBackend, MemoryBackend, Simulation, World};
 
-/// Direct access to the instance behind the backend under test.
-struct MemoryFixture(MemoryBackend);
+/// Direct access to the instance behind the backend under test, and whether that backend
+/// should hand off (the suite checks that it does exactly then).
+struct MemoryFixture(MemoryBackend, bool);
 
 #[async_trait]
 impl Fixture for MemoryFixture {
@@ -32,15 +34,29 @@ impl Fixture for MemoryFixture {
     fn keeps_fence_counters(&self) -> bool {
         true
     }
+
+    fn hands_off(&self) -> bool {
+        self.1
+    }
 }
 
-/// Runs the suite over `wrap(instance)` on a fresh simulation.
-fn passes(wrap: impl FnOnce(MemoryBackend, &Arc<dyn Clock>) -> Arc<dyn LockBackend>) {
+/// Runs the suite over `wrap(instance)` on a fresh simulation, with and without hand-off
+/// queues on the instance (the wrapper must forward the capability as it is).
+fn passes(wrap: impl Fn(MemoryBackend, &Arc<dyn Clock>) -> Arc<dyn LockBackend>) {
+    for hand_off in [false, true] {
+        passes_with(hand_off, &wrap);
+    }
+}
+
+fn passes_with(
+    hand_off: bool,
+    wrap: impl Fn(MemoryBackend, &Arc<dyn Clock>) -> Arc<dyn LockBackend>,
+) {
     let sim = Simulation::new();
     let clock = sim.clock_arc();
-    let memory = MemoryBackend::new("mem-0", Arc::clone(&clock));
+    let memory = MemoryBackend::new("mem-0", Arc::clone(&clock)).hand_off(hand_off);
     let backend = wrap(memory.clone(), &clock);
-    let fixture = MemoryFixture(memory.clone());
+    let fixture = MemoryFixture(memory.clone(), hand_off);
     sim.run(conformance::run_all(
         backend.as_ref(),
         clock.as_ref(),
@@ -55,7 +71,24 @@ fn memory_backend_passes_the_conformance_suite() {
     let sim = Simulation::new();
     let clock = sim.clock_arc();
     let backend = MemoryBackend::new("mem-0", Arc::clone(&clock));
-    let fixture = MemoryFixture(backend.clone());
+    let fixture = MemoryFixture(backend.clone(), false);
+    sim.run(conformance::run_all(
+        &backend,
+        clock.as_ref(),
+        &fixture,
+        b"conformance:",
+    ));
+    assert!(backend.is_empty(), "the suite cleans up after itself");
+}
+
+/// With hand-off queues on, the suite also runs the `Handoff` rules, and leaves no queue key
+/// behind.
+#[test]
+fn a_handing_off_memory_backend_passes_the_conformance_suite() {
+    let sim = Simulation::new();
+    let clock = sim.clock_arc();
+    let backend = MemoryBackend::new("mem-0", Arc::clone(&clock)).hand_off(true);
+    let fixture = MemoryFixture(backend.clone(), true);
     sim.run(conformance::run_all(
         &backend,
         clock.as_ref(),
@@ -127,7 +160,7 @@ fn a_world_link_passes_the_conformance_suite() {
     ] {
         let (world, link) = world_link(latency);
         let clock = world.clock();
-        let fixture = MemoryFixture(world.instance(0).clone());
+        let fixture = MemoryFixture(world.instance(0).clone(), false);
         world.run(conformance::run_all(
             link.as_ref(),
             &clock,
