@@ -267,12 +267,13 @@ impl<B: LockBackend> Handoff for Timed<B> {
         &self,
         key: &[u8],
         token: &[u8],
+        leaving: bool,
     ) -> Result<(bool, bool), BackendError> {
         let Some(h) = self.inner.handoff() else {
             return Err(no_handoff(self.id()));
         };
         let call = Call::start(self.id(), "release+hand-off");
-        let result = h.release_and_hand_off(key, token).await;
+        let result = h.release_and_hand_off(key, token, leaving).await;
         call.end(&result);
         if matches!(result, Ok((_, true))) {
             self.observed.heard.store(true, Ordering::Release);

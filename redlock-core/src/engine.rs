@@ -61,7 +61,9 @@ fn release_call<'a>(
         return b.release(key, token).map_ok(|r| (r, false)).boxed();
     }
     if let Some(h) = b.handoff() {
-        return h.release_and_hand_off(key, token);
+        // Leaving: whoever releases with an announcement is done waiting (a holder may still
+        // have a place where it was refused; a call that gives up has them everywhere).
+        return h.release_and_hand_off(key, token, true);
     }
     match b.release_notify() {
         Some(n) => n.release_and_notify(key, token),
@@ -382,6 +384,42 @@ impl Engine {
             Wait::ForAll,
             ask,
             move |b| release_call(b, key, token, announce),
+            |(released, _)| *released,
+        )
+        .map(|(round, _)| round)
+        .boxed()
+    }
+
+    /// Leaves the hand-off queues on every instance (a call that stops waiting), releasing and
+    /// handing on a key held or reserved with `token` on the way.
+    pub(crate) fn leave<'a>(
+        &'a self,
+        key: &'a [u8],
+        token: &'a [u8],
+    ) -> BoxFuture<'a, Round<(bool, bool)>> {
+        self.release(key, token, true)
+    }
+
+    /// The cleanup of a failed attempt of a call that keeps waiting in the hand-off queues, on
+    /// the instances in `ask`: what it holds or was handed goes to the next waiter, and its own
+    /// places stay.
+    pub(crate) fn cleanup_queued<'a>(
+        &'a self,
+        key: &'a [u8],
+        token: &'a [u8],
+        ask: Ask,
+    ) -> BoxFuture<'a, Round<(bool, bool)>> {
+        round::run_keep(
+            &self.instances,
+            Gating::Always(&self.gates),
+            self.clock.as_ref(),
+            self.instance_timeout,
+            Wait::ForAll,
+            ask,
+            move |b| match b.handoff() {
+                Some(h) => h.release_and_hand_off(key, token, false),
+                None => b.release(key, token).map_ok(|r| (r, false)).boxed(),
+            },
             |(released, _)| *released,
         )
         .map(|(round, _)| round)

@@ -57,11 +57,13 @@
 //! tries when: one waiter per release instead of every waiter of every process, in queue
 //! order, and no taking back of a release by the process that made it.
 //!
-//! Two rules keep a hand-off from ever releasing a held key. A hand-off message that finds no
-//! call waiting for its token is passed on (`release_and_hand_off` with that token), so a
-//! waiter that went away costs the next one nothing; therefore a won lock keeps its call's
-//! listeners until it is released or lost, and a late hand-off to a held token is absorbed.
-//! And a call that stops waiting leaves the queues (the same release, with its own token).
+//! A hand-off message that finds no call waiting for its token is passed on, so that a waiter
+//! that went away costs the next one nothing. The pass-on must never release a key that a lock
+//! holds: the instance remembers which token a key is reserved for until that token's acquire
+//! claims it, and the pass-on releases only such an unclaimed reservation (a message can
+//! arrive after the acquire it led to, on another connection). Besides, a won lock keeps its
+//! call's listeners until it is released or lost, so a late message is usually absorbed, and a
+//! call that stops waiting leaves the queues (a hand-off release with its own token).
 //!
 //! # The deadline
 //!

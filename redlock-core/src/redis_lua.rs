@@ -141,25 +141,28 @@ pub fn parse_handoff(message: &[u8]) -> Option<(&[u8], &[u8])> {
 /// `KEYS[3]` = its queue and waiter table ([`crate::queue_keys`]); `ARGV[1]` = token, `ARGV[2]` =
 /// ttl in ms, `ARGV[3]` = how long the place lasts (ms), `ARGV[4]` = how long a key handed to
 /// this waiter stays reserved (ms), `ARGV[5]` = the waiter's hand-off channel. 1 = acquired
-/// (and unqueued), 0 = refused and queued (a waiter already queued keeps its place and gets a
-/// new deadline). A table entry is `<deadline ms> <reserve ms> <channel>`, on the instance's
-/// clock (`TIME`), so client clocks play no part.
+/// (unqueued, and a reservation for the token claimed), 0 = refused and queued (a waiter already
+/// queued keeps its place and gets a new deadline), -1 = the lock key or a queue key holds
+/// another type. A table entry is `<deadline ms> <reserve ms> <channel>`, on the instance's clock
+/// (`TIME`), so client clocks play no part; the table's field `""` (no token is empty) names the
+/// token the key is reserved for by [`RELEASE_HAND_OFF`] until that token claims it here.
 pub const ACQUIRE_QUEUE: &str = r"#!lua
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
 if v == false or v == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  redis.pcall('HDEL', KEYS[3], ARGV[1])
+  if redis.pcall('HDEL', KEYS[3], ARGV[1]) == 1 then redis.pcall('LREM', KEYS[2], 1, ARGV[1]) end
+  if redis.pcall('HGET', KEYS[3], '') == ARGV[1] then redis.pcall('HDEL', KEYS[3], '') end
   return 1
 end
+local tq = redis.call('TYPE', KEYS[2])['ok']
+local tw = redis.call('TYPE', KEYS[3])['ok']
+if (tq ~= 'none' and tq ~= 'list') or (tw ~= 'none' and tw ~= 'hash') then return -1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local stay = tonumber(ARGV[3])
-local new = redis.pcall('HSET', KEYS[3], ARGV[1], (now + stay) .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
-if type(new) == 'table' and new.err then return -1 end
-if new == 1 then
-  local pushed = redis.pcall('RPUSH', KEYS[2], ARGV[1])
-  if type(pushed) == 'table' and pushed.err then return -1 end
+if redis.call('HSET', KEYS[3], ARGV[1], (now + stay) .. ' ' .. ARGV[4] .. ' ' .. ARGV[5]) == 1 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
 end
 for i = 2, 3 do
   if redis.call('PTTL', KEYS[i]) < stay then redis.call('PEXPIRE', KEYS[i], stay) end
@@ -168,23 +171,31 @@ return 0";
 
 /// [`RELEASE_NOTIFY`] that hands the key to the first live queued waiter. Keys as
 /// [`ACQUIRE_QUEUE`]; `ARGV[1]` = token, `ARGV[2]` = the release channel ([`release_channel`]),
-/// or empty for none. When the key does not hold the token, the token's own place in the queue,
-/// if any, is given up (a waiter that stops waiting leaves with this call; its list entry is
-/// skipped when reached); a token that holds the key has no place (it was taken when the key
-/// was granted or handed to it), so a plain release pays one `LPOP` of an absent queue over
-/// [`RELEASE_NOTIFY`]. When the key holds the token, waiters are taken from the head of the queue
-/// (at most 100 per call, so a queue of stale entries costs a bounded time); the first whose
-/// deadline has not passed, that is not the releaser, and whose channel has a subscriber gets
-/// the key (`SET` to its token with its reserve as expiry) and a message on its channel
-/// (`<token length>:<token><key>`, see [`parse_handoff`]): 3. Otherwise the key is deleted and the
-/// release announced as `RELEASE_NOTIFY` does: 2 = heard, 1 = not. 0 = not ours.
+/// or empty for none; `ARGV[3]` (optional) = `2` for a waiter that stops waiting (it leaves the
+/// queue), or `1` to pass on only a reservation: a hand-off that reached no call (its waiter
+/// went away) is passed on this way, and must never release a key that its token claimed
+/// meanwhile (a hand-off message can arrive after the acquire it led to).
+///
+/// When the key does not hold the token: 0, and with `2` the token's own place in the queue,
+/// if any, is given up. When it does, waiters are taken
+/// from the head of the queue (at most 100 per call, so a queue of stale entries costs a
+/// bounded time); the first whose deadline has not passed, that is not the releaser, and whose
+/// channel has a subscriber gets the key (`SET` to its token with its reserve as expiry, and
+/// the table's `""` field set to its token) and a message on its channel
+/// (`<token length>:<token><key>`, see [`parse_handoff`]): 3. Otherwise the key is deleted and
+/// the release announced as `RELEASE_NOTIFY` does: 2 = heard, 1 = not.
 pub const RELEASE_HAND_OFF: &str = r"#!lua
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
 if v ~= ARGV[1] then
-  redis.pcall('HDEL', KEYS[3], ARGV[1])
+  if ARGV[3] == '2' and redis.pcall('HDEL', KEYS[3], ARGV[1]) == 1 then
+    redis.pcall('LREM', KEYS[2], 1, ARGV[1])
+  end
   return 0
 end
+local reserved = redis.pcall('HGET', KEYS[3], '') == ARGV[1]
+if ARGV[3] == '1' and not reserved then return 0 end
+if reserved then redis.pcall('HDEL', KEYS[3], '') end
 local now = nil
 for i = 1, 100 do
   local w = redis.pcall('LPOP', KEYS[2])
@@ -199,7 +210,10 @@ for i = 1, 100 do
     local deadline, reserve, channel = string.match(e, '^(%d+) (%d+) (.+)$')
     if deadline and w ~= ARGV[1] and tonumber(deadline) >= now and tonumber(reserve) > 0 then
       redis.call('SET', KEYS[1], w, 'PX', reserve)
-      if redis.call('PUBLISH', channel, #w .. ':' .. w .. KEYS[1]) > 0 then return 3 end
+      if redis.call('PUBLISH', channel, #w .. ':' .. w .. KEYS[1]) > 0 then
+        redis.call('HSET', KEYS[3], '', w)
+        return 3
+      end
     end
   end
 end

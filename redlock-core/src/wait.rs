@@ -220,6 +220,9 @@ impl Engine {
 #[derive(Debug, Default)]
 pub(crate) struct Contention {
     until: Mutex<HashMap<Arc<[u8]>, Duration>>,
+    /// No sweep before this: with many keys contended at once, sweeping at every refusal
+    /// would cost a pass over all of them each time.
+    next_sweep: Mutex<Duration>,
 }
 
 impl Contention {
@@ -233,7 +236,11 @@ impl Contention {
         let now = clock.now();
         let mut until = self.until();
         if until.len() >= YIELD_SWEEP_AT {
-            until.retain(|_, t| *t > now);
+            let mut next = self.next_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            if now >= *next {
+                until.retain(|_, t| *t > now);
+                *next = now.saturating_add(CONTENDED_FOR);
+            }
         }
         until.insert(Arc::clone(key), now.saturating_add(CONTENDED_FOR));
     }

@@ -563,6 +563,7 @@ impl Handoff for RedisBackend {
         &self,
         key: &[u8],
         tok: &[u8],
+        leaving: bool,
     ) -> Result<(bool, bool), BackendError> {
         let (queue, waiters) = redlock_core::queue_keys(key);
         let channel = Value::from(crate::notify::channel(key));
@@ -570,7 +571,11 @@ impl Handoff for RedisBackend {
             .run(
                 &scripts::RELEASE_HAND_OFF,
                 &[key, &queue, &waiters],
-                &[token(tok), channel],
+                &[
+                    token(tok),
+                    channel,
+                    Value::String(Str::from_static(if leaving { "2" } else { "0" })),
+                ],
             )
             .await?
         {

@@ -71,8 +71,9 @@ impl HandoffState {
     }
 }
 
-/// Releases `key` for `token`, whose call stopped waiting, handing it to the next waiter (the
-/// rare path: a plain `EVAL`, cached by the server after the first).
+/// Releases `key` for `token`, whose call stopped waiting, handing it to the next waiter, if
+/// the key is still an unclaimed reservation for `token` (the rare path: a plain `EVAL`, cached
+/// by the server after the first).
 async fn pass_on(client: Client, key: Vec<u8>, token: Vec<u8>) {
     let (queue, waiters) = redlock_core::queue_keys(&key);
     let command = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
@@ -85,6 +86,9 @@ async fn pass_on(client: Client, key: Vec<u8>, token: Vec<u8>) {
         Value::Bytes(Bytes::from(waiters)),
         Value::Bytes(Bytes::from(token)),
         Value::String(Str::from(channel)),
+        // Only an unclaimed reservation: the message may have outrun nothing, or arrived after
+        // the acquire it led to (the key is then the token's, and stays).
+        Value::String(Str::from_static("1")),
     ];
     let options = Options {
         timeout: Some(PASS_ON_TIMEOUT),

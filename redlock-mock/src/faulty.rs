@@ -328,10 +328,11 @@ impl<B: LockBackend> Handoff for FaultyBackend<B> {
         &self,
         key: &[u8],
         token: &[u8],
+        leaving: bool,
     ) -> Result<(bool, bool), BackendError> {
         self.call(async {
             match self.inner.handoff() {
-                Some(h) => h.release_and_hand_off(key, token).await,
+                Some(h) => h.release_and_hand_off(key, token, leaving).await,
                 None => Err(no_handoff()),
             }
         })

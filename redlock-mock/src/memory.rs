@@ -504,8 +504,9 @@ impl Handoff for MemoryBackend {
         &self,
         key: &[u8],
         token: &[u8],
+        leaving: bool,
     ) -> Result<(bool, bool), BackendError> {
-        self.release_and_hand_off_now(key, token)
+        self.release_and_hand_off_now(key, token, leaving)
     }
 }
 

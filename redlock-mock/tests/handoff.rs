@@ -207,12 +207,13 @@ impl Handoff for Delayed {
         &self,
         key: &[u8],
         token: &[u8],
+        leaving: bool,
     ) -> Result<(bool, bool), BackendError> {
         let (key, token) = (key.to_vec(), token.to_vec());
         let handed = Arc::clone(&self.parts.get().expect("wired").handed);
         self.call(move |m| {
             async move {
-                let answer = m.release_and_hand_off_now(&key, &token);
+                let answer = m.release_and_hand_off_now(&key, &token, leaving);
                 // Handed to a waiter (the key now holds another token), not just announced.
                 if answer.as_ref().is_ok_and(|&(released, _)| released)
                     && m.get(&key).is_some_and(|v| v != token)

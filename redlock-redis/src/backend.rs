@@ -594,6 +594,7 @@ impl Handoff for RedisBackend {
         &self,
         key: &[u8],
         tok: &[u8],
+        leaving: bool,
     ) -> Result<(bool, bool), BackendError> {
         let (queue, waiters) = redlock_core::queue_keys(key);
         let channel = crate::notify::channel(key);
@@ -602,7 +603,9 @@ impl Handoff for RedisBackend {
                 &scripts::RELEASE_HAND_OFF,
                 &[key, &queue, &waiters],
                 |cmd| {
-                    cmd.arg(tok).arg(&channel);
+                    cmd.arg(tok)
+                        .arg(&channel)
+                        .arg(if leaving { "2" } else { "0" });
                 },
                 self.deadline(),
             )

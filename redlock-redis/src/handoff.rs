@@ -152,8 +152,8 @@ impl Handoffs {
     }
 }
 
-/// Releases `key` for `token`, whose call stopped waiting, handing it to the next waiter (the
-/// rare path: a plain `EVAL`, cached by the server after the first, on the backend's command
+/// Releases `key` for `token`, whose call stopped waiting, handing it to the next waiter, if
+/// the key is still an unclaimed reservation for `token` (the rare path: a plain `EVAL`, cached by the server after the first, on the backend's command
 /// connection). A failure leaves the key reserved for its reserve; the waiters then poll.
 async fn pass_on(link: Arc<Link>, key: Vec<u8>, token: Vec<u8>) {
     let (queue, waiters) = redlock_core::queue_keys(&key);
@@ -164,7 +164,10 @@ async fn pass_on(link: Arc<Link>, key: Vec<u8>, token: Vec<u8>) {
         .arg(&queue)
         .arg(&waiters)
         .arg(&token)
-        .arg(redis_lua::release_channel(&key));
+        .arg(redis_lua::release_channel(&key))
+        // Only an unclaimed reservation: the message may have arrived after the acquire it led
+        // to (the key is then the token's, and stays).
+        .arg("1");
     let deadline = Instant::now() + PASS_ON_TIMEOUT;
     let Ok(routed) = link.route("pass on a hand-off", |_| cmd, deadline) else {
         return;

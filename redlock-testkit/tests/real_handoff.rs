@@ -243,3 +243,60 @@ async fn a_one_attempt_call_makes_one_attempt_and_leaves_no_place() {
     caller.close().await.expect("close");
     holder.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pass_on_never_releases_a_claimed_key() {
+    require_redis();
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let holder = redlock_fred::manager(urls.clone()).build().expect("config");
+    let lock = holder.lock("claimed", TTL).await.expect("free lock");
+    let waiter = waits_long(&urls);
+    let next = tokio::spawn(async move {
+        let got = waiter.lock("claimed", TTL).await;
+        (got, waiter)
+    });
+    until_queued(&servers, "claimed", 1);
+    lock.release().await.expect("release");
+    let (got, waiter) = tokio::time::timeout(BOUND, next)
+        .await
+        .expect("handed the lock")
+        .expect("task");
+    let lock = got.expect("the waiter's turn");
+    let token = lock.token().to_vec();
+    // Claimed: the waiter's acquire reset the expiry to the lease (a reservation lasts the
+    // instance timeout). A quorum at least; an instance whose release came after the waiter's
+    // attempt there holds an unclaimed reservation, which a pass-on rightly hands on.
+    let claimed = |s: &RedisServer| {
+        s.get("claimed").as_deref() == Some(token.as_slice()) && s.pttl("claimed") > 1_000
+    };
+    tokio::task::block_in_place(|| {
+        wait_until(
+            Duration::from_secs(5),
+            "the key claimed on a quorum",
+            || servers.iter().filter(|s| claimed(s)).count() >= 2,
+        );
+    });
+    // What a backend runs when a hand-off message for this token finds no call waiting for it,
+    // as when the message arrives (on the pub/sub connection) after the acquire it led to.
+    let channel = redlock_core::redis_lua::release_channel(b"claimed");
+    for server in servers.iter().filter(|s| claimed(s)) {
+        let reply = server.cmd(&[
+            &b"EVAL"[..],
+            redlock_core::redis_lua::RELEASE_HAND_OFF.as_bytes(),
+            b"3",
+            b"claimed",
+            &queue_key("claimed"),
+            &waiters_key("claimed"),
+            &token,
+            channel.as_bytes(),
+            b"1",
+        ]);
+        assert_eq!(reply, Reply::Int(0), "a pass-on released a claimed key");
+        assert_eq!(server.get("claimed").as_deref(), Some(token.as_slice()));
+    }
+    assert!(lock.check().await.is_ok(), "still held");
+    lock.release().await.expect("release");
+    waiter.close().await.expect("close");
+    holder.close().await.expect("close");
+}

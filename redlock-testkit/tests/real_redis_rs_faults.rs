@@ -217,7 +217,7 @@ async fn hand_off_listeners_follow_a_new_subscriber_connection() {
         .expect("queued"));
     assert_eq!(
         handoff
-            .release_and_hand_off(b"k", b"holder")
+            .release_and_hand_off(b"k", b"holder", false)
             .await
             .expect("release"),
         (true, true),

@@ -131,8 +131,9 @@ macro_rules! forward {
                 &self,
                 key: &[u8],
                 token: &[u8],
+                leaving: bool,
             ) -> Result<(bool, bool), BackendError> {
-                (**self).release_and_hand_off(key, token).await
+                (**self).release_and_hand_off(key, token, leaving).await
             }
         }
     };
@@ -272,6 +273,7 @@ mod tests {
             &self,
             _: &[u8],
             _: &[u8],
+            _: bool,
         ) -> Result<(bool, bool), BackendError> {
             self.note("release_and_hand_off");
             Ok((true, false))
@@ -354,7 +356,10 @@ mod tests {
                 .await
                 .unwrap());
             assert_eq!(
-                handoff.release_and_hand_off(b"k", b"t").await.unwrap(),
+                handoff
+                    .release_and_hand_off(b"k", b"t", false)
+                    .await
+                    .unwrap(),
                 (true, false)
             );
             backend.connect().await.unwrap();

@@ -63,9 +63,9 @@ pub struct QueuePlace {
 ///    on this instance, or, if it is queued already, renews its place without moving it. A
 ///    granted call removes `token` from the queue.
 /// 2. [`release_and_hand_off`](Self::release_and_hand_off) is [`LockBackend::release`] (same
-///    token check) that also gives up `token`'s own place in the queue, if it has one, whether
-///    or not the key held `token` (so a waiter that stops waiting leaves with this call). When
-///    the key held `token`, it takes waiters from the head of the queue,
+///    token check); with `leaving` it also gives up `token`'s own place in the queue, if it has
+///    one (a waiter that stops waiting leaves with this call), and without it a place is kept
+///    (a waiter cleaning up a failed attempt is still waiting). When the key held `token`, it takes waiters from the head of the queue,
 ///    skipping those whose stay ran out or that nobody listens for, and sets the key to the first
 ///    other one's token with that waiter's reserve as expiry, telling its listener. With no such
 ///    waiter it deletes the key, and announces the release as
@@ -74,9 +74,10 @@ pub struct QueuePlace {
 ///    or a subscriber heard the release.
 /// 3. [`listen`](Self::listen) returns once hand-offs to `token` on this instance will be
 ///    delivered; its stream yields one item per hand-off. A hand-off to a token that no
-///    listener of the process waits for (its call ended) is passed on at once, by
-///    `release_and_hand_off` of that token, so a waiter that went away costs its successors
-///    nothing. Dropping the stream stops listening.
+///    listener of the process waits for (its call ended) is passed on at once, so a waiter
+///    that went away costs its successors nothing; the pass-on releases the key only while it
+///    is still a reservation that its token has not claimed (by an acquire), since a hand-off
+///    message can arrive after the acquire it led to. Dropping the stream stops listening.
 /// 4. Hand-offs are a hint for speed and order only: the manager never trusts one for safety.
 ///    The key it finds reserved is an ordinary acquire's "already ours".
 /// 5. The queue lives in keys named by [`queue_keys`], under [`RESERVED_KEY_PREFIX`]; a key that
@@ -109,7 +110,9 @@ pub trait Handoff: Send + Sync {
         place: QueuePlace,
     ) -> Result<bool, BackendError>;
 
-    /// Releases `key` if it holds `token`, handing it to the first live waiter (rule 2).
+    /// Releases `key` if it holds `token`, handing it to the first live waiter (rule 2); with
+    /// `leaving`, also gives up `token`'s place in the queue when the key does not hold it (a
+    /// call that stops waiting).
     ///
     /// # Errors
     /// [`BackendError`] when the instance gave no answer.
@@ -117,5 +120,6 @@ pub trait Handoff: Send + Sync {
         &self,
         key: &[u8],
         token: &[u8],
+        leaving: bool,
     ) -> Result<(bool, bool), BackendError>;
 }

@@ -57,12 +57,20 @@ pub async fn a_queued_waiter_is_handed_the_key(
         "a held key was granted to a waiter"
     );
     assert_eq!(
-        must("foreign release", h.release_and_hand_off(&k, b"tok-c")).await,
+        must(
+            "foreign release",
+            h.release_and_hand_off(&k, b"tok-c", false)
+        )
+        .await,
         (false, false),
         "another token released the holder's key"
     );
     assert_eq!(
-        must("release_and_hand_off", h.release_and_hand_off(&k, b"tok-a")).await,
+        must(
+            "release_and_hand_off",
+            h.release_and_hand_off(&k, b"tok-a", false)
+        )
+        .await,
         (true, true),
         "released with a waiter queued"
     );
@@ -95,7 +103,7 @@ pub async fn a_queued_waiter_is_handed_the_key(
         held.ttl
     );
     assert_eq!(
-        must("last release", h.release_and_hand_off(&k, b"tok-b")).await,
+        must("last release", h.release_and_hand_off(&k, b"tok-b", false)).await,
         (true, false),
         "nobody is queued any more: the key is deleted, and nobody told"
     );
@@ -103,8 +111,9 @@ pub async fn a_queued_waiter_is_handed_the_key(
     clean(fixture, &k).await;
 }
 
-/// A queued waiter that calls `release_and_hand_off` with its own token (a call that stops
-/// waiting) leaves the queue: the holder's release then finds nobody and deletes the key.
+/// A queued waiter's `release_and_hand_off` of its own token keeps its place (a call cleaning
+/// up a failed attempt still waits) unless `leaving` (a call that stops waiting): then the
+/// holder's release finds nobody and deletes the key.
 pub async fn a_waiter_leaves_with_its_release(
     backend: &dyn LockBackend,
     fixture: &dyn Fixture,
@@ -117,17 +126,29 @@ pub async fn a_waiter_leaves_with_its_release(
     let _told = must("listen", h.listen(b"tok-b")).await;
     assert!(!must("queue", h.acquire_or_queue(&k, b"tok-b", LONG, PLACE)).await);
     assert_eq!(
-        must("leave", h.release_and_hand_off(&k, b"tok-b")).await,
+        must("cleanup", h.release_and_hand_off(&k, b"tok-b", false)).await,
+        (false, false),
+        "a waiter's cleanup released the holder's key"
+    );
+    assert_eq!(
+        must("release", h.release_and_hand_off(&k, b"tok-a", false)).await,
+        (true, true),
+        "a waiter's cleanup gave up its place"
+    );
+    assert!(must("claim", h.acquire_or_queue(&k, b"tok-b", LONG, PLACE)).await);
+    assert!(!must("queue", h.acquire_or_queue(&k, b"tok-a", LONG, PLACE)).await);
+    assert_eq!(
+        must("leave", h.release_and_hand_off(&k, b"tok-a", true)).await,
         (false, false),
         "leaving the queue released the holder's key"
     );
     assert_eq!(
         must("inspect", backend.inspect(&k)).await.map(|s| s.value),
-        Some(b"tok-a".to_vec()),
+        Some(b"tok-b".to_vec()),
         "leaving the queue touched the lock"
     );
     assert_eq!(
-        must("release", h.release_and_hand_off(&k, b"tok-a")).await,
+        must("release", h.release_and_hand_off(&k, b"tok-b", false)).await,
         (true, false),
         "the waiter that left was handed the key"
     );
@@ -152,7 +173,7 @@ pub async fn hand_offs_follow_the_queue(
         assert!(!must("queue", h.acquire_or_queue(&k, waiter, LONG, PLACE)).await);
     }
     assert_eq!(
-        must("release", h.release_and_hand_off(&k, b"tok-0")).await,
+        must("release", h.release_and_hand_off(&k, b"tok-0", false)).await,
         (true, true)
     );
     heard(&mut first, clock, "the first waiter's turn").await;
@@ -163,7 +184,7 @@ pub async fn hand_offs_follow_the_queue(
     );
     assert!(must("acquire", h.acquire_or_queue(&k, b"tok-1", LONG, PLACE)).await);
     assert_eq!(
-        must("release", h.release_and_hand_off(&k, b"tok-1")).await,
+        must("release", h.release_and_hand_off(&k, b"tok-1", false)).await,
         (true, true)
     );
     heard(&mut second, clock, "the second waiter's turn").await;
@@ -200,7 +221,7 @@ pub async fn gone_waiters_are_passed_over(
     // The first place runs out on the instance's clock; a margin for a coarse one.
     clock.sleep(Duration::from_millis(20)).await;
     assert_eq!(
-        must("release", h.release_and_hand_off(&k, b"tok-0")).await,
+        must("release", h.release_and_hand_off(&k, b"tok-0", false)).await,
         (true, true)
     );
     heard(

@@ -14,7 +14,7 @@ use crate::backend::QueuePlace;
 use crate::error::Error;
 use crate::lock::Lock;
 use crate::options::Patience;
-use crate::round::{Ask, Verdict};
+use crate::round::Verdict;
 use crate::telemetry;
 use crate::wait::Waiter;
 
@@ -116,8 +116,10 @@ impl Inner {
                 .retry_delay()
                 .1
                 .saturating_add(self.config.instance_timeout.saturating_mul(2))
-                .saturating_add(grace),
-            reserve: self.config.instance_timeout,
+                .saturating_add(grace)
+                .max(MIN_QUEUE_TIME),
+            // Whole milliseconds on the wire: a sub-millisecond timeout must not become 0.
+            reserve: self.config.instance_timeout.max(MIN_QUEUE_TIME),
         };
         let (held_here, releases) = place.local_state();
         if held_here && patience != Patience::NoWait {
@@ -237,8 +239,14 @@ impl Inner {
             // have (an instance that said no wrote nothing, so a fully contended attempt costs no
             // release at all). Not announced: our own subscription would hear it and wake us for
             // nothing.
+            // A queued call's cleanup hands on what it holds: a reservation it could not turn
+            // into a lock goes to the next waiter instead of freeing a key nobody is told of.
+            let hand_on = waiter.listening();
             let cleanup = async {
-                if !dirty.is_empty() {
+                if dirty.is_empty() {
+                } else if hand_on {
+                    engine.cleanup_queued(&key, &token, dirty).await;
+                } else {
                     engine.cleanup(&key, &token, false, dirty).await;
                 }
             };
@@ -255,7 +263,7 @@ impl Inner {
                     if counted >= attempts || out_of_time {
                         if leave {
                             // The cleanup's round, on every instance.
-                            engine.cleanup(&key, &token, true, Ask::ALL).await;
+                            engine.leave(&key, &token).await;
                         } else {
                             cleanup.await;
                         }
@@ -300,7 +308,7 @@ impl Inner {
             let inner = Arc::clone(self);
             let (key, token) = (key.to_vec(), token.to_vec());
             spawner.spawn(Box::pin(async move {
-                inner.engine.release(&key, &token, true).await;
+                inner.engine.leave(&key, &token).await;
             }));
         }
     }
@@ -332,6 +340,9 @@ impl Inner {
         Error::Contended(Box::new(self.engine.not_asked(elapsed)))
     }
 }
+
+/// The shortest place or reservation sent to the instances (which count whole milliseconds).
+const MIN_QUEUE_TIME: Duration = Duration::from_millis(1);
 
 /// The rounds an attempt and the cleanup of a failed one make at most, each bounded by the
 /// instance timeout: the acquire and the release, plus the two fence rounds when fenced.
@@ -380,9 +391,12 @@ impl Drop for CancelCleanup<'_> {
             let key = self.key.to_vec();
             let token = self.token.to_vec();
             spawner.spawn(Box::pin(async move {
-                // Queued: the hand-off release also leaves the queues and passes on a key
-                // handed to us.
-                inner.engine.release(&key, &token, queued).await;
+                // Queued: leaving also passes on a key handed to us.
+                if queued {
+                    inner.engine.leave(&key, &token).await;
+                } else {
+                    inner.engine.release(&key, &token, false).await;
+                }
             }));
         }
     }

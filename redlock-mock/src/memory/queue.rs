@@ -203,7 +203,7 @@ impl MemoryBackend {
 
     /// [`Handoff::release_and_hand_off`](redlock_core::Handoff::release_and_hand_off) without
     /// the async wrapper, as `RELEASE_HAND_OFF` does it. When the key does not hold `token`,
-    /// the token's place is given up and nothing else changes: `(false, false)`. When it does,
+    /// nothing changes but, with `leaving`, the token's place is given up: `(false, false)`. When it does,
     /// waiters are taken from the head of the queue (at most 100 per call) and skipped when
     /// their place ran out, when they are the releaser, or when no live listener waits for
     /// them; the first other one is set as the key's value for its reserve and told:
@@ -221,6 +221,7 @@ impl MemoryBackend {
         &self,
         key: &[u8],
         token: &[u8],
+        leaving: bool,
     ) -> Result<(bool, bool), BackendError> {
         /// `RELEASE_HAND_OFF` bounds the waiters one call looks at.
         const MAX_POPS: usize = 100;
@@ -236,7 +237,9 @@ impl MemoryBackend {
             Some(_) => return Err(wrong_type()),
         };
         if !held {
-            forget(&mut store, &waiters, token, now);
+            if leaving {
+                forget(&mut store, &waiters, token, now);
+            }
             return Ok((false, false));
         }
         for _ in 0..MAX_POPS {
