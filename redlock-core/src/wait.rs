@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -219,35 +220,50 @@ impl Engine {
 /// the cheaper plain acquire.
 #[derive(Debug, Default)]
 pub(crate) struct Contention {
-    until: Mutex<HashMap<Arc<[u8]>, Duration>>,
+    state: Mutex<ContentionState>,
+    /// Whether any key was ever noted: every lock call asks [`recent`], and a never
+    /// contended manager then answers without taking the mutex all its tasks share.
+    ///
+    /// [`recent`]: Self::recent
+    any: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct ContentionState {
+    until: HashMap<Arc<[u8]>, Duration>,
     /// No sweep before this: with many keys contended at once, sweeping at every refusal
     /// would cost a pass over all of them each time.
-    next_sweep: Mutex<Duration>,
+    next_sweep: Duration,
 }
 
 impl Contention {
-    fn until(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<[u8]>, Duration>> {
+    fn state(&self) -> std::sync::MutexGuard<'_, ContentionState> {
         // Entries are inserted or removed whole.
-        self.until.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// An attempt on `key` was refused by holders.
     pub(crate) fn note(&self, clock: &dyn Clock, key: &Arc<[u8]>) {
         let now = clock.now();
-        let mut until = self.until();
-        if until.len() >= YIELD_SWEEP_AT {
-            let mut next = self.next_sweep.lock().unwrap_or_else(|e| e.into_inner());
-            if now >= *next {
-                until.retain(|_, t| *t > now);
-                *next = now.saturating_add(CONTENDED_FOR);
-            }
+        let mut state = self.state();
+        if state.until.len() >= YIELD_SWEEP_AT && now >= state.next_sweep {
+            state.until.retain(|_, t| *t > now);
+            state.next_sweep = now.saturating_add(CONTENDED_FOR);
         }
-        until.insert(Arc::clone(key), now.saturating_add(CONTENDED_FOR));
+        state
+            .until
+            .insert(Arc::clone(key), now.saturating_add(CONTENDED_FOR));
+        self.any.store(true, Ordering::Release);
     }
 
     /// Whether an attempt on `key` was refused lately.
     pub(crate) fn recent(&self, clock: &dyn Clock, key: &[u8]) -> bool {
-        self.until().get(key).is_some_and(|t| *t > clock.now())
+        self.any.load(Ordering::Acquire)
+            && self
+                .state()
+                .until
+                .get(key)
+                .is_some_and(|t| *t > clock.now())
     }
 }
 
