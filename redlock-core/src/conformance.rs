@@ -49,8 +49,8 @@ pub use fencing::{
 };
 pub use handoff::{
     a_queue_of_another_type_is_an_error, a_queued_waiter_is_handed_the_key,
-    a_waiter_leaves_with_its_release, gone_waiters_are_passed_over, hand_offs_follow_the_queue,
-    handoff_is_offered_as_declared,
+    a_reservation_that_ran_out_leaves_nothing, a_waiter_leaves_with_its_release,
+    gone_waiters_are_passed_over, hand_offs_follow_the_queue, handoff_is_offered_as_declared,
 };
 pub use notify::{
     a_subscription_hears_every_later_release, dropping_a_subscription_unsubscribes,
@@ -152,6 +152,7 @@ pub async fn run_all(
     if fixture.hands_off() {
         a_queued_waiter_is_handed_the_key(backend, clock, fixture, namespace).await;
         a_waiter_leaves_with_its_release(backend, fixture, namespace).await;
+        a_reservation_that_ran_out_leaves_nothing(backend, clock, fixture, namespace).await;
         hand_offs_follow_the_queue(backend, clock, fixture, namespace).await;
         gone_waiters_are_passed_over(backend, clock, fixture, namespace).await;
         a_queue_of_another_type_is_an_error(backend, fixture, namespace).await;

@@ -177,7 +177,8 @@ return 0";
 /// meanwhile (a hand-off message can arrive after the acquire it led to).
 ///
 /// When the key does not hold the token: 0, and with `2` the token's own place in the queue,
-/// if any, is given up. When it does, waiters are taken
+/// if any, is given up, and so is the record of a reservation for it that ran out unclaimed
+/// (nothing else would remove it before the table expires). When it does, waiters are taken
 /// from the head of the queue (at most 100 per call, so a queue of stale entries costs a
 /// bounded time); the first whose deadline has not passed, that is not the releaser, and whose
 /// channel has a subscriber gets the key (`SET` to its token with its reserve as expiry, and
@@ -188,8 +189,9 @@ pub const RELEASE_HAND_OFF: &str = r"#!lua
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
 if v ~= ARGV[1] then
-  if ARGV[3] == '2' and redis.pcall('HDEL', KEYS[3], ARGV[1]) == 1 then
-    redis.pcall('LREM', KEYS[2], 1, ARGV[1])
+  if ARGV[3] == '2' then
+    if redis.pcall('HDEL', KEYS[3], ARGV[1]) == 1 then redis.pcall('LREM', KEYS[2], 1, ARGV[1]) end
+    if redis.pcall('HGET', KEYS[3], '') == ARGV[1] then redis.pcall('HDEL', KEYS[3], '') end
   end
   return 0
 end

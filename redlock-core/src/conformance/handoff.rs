@@ -156,6 +156,48 @@ pub async fn a_waiter_leaves_with_its_release(
     clean(fixture, &k).await;
 }
 
+/// A key handed to a waiter that never claims it expires after the waiter's reserve, and when
+/// that waiter leaves (`leaving`), nothing of the queue is left on the instance: no table
+/// kept alive by the record of the reservation that ran out.
+pub async fn a_reservation_that_ran_out_leaves_nothing(
+    backend: &dyn LockBackend,
+    clock: &dyn Clock,
+    fixture: &dyn Fixture,
+    namespace: &[u8],
+) {
+    let h = handoff(backend);
+    let k = key(namespace, b"handoff-ran-out");
+    clean(fixture, &k).await;
+    let (queue, waiters) = queue_keys(&k);
+    assert!(must("acquire", backend.acquire(&k, b"tok-a", LONG)).await);
+    let mut told = must("listen", h.listen(b"tok-b")).await;
+    let brief = QueuePlace {
+        stay: LONG,
+        reserve: Duration::from_millis(1),
+    };
+    assert!(!must("queue", h.acquire_or_queue(&k, b"tok-b", LONG, brief)).await);
+    assert_eq!(
+        must("release", h.release_and_hand_off(&k, b"tok-a", false)).await,
+        (true, true)
+    );
+    heard(&mut told, clock, "the hand-off").await;
+    // The reservation runs out on the instance's clock; a margin for a coarse one.
+    clock.sleep(Duration::from_millis(20)).await;
+    assert_eq!(must("inspect", backend.inspect(&k)).await, None);
+    assert_eq!(
+        must("leave", h.release_and_hand_off(&k, b"tok-b", true)).await,
+        (false, false)
+    );
+    for left in [&queue, &waiters] {
+        // `inspect` answers `None` for an absent key and `WrongType` for a list or a table.
+        assert!(
+            matches!(backend.inspect(left).await, Ok(None)),
+            "a queue key outlived its last waiter"
+        );
+    }
+    clean(fixture, &k).await;
+}
+
 /// Waiters are handed the key in the order they queued; queueing again keeps a waiter's place.
 pub async fn hand_offs_follow_the_queue(
     backend: &dyn LockBackend,
