@@ -268,7 +268,7 @@ impl Engine {
         let candidate = if unread.is_empty() {
             candidate
         } else {
-            let (read, _) = round::run_keep(
+            let read = round::run_keep(
                 &self.instances,
                 Gating::Limit(&self.gates, None),
                 self.clock.as_ref(),
@@ -278,7 +278,8 @@ impl Engine {
                 |b| b.inspect(counter),
                 |_| true,
             )
-            .await;
+            .await
+            .round;
             read.answers
                 .iter()
                 .filter_map(|a| match a {
@@ -386,7 +387,7 @@ impl Engine {
             move |b| release_call(b, key, token, announce),
             |(released, _)| *released,
         )
-        .map(|(round, _)| round)
+        .map(|kept| kept.round)
         .boxed()
     }
 
@@ -422,7 +423,7 @@ impl Engine {
             },
             |(released, _)| *released,
         )
-        .map(|(round, _)| round)
+        .map(|kept| kept.round)
         .boxed()
     }
 
@@ -435,7 +436,7 @@ impl Engine {
         key: &Arc<[u8]>,
         token: &Arc<[u8]>,
         announce: bool,
-    ) -> (Round<(bool, bool)>, Vec<Straggler>) {
+    ) -> round::Kept<(bool, bool), Straggler> {
         round::run_keep(
             &self.instances,
             Gating::Always(&self.gates),

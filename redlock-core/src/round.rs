@@ -172,7 +172,17 @@ where
         is_yes,
     )
     .await
-    .0
+    .round
+}
+
+/// What [`run_keep`] returns.
+pub(crate) struct Kept<T, F> {
+    pub(crate) round: Round<T>,
+    /// The calls still running when the round stopped waiting.
+    pub(crate) running: Vec<F>,
+    /// The round's timer (ending at its limit), when it made one: the running calls are bounded
+    /// by the same limit, and another timer would cost a registration with the runtime.
+    pub(crate) timer: Option<BoxFuture<'static, ()>>,
 }
 
 /// [`run`] over the instances in `ask` only (the others count as not awaited), returning also
@@ -187,7 +197,7 @@ pub(crate) async fn run_keep<'a, T, C, F, Y>(
     ask: Ask,
     call: C,
     is_yes: Y,
-) -> (Round<T>, Vec<F>)
+) -> Kept<T, F>
 where
     C: Fn(&'a Arc<dyn LockBackend>) -> F,
     F: Future<Output = Result<T, BackendError>> + Unpin,
@@ -302,7 +312,11 @@ where
         quorum,
         elapsed: clock.now().saturating_sub(start),
     };
-    (round, running)
+    Kept {
+        round,
+        running,
+        timer,
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use redlock_core::{
 };
 use tokio::time::Instant;
 
+use crate::command::{self, Part};
 use crate::link::{self, Conn, Link, Routed, Sending};
 use crate::notify::Notifier;
 use crate::options::ConnectionOptions;
@@ -170,31 +171,22 @@ impl RedisBackend {
         finish(&self.link, op, self.command_timeout, sent, conn)
     }
 
-    /// Runs `script` on `key` with the arguments `args` adds.
+    /// Runs `script` on `keys` with the arguments `args`.
     async fn script(
         &self,
         script: &'static Script,
-        keys: &[&[u8]],
-        args: impl Fn(&mut Cmd),
+        keys: &[Part<'_>],
+        args: &[Part<'_>],
         deadline: Instant,
     ) -> Result<Value, BackendError> {
         let command = |sha: bool| {
-            let mut cmd = if sha {
-                redis::cmd("EVALSHA")
+            let (name, code) = if sha {
+                ("EVALSHA", script.sha.as_bytes())
             } else {
-                redis::cmd("EVAL")
+                ("EVAL", script.body.as_bytes())
             };
-            cmd.arg(if sha {
-                script.sha.as_str()
-            } else {
-                script.body
-            })
-            .arg(keys.len());
-            for key in keys {
-                cmd.arg(*key);
-            }
-            args(&mut cmd);
-            cmd
+            let count = i64::try_from(keys.len()).unwrap_or(i64::MAX);
+            command::build_from(name, &[&[Part::Bytes(code), Part::Int(count)], keys, args])
         };
         // EVAL until the server is known to cache the script: an EVALSHA whose NOSCRIPT nobody
         // awaits any more (the manager stops waiting at a quorum) would never be followed by
@@ -316,6 +308,20 @@ fn check_context(id: &str, op: &str) -> Result<(), BackendError> {
     })
 }
 
+/// The lock key and its hand-off queue and waiter table ([`redlock_core::queue_keys`]).
+fn queue_keys(key: &[u8]) -> [Part<'_>; 3] {
+    [
+        Part::Bytes(key),
+        Part::Prefixed(redlock_core::QUEUE_KEY_PREFIX, key),
+        Part::Prefixed(redlock_core::WAITERS_KEY_PREFIX, key),
+    ]
+}
+
+/// The channel a release of `key` is announced on (`redis_lua::release_channel`).
+fn release_channel(key: &[u8]) -> Part<'_> {
+    Part::Hex(redlock_core::redis_lua::RELEASE_CHANNEL_PREFIX, key)
+}
+
 fn millis(ttl: Duration) -> i64 {
     i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)
 }
@@ -334,9 +340,17 @@ impl LockBackend for RedisBackend {
         let deadline = self.deadline();
         let ms = millis(ttl);
         let set = |_| {
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(key).arg(tok).arg("NX").arg("PX").arg(ms).arg("GET");
-            cmd
+            command::build(
+                "SET",
+                &[
+                    Part::Bytes(key),
+                    Part::Bytes(tok),
+                    Part::Bytes(b"NX"),
+                    Part::Bytes(b"PX"),
+                    Part::Int(ms),
+                    Part::Bytes(b"GET"),
+                ],
+            )
         };
         match self.first("acquire", set, deadline).await?.0 {
             Outcome::Reply(Value::Nil) => return Ok(true),
@@ -348,10 +362,8 @@ impl LockBackend for RedisBackend {
         let reply = self
             .script(
                 &scripts::ACQUIRE,
-                &[key],
-                |cmd| {
-                    cmd.arg(tok).arg(ms);
-                },
+                &[Part::Bytes(key)],
+                &[Part::Bytes(tok), Part::Int(ms)],
                 deadline,
             )
             .await?;
@@ -363,10 +375,8 @@ impl LockBackend for RedisBackend {
         let reply = self
             .script(
                 &scripts::EXTEND,
-                &[key],
-                |cmd| {
-                    cmd.arg(tok).arg(ms);
-                },
+                &[Part::Bytes(key)],
+                &[Part::Bytes(tok), Part::Int(ms)],
                 self.deadline(),
             )
             .await?;
@@ -377,10 +387,8 @@ impl LockBackend for RedisBackend {
         let reply = self
             .script(
                 &scripts::RELEASE,
-                &[key],
-                |cmd| {
-                    cmd.arg(tok);
-                },
+                &[Part::Bytes(key)],
+                &[Part::Bytes(tok)],
                 self.deadline(),
             )
             .await?;
@@ -389,7 +397,7 @@ impl LockBackend for RedisBackend {
 
     async fn inspect(&self, key: &[u8]) -> Result<Option<KeyState>, BackendError> {
         let reply = self
-            .script(&scripts::INSPECT, &[key], |_| {}, self.deadline())
+            .script(&scripts::INSPECT, &[Part::Bytes(key)], &[], self.deadline())
             .await?;
         match reply {
             Value::Int(0) => Ok(None),
@@ -475,10 +483,8 @@ impl Fencing for RedisBackend {
         let reply = self
             .script(
                 &scripts::NEXT_FENCE,
-                &[key, counter],
-                |cmd| {
-                    cmd.arg(tok);
-                },
+                &[Part::Bytes(key), Part::Bytes(counter)],
+                &[Part::Bytes(tok)],
                 self.deadline(),
             )
             .await?;
@@ -497,10 +503,8 @@ impl Fencing for RedisBackend {
         let reply = self
             .script(
                 &scripts::RAISE_FENCE,
-                &[counter],
-                |cmd| {
-                    cmd.arg(digits.as_str());
-                },
+                &[Part::Bytes(counter)],
+                &[Part::Bytes(digits.as_bytes())],
                 self.deadline(),
             )
             .await?;
@@ -523,14 +527,11 @@ impl ReleaseNotify for RedisBackend {
         key: &[u8],
         tok: &[u8],
     ) -> Result<(bool, bool), BackendError> {
-        let channel = crate::notify::channel(key);
         let reply = self
             .script(
                 &scripts::RELEASE_NOTIFY,
-                &[key],
-                |cmd| {
-                    cmd.arg(tok).arg(&channel);
-                },
+                &[Part::Bytes(key)],
+                &[Part::Bytes(tok), release_channel(key)],
                 self.deadline(),
             )
             .await?;
@@ -571,19 +572,18 @@ impl Handoff for RedisBackend {
         ttl: Duration,
         place: QueuePlace,
     ) -> Result<bool, BackendError> {
-        let (queue, waiters) = redlock_core::queue_keys(key);
         let channel = self.notifier.handoff_channel();
         let reply = self
             .script(
                 &scripts::ACQUIRE_QUEUE,
-                &[key, &queue, &waiters],
-                |cmd| {
-                    cmd.arg(tok)
-                        .arg(millis(ttl))
-                        .arg(millis(place.stay))
-                        .arg(millis(place.reserve))
-                        .arg(channel);
-                },
+                &queue_keys(key),
+                &[
+                    Part::Bytes(tok),
+                    Part::Int(millis(ttl)),
+                    Part::Int(millis(place.stay)),
+                    Part::Int(millis(place.reserve)),
+                    Part::Bytes(channel.as_bytes()),
+                ],
                 self.deadline(),
             )
             .await?;
@@ -596,17 +596,15 @@ impl Handoff for RedisBackend {
         tok: &[u8],
         leaving: bool,
     ) -> Result<(bool, bool), BackendError> {
-        let (queue, waiters) = redlock_core::queue_keys(key);
-        let channel = crate::notify::channel(key);
         let reply = self
             .script(
                 &scripts::RELEASE_HAND_OFF,
-                &[key, &queue, &waiters],
-                |cmd| {
-                    cmd.arg(tok)
-                        .arg(&channel)
-                        .arg(if leaving { "2" } else { "0" });
-                },
+                &queue_keys(key),
+                &[
+                    Part::Bytes(tok),
+                    release_channel(key),
+                    Part::Bytes(if leaving { b"2" } else { b"0" }),
+                ],
                 self.deadline(),
             )
             .await?;

@@ -58,6 +58,7 @@
 
 mod backend;
 mod builder;
+mod command;
 mod config;
 mod error;
 mod handoff;

@@ -4,6 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::FutureExt;
+
 use super::Inner;
 use crate::error::{Error, LossReason};
 use crate::lock::{LockShared, Status};
@@ -119,20 +121,38 @@ impl Inner {
         let announce = self.config.wake_on_release;
         let round = match self.spawner.as_ref().filter(|_| at_quorum) {
             Some(spawner) => {
-                let (round, stragglers) = self
+                let kept = self
                     .engine
                     .release_at_quorum(&shared.key, &shared.token, announce)
                     .await;
+                let round = kept.round;
+                let mut stragglers = kept.running;
                 if !stragglers.is_empty() {
-                    // Bounded like the round they left: a hung instance's call is given up at the
-                    // per-instance timeout, as it would have been in the foreground.
-                    let left = self.config.instance_timeout.saturating_sub(round.elapsed);
-                    let timer = self.engine.clock.sleep(left);
-                    let rest = futures::future::join_all(stragglers);
-                    let work = self.stragglers.track(async move {
-                        let _ = futures::future::select(rest, timer).await;
+                    // Bounded like the round they left, by its own timer where it made one: a
+                    // hung instance's call is given up at the per-instance timeout, as it would
+                    // have been in the foreground.
+                    let timer = kept.timer.unwrap_or_else(|| {
+                        let left = self.config.instance_timeout.saturating_sub(round.elapsed);
+                        self.engine.clock.sleep(left)
                     });
-                    spawner.spawn(Box::pin(work));
+                    // One straggler is the usual case (N = 3 answers at a quorum of two): no
+                    // join needed.
+                    let work = if stragglers.len() == 1 {
+                        let one = stragglers.swap_remove(0);
+                        self.stragglers
+                            .track(async move {
+                                let _ = futures::future::select(one, timer).await;
+                            })
+                            .boxed()
+                    } else {
+                        let rest = futures::future::join_all(stragglers);
+                        self.stragglers
+                            .track(async move {
+                                let _ = futures::future::select(rest, timer).await;
+                            })
+                            .boxed()
+                    };
+                    spawner.spawn(work);
                 }
                 round
             }
