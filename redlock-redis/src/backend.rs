@@ -15,7 +15,7 @@ use redlock_core::{
 use tokio::time::Instant;
 
 use crate::command::{self, Part};
-use crate::link::{self, Conn, Link, Routed, Sending};
+use crate::link::{self, ConnRef, Link, Routed};
 use crate::notify::Notifier;
 use crate::options::ConnectionOptions;
 use crate::scripts::{self, Script};
@@ -152,7 +152,7 @@ impl RedisBackend {
         op: &'static str,
         build: impl FnOnce(u16) -> Cmd,
         deadline: Instant,
-    ) -> Result<(Outcome, Conn), BackendError> {
+    ) -> Result<(Outcome, ConnRef), BackendError> {
         check_context(&self.link.id, op)?;
         let (sending, conn) = match self.link.route(op, build, deadline)? {
             Routed::Sending(sending, conn) => (sending, conn),
@@ -207,8 +207,10 @@ impl RedisBackend {
                 // The script cache was emptied (restart, SCRIPT FLUSH): every script is suspect
                 // until EVAL caches it again.
                 conn.cached.store(0, Ordering::Release);
-                let result = Sending::new(conn.clone(), command(false), deadline).await;
-                match finish(&self.link, script.name, self.command_timeout, result, conn)? {
+                match self
+                    .first(script.name, |_| command(false), deadline)
+                    .await?
+                {
                     (Outcome::Reply(value), conn) => {
                         conn.cached.fetch_or(script.bit, Ordering::AcqRel);
                         Ok(value)
@@ -276,8 +278,8 @@ fn finish(
     op: &str,
     timeout: Duration,
     result: link::Sent,
-    conn: Conn,
-) -> Result<(Outcome, Conn), BackendError> {
+    conn: ConnRef,
+) -> Result<(Outcome, ConnRef), BackendError> {
     match result {
         Ok(Ok(value)) => Ok((Outcome::Reply(value), conn)),
         Ok(Err(e)) if e.code() == Some("NOSCRIPT") => Ok((Outcome::NoScript, conn)),

@@ -67,9 +67,14 @@ impl Part<'_> {
             Part::Hex(prefix, b) => {
                 let mut w = cmd.writer_for_next_arg();
                 let _ = w.write_all(prefix.as_bytes());
-                for byte in b {
-                    let pair = [HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]];
-                    let _ = w.write_all(&pair);
+                // A chunk at a time: each write to the command's buffer has its own overhead.
+                let mut chunk = [0u8; 64];
+                for part in b.chunks(chunk.len() / 2) {
+                    for (pair, byte) in chunk.chunks_exact_mut(2).zip(part) {
+                        pair[0] = HEX[usize::from(byte >> 4)];
+                        pair[1] = HEX[usize::from(byte & 0xf)];
+                    }
+                    let _ = w.write_all(&chunk[..2 * part.len()]);
                 }
             }
         }
@@ -101,7 +106,7 @@ mod tests {
         cmd.args_iter()
             .map(|a| match a {
                 redis::Arg::Simple(b) => b.to_vec(),
-                redis::Arg::Cursor => b"<cursor>".to_vec(),
+                _ => b"<not a plain argument>".to_vec(),
             })
             .collect()
     }
@@ -116,6 +121,7 @@ mod tests {
                 Part::Int(i64::MIN),
                 Part::Prefixed(b"\xffq:", b"k\x00"),
                 Part::Hex("c:", b"ab\x00\xff"),
+                Part::Hex("", &[0xa5; 100]),
                 Part::Bytes(b""),
             ],
         );
@@ -128,6 +134,7 @@ mod tests {
                 i64::MIN.to_string().into_bytes(),
                 b"\xffq:k\x00".to_vec(),
                 b"c:616200ff".to_vec(),
+                b"a5".repeat(100),
                 Vec::new(),
             ]
         );

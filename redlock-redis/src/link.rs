@@ -50,6 +50,24 @@ pub(crate) struct Conn {
     pub(crate) cached: Arc<AtomicU16>,
 }
 
+/// What a caller keeps of the connection its command went on: enough to record what the server
+/// caches and to forget the connection if it broke, without a clone of the connection itself
+/// (a handful of reference counts per command).
+pub(crate) struct ConnRef {
+    generation: u64,
+    /// Bits of the scripts known to be in this server's script cache.
+    pub(crate) cached: Arc<AtomicU16>,
+}
+
+impl Conn {
+    fn handle(&self) -> ConnRef {
+        ConnRef {
+            generation: self.generation,
+            cached: Arc::clone(&self.cached),
+        }
+    }
+}
+
 /// What a sent command got: its reply (a server error as `Err`), or the deadline passed.
 pub(crate) type Sent = Result<Result<Value, RedisError>, Elapsed>;
 
@@ -66,12 +84,12 @@ pub(crate) struct Sending {
 }
 
 impl Sending {
-    pub(crate) fn new(mut conn: Conn, cmd: Cmd, deadline: Instant) -> Self {
+    pub(crate) fn new(mut mux: MultiplexedConnection, cmd: Cmd, deadline: Instant) -> Self {
         // Unconstrained: tokio's cooperative budget could otherwise make the first poll return
         // before the request is queued (its channel is budgeted), in a task that used its
         // budget up.
         let future = Box::pin(tokio::task::unconstrained(async move {
-            tokio::time::timeout_at(deadline, conn.mux.send_packed_command(&cmd))
+            tokio::time::timeout_at(deadline, mux.send_packed_command(&cmd))
                 .await
                 .map(reply)
         }));
@@ -125,7 +143,7 @@ impl Drop for Sending {
 struct Queued {
     cmd: Cmd,
     deadline: Instant,
-    reply: oneshot::Sender<Result<(Sending, Conn), BackendError>>,
+    reply: oneshot::Sender<Result<(Sending, ConnRef), BackendError>>,
 }
 
 enum State {
@@ -157,9 +175,9 @@ pub(crate) struct Link {
 /// Where a request went.
 pub(crate) enum Routed {
     /// On the open connection, on its way.
-    Sending(Sending, Conn),
+    Sending(Sending, ConnRef),
     /// In the queue of the connection being made.
-    Queued(oneshot::Receiver<Result<(Sending, Conn), BackendError>>),
+    Queued(oneshot::Receiver<Result<(Sending, ConnRef), BackendError>>),
 }
 
 impl Link {
@@ -215,9 +233,9 @@ impl Link {
         match &mut *state {
             State::Up(conn) => {
                 let cmd = build(conn.cached.load(Ordering::Acquire));
-                let mut sending = Sending::new(conn.clone(), cmd, deadline);
+                let mut sending = Sending::new(conn.mux.clone(), cmd, deadline);
                 sending.start();
-                return Ok(Routed::Sending(sending, conn.clone()));
+                return Ok(Routed::Sending(sending, conn.handle()));
             }
             State::Connecting { queue, .. } => {
                 let (reply, rx) = oneshot::channel();
@@ -329,10 +347,10 @@ impl Link {
                             );
                             continue;
                         }
-                        let mut sending = Sending::new(conn.clone(), q.cmd, q.deadline);
+                        let mut sending = Sending::new(conn.mux.clone(), q.cmd, q.deadline);
                         sending.start();
                         // A caller that is gone leaves the request to finish on its own.
-                        drop(q.reply.send(Ok((sending, conn.clone()))));
+                        drop(q.reply.send(Ok((sending, conn.handle()))));
                     }
                     for w in watchers {
                         drop(w.send(Ok(())));
@@ -392,7 +410,7 @@ impl Link {
 
     /// Forgets `conn` after it failed as a connection: the next call makes a new one. Nothing
     /// sent on it is sent again.
-    pub(crate) fn broken(&self, conn: &Conn) {
+    pub(crate) fn broken(&self, conn: &ConnRef) {
         let mut state = self.state();
         if matches!(&*state, State::Up(c) if c.generation == conn.generation) {
             *state = State::Down {

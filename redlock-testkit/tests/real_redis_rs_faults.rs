@@ -364,3 +364,63 @@ async fn a_request_polled_once_arrives_and_in_order_even_while_connecting() {
     answers(&backend).await;
     assert_eq!(servers[0].get("k2"), Some(b"t".to_vec()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_script_runs_again_after_a_script_flush() {
+    // A flushed script cache answers the cached digest with NOSCRIPT: the call sends the script
+    // itself and succeeds; no NOSCRIPT reaches the caller. Each script once, right after a flush.
+    let servers = servers(1);
+    let backend = RedisBackend::new(&servers[0].url()).expect("backend");
+    let place = QueuePlace {
+        stay: Duration::from_secs(5),
+        reserve: Duration::from_secs(1),
+    };
+    // Cache every script first, so the calls below go as EVALSHA.
+    assert!(backend.acquire(b"k", b"t", TTL).await.expect("acquire"));
+    assert!(backend.extend(b"k", b"t", TTL).await.expect("extend"));
+    assert!(backend.inspect(b"k").await.expect("inspect").is_some());
+    assert!(backend.release(b"k", b"t").await.expect("release"));
+    let notify = backend.release_notify().expect("announces");
+    let handoff = backend.handoff().expect("hands off");
+    assert!(backend.acquire(b"k", b"t", TTL).await.expect("acquire"));
+    assert!(notify.release_and_notify(b"k", b"t").await.expect("r").0);
+    assert!(handoff
+        .acquire_or_queue(b"k", b"t", TTL, place)
+        .await
+        .expect("queue"));
+    assert!(
+        handoff
+            .release_and_hand_off(b"k", b"t", true)
+            .await
+            .expect("hand off")
+            .0
+    );
+
+    servers[0].script_flush();
+    assert!(backend.acquire(b"k", b"t", TTL).await.expect("acquire"));
+    servers[0].script_flush();
+    assert!(backend.extend(b"k", b"t", TTL).await.expect("extend"));
+    servers[0].script_flush();
+    assert!(backend.inspect(b"k").await.expect("inspect").is_some());
+    servers[0].script_flush();
+    assert!(notify.release_and_notify(b"k", b"t").await.expect("r").0);
+    assert_eq!(servers[0].get("k"), None);
+    servers[0].script_flush();
+    assert!(handoff
+        .acquire_or_queue(b"k", b"t", TTL, place)
+        .await
+        .expect("queue"));
+    servers[0].script_flush();
+    assert!(
+        handoff
+            .release_and_hand_off(b"k", b"t", true)
+            .await
+            .expect("hand off")
+            .0
+    );
+    assert_eq!(servers[0].get("k"), None);
+    assert!(backend.acquire(b"k", b"t", TTL).await.expect("acquire"));
+    servers[0].script_flush();
+    assert!(backend.release(b"k", b"t").await.expect("release"));
+    assert_eq!(servers[0].get("k"), None);
+}
