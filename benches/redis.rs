@@ -15,7 +15,10 @@
 //! `redlock` (defaults: wake-on-release on), `redlock-nowake` (wake-on-release off, to price
 //! what announcing releases costs when nobody waits), `redlock-fenced` (the defaults with
 //! fencing tokens: two more rounds per lock, to price them against `redlock`) and `redlock-rs`
-//! (the same manager, defaults, on the redis-rs backend `redlock-redis` instead of fred).
+//! (the same manager, defaults, on the redis-rs backend `redlock-redis` instead of fred), and
+//! `redlock-rs-nowake` (that with wake-on-release off, and so without hand-offs: the release is
+//! the plain compare-and-delete script rslock runs, to price what announcing releases and the
+//! hand-off queue's check cost an uncontended cycle).
 //! `floor-del`, run only when named in
 //! `REDLOCK_BENCH_ONLY`, is a cost probe and not a lock: the floor releasing with a plain `DEL`,
 //! which fred batches like any built-in command, where a script forces a write of its own; what a
@@ -39,7 +42,7 @@ use common::{
 };
 
 /// In the order of `measure`'s subjects; the first two are the references of the ratios.
-const SUBJECTS: [&str; 9] = [
+const SUBJECTS: [&str; 10] = [
     "floor",
     "rslock",
     "floor-lua",
@@ -49,6 +52,7 @@ const SUBJECTS: [&str; 9] = [
     "redlock-fenced",
     "redlock-rs",
     "floor-del",
+    "redlock-rs-nowake",
 ];
 const FLOOR: usize = 0;
 const RSLOCK: usize = 1;
@@ -90,6 +94,7 @@ async fn measure(ports: &[u16], pids: &[u32], plan: &Plan, tag: &str) -> Figures
         Arc::new(Subject::Redlock(fenced_manager(ports))),
         Arc::new(Subject::Redlock(manager_rs(ports, true))),
         Arc::new(Subject::FloorDel(floor_del)),
+        Arc::new(Subject::Redlock(manager_rs(ports, false))),
     ];
     for (s, subject) in subjects
         .iter()
