@@ -56,7 +56,9 @@ pub use handoff::{
 /// 10. **One attempt per call, no hidden retries** beyond what rule 2 makes harmless, and no
 ///    unbounded waiting: the manager bounds every call with its per-instance timeout, but a
 ///    backend should also give up on its own (a request abandoned by the manager must not be
-///    written to the server later, or it leaves a ghost key).
+///    written to the server later, or it leaves a ghost key). A call first polled by a round
+///    may leave the waiting to the round (see [`polled_by_round`](crate::polled_by_round)), but
+///    one dropped before its deadline must still end by it.
 /// 11. `ttl` is at least one millisecond and a whole number of milliseconds.
 /// 12. Futures are `Send` and the backend is `Send + Sync`, so one manager can drive instances of
 ///     different kinds as `Arc<dyn LockBackend>`.

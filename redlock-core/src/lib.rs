@@ -225,6 +225,7 @@ pub use lifecycle::{AutoExtend, LockWatch, OnLoss};
 pub use lock::Lock;
 pub use manager::{ActiveLock, CloseReport, LockManager, MAX_KEY_LEN, MAX_TOKEN_LEN};
 pub use options::{LockOptions, Patience};
+pub use round::polled_by_round;
 pub use runtime::{Clock, OsRandom, RandomSource, SeededRandom, Spawner};
 pub use validity::{DRIFT_FLOOR, MAX_TTL};
 pub use wait::DEFAULT_FAIR_GRACE;

@@ -15,6 +15,44 @@ use crate::error::{Failure, InstanceOutcome, InstanceReport};
 use crate::gate::{Gate, Gated};
 use crate::runtime::Clock;
 
+thread_local! {
+    /// Set while a round polls one of its calls.
+    static IN_ROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the code running now is a backend call being polled by a manager's round.
+///
+/// A round bounds every call it polls by its time limit (at most the per-instance timeout) and
+/// drops the call then, so a backend may leave out its own per-call timer for a call whose
+/// **first poll** sees `true`: the timer would fire only after the round stopped waiting
+/// anyway. Such a call must still meet the rest of the contract: once polled, it is on its way
+/// even if dropped (rule 9), and a request dropped before it was written is not written later
+/// (rule 10), so a call dropped early must still end by its backend's own deadline. A call
+/// first polled anywhere else (a direct call, a task of a decorator's own) sees `false` and
+/// must bound itself.
+///
+/// This is a hint for performance only; ignoring it is always correct.
+#[must_use]
+pub fn polled_by_round() -> bool {
+    IN_ROUND.with(std::cell::Cell::get)
+}
+
+/// Polls `fut` with [`polled_by_round`] true, restoring the previous value after (also when the
+/// poll panics).
+fn poll_in_round<F: Future + Unpin>(
+    fut: &mut F,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<F::Output> {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_ROUND.with(|flag| flag.set(self.0));
+        }
+    }
+    let _restore = Restore(IN_ROUND.with(|flag| flag.replace(true)));
+    Pin::new(fut).poll(cx)
+}
+
 /// When a round may stop waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wait {
@@ -241,7 +279,7 @@ where
     futures::future::poll_fn(|cx| {
         for (i, slot) in calls.iter_mut().enumerate() {
             let Some(fut) = slot else { continue };
-            let polled = Pin::new(&mut *fut).poll(cx);
+            let polled = poll_in_round(fut, cx);
             if let Some(flag) = sent_flag.filter(|_| fut.sent()) {
                 flag.store(true, Ordering::Relaxed);
             }
@@ -322,6 +360,33 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_know_they_are_polled_by_a_round_and_nothing_else_does() {
+        assert!(!polled_by_round());
+        let seen = std::sync::Mutex::new(Vec::new());
+        let mut call = futures::future::poll_fn(|_| {
+            seen.lock().unwrap().push(polled_by_round());
+            Poll::Ready(())
+        });
+        assert!(poll_in_round(
+            &mut call,
+            &mut std::task::Context::from_waker(std::task::Waker::noop())
+        )
+        .is_ready());
+        assert_eq!(*seen.lock().unwrap(), [true]);
+        // Restored after the poll, also after one that panicked.
+        assert!(!polled_by_round());
+        let mut panics = futures::future::poll_fn(|_| -> Poll<()> { panic!("a call that panics") });
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = poll_in_round(
+                &mut panics,
+                &mut std::task::Context::from_waker(std::task::Waker::noop()),
+            );
+        }));
+        assert!(caught.is_err());
+        assert!(!polled_by_round());
+    }
 
     #[test]
     fn quorum_is_a_strict_majority() {

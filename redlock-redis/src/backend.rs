@@ -38,7 +38,9 @@ use crate::{config, error};
 /// poll (or, while the connection is being made, to a task that sends it once the connection is
 /// up), and sent once. Every operation ends within the command timeout from its first poll
 /// (see [`ConnectionOptions`]); a request not yet written by then is dropped, never written
-/// later. A broken connection fails the calls on it and is replaced on the next call; nothing is
+/// later. (A call a manager's round polls is bounded by the round instead, whose limit is
+/// longer: it then needs no timer of its own. Dropped before its command timeout, it still
+/// ends by then.) A broken connection fails the calls on it and is replaced on the next call; nothing is
 /// queued for the new connection. Scripts go as `EVALSHA` once the server is known to cache
 /// them, as `EVAL` before (and after a `NOSCRIPT`).
 ///
@@ -154,7 +156,9 @@ impl RedisBackend {
         deadline: Instant,
     ) -> Result<(Outcome, ConnRef), BackendError> {
         check_context(&self.link.id, op)?;
-        let (sending, conn) = match self.link.route(op, build, deadline)? {
+        // Read at the first poll: a call a manager's round polls is bounded by the round.
+        let timed = !redlock_core::polled_by_round();
+        let (sending, conn) = match self.link.route(op, build, deadline, timed)? {
             Routed::Sending(sending, conn) => (sending, conn),
             Routed::Queued(rx) => match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(routed)) => routed?,

@@ -169,7 +169,7 @@ async fn pass_on(link: Arc<Link>, key: Vec<u8>, token: Vec<u8>) {
         // to (the key is then the token's, and stays).
         .arg("1");
     let deadline = Instant::now() + PASS_ON_TIMEOUT;
-    let Ok(routed) = link.route("pass on a hand-off", |_| cmd, deadline) else {
+    let Ok(routed) = link.route("pass on a hand-off", |_| cmd, deadline, true) else {
         return;
     };
     let (sending, conn) = match routed {

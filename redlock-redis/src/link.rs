@@ -81,21 +81,38 @@ type SendFuture = Pin<Box<dyn Future<Output = Sent> + Send>>;
 pub(crate) struct Sending {
     future: Option<SendFuture>,
     done: Option<Sent>,
+    deadline: Instant,
 }
 
 impl Sending {
-    pub(crate) fn new(mut mux: MultiplexedConnection, cmd: Cmd, deadline: Instant) -> Self {
+    /// `timed`: the command ends at `deadline` on its own. Without, whoever polls it bounds
+    /// it (a manager's round, see `redlock_core::polled_by_round`); dropped before `deadline`,
+    /// it still ends by then.
+    pub(crate) fn new(
+        mut mux: MultiplexedConnection,
+        cmd: Cmd,
+        deadline: Instant,
+        timed: bool,
+    ) -> Self {
         // Unconstrained: tokio's cooperative budget could otherwise make the first poll return
         // before the request is queued (its channel is budgeted), in a task that used its
         // budget up.
-        let future = Box::pin(tokio::task::unconstrained(async move {
-            tokio::time::timeout_at(deadline, mux.send_packed_command(&cmd))
-                .await
-                .map(reply)
-        }));
+        let future: SendFuture = if timed {
+            Box::pin(tokio::task::unconstrained(async move {
+                tokio::time::timeout_at(deadline, mux.send_packed_command(&cmd))
+                    .await
+                    .map(reply)
+            }))
+        } else {
+            // One timer fewer per command: a lock cycle sends 2N of them.
+            Box::pin(tokio::task::unconstrained(async move {
+                Ok(reply(mux.send_packed_command(&cmd).await))
+            }))
+        };
         Self {
             future: Some(future),
             done: None,
+            deadline,
         }
     }
 
@@ -130,9 +147,15 @@ impl Future for Sending {
 impl Drop for Sending {
     fn drop(&mut self) {
         if let Some(future) = self.future.take() {
+            // Past its deadline, a request still queued is dropped unwritten (redis-rs skips a
+            // request whose caller is gone); one already written needs nobody to read its reply.
+            if Instant::now() >= self.deadline {
+                return;
+            }
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let deadline = self.deadline;
                 drop(runtime.spawn(async move {
-                    drop(future.await);
+                    drop(tokio::time::timeout_at(deadline, future).await);
                 }));
             }
         }
@@ -143,6 +166,7 @@ impl Drop for Sending {
 struct Queued {
     cmd: Cmd,
     deadline: Instant,
+    timed: bool,
     reply: oneshot::Sender<Result<(Sending, ConnRef), BackendError>>,
 }
 
@@ -228,12 +252,13 @@ impl Link {
         op: &str,
         build: impl FnOnce(u16) -> Cmd,
         deadline: Instant,
+        timed: bool,
     ) -> Result<Routed, BackendError> {
         let mut state = self.state();
         match &mut *state {
             State::Up(conn) => {
                 let cmd = build(conn.cached.load(Ordering::Acquire));
-                let mut sending = Sending::new(conn.mux.clone(), cmd, deadline);
+                let mut sending = Sending::new(conn.mux.clone(), cmd, deadline, timed);
                 sending.start();
                 return Ok(Routed::Sending(sending, conn.handle()));
             }
@@ -243,6 +268,7 @@ impl Link {
                 queue.push(Queued {
                     cmd: build(0),
                     deadline,
+                    timed,
                     reply,
                 });
                 return Ok(Routed::Queued(rx));
@@ -256,6 +282,7 @@ impl Link {
             queue: vec![Queued {
                 cmd: build(0),
                 deadline,
+                timed,
                 reply,
             }],
             watchers: Vec::new(),
@@ -347,7 +374,8 @@ impl Link {
                             );
                             continue;
                         }
-                        let mut sending = Sending::new(conn.mux.clone(), q.cmd, q.deadline);
+                        let mut sending =
+                            Sending::new(conn.mux.clone(), q.cmd, q.deadline, q.timed);
                         sending.start();
                         // A caller that is gone leaves the request to finish on its own.
                         drop(q.reply.send(Ok((sending, conn.handle()))));

@@ -144,9 +144,19 @@ async fn stalled_links_leave_no_ghost_key_after_the_manager_gave_up() {
     proxies[1].stall();
     let error = manager.lock("stalled", TTL).await.expect_err("no quorum");
     assert!(matches!(error, Error::Unavailable(_)), "{error:?}");
-    assert_eq!(
-        failures(&error)[..2],
-        [Some(BackendErrorKind::Timeout); 2],
+    // The round stopped waiting for them at the instance timeout (the backend leaves a call a
+    // round polls to the round's timer).
+    let outcomes: Vec<&InstanceOutcome> = error
+        .failure()
+        .expect("a per-instance report")
+        .instances
+        .iter()
+        .map(|r| &r.outcome)
+        .collect();
+    assert!(
+        outcomes[..2]
+            .iter()
+            .all(|o| matches!(o, InstanceOutcome::TimedOut)),
         "{error:?}"
     );
     // Long after the manager gave up, the held bytes flow again: the acquire and the clean-up
@@ -354,12 +364,12 @@ async fn a_request_polled_once_arrives_and_in_order_even_while_connecting() {
     );
     assert_eq!(servers[0].get("k"), None);
 
-    // Connected: an acquire dropped after one poll still sets its key.
+    // Connected: an acquire dropped after one poll still sets its key. (On a busy machine the
+    // reply can be back within that one poll: then it must say the key was set.)
     let mut acquire = Box::pin(backend.acquire(b"k2", b"t", TTL));
-    assert!(
-        futures::poll!(acquire.as_mut()).is_pending(),
-        "no reply yet"
-    );
+    if let std::task::Poll::Ready(done) = futures::poll!(acquire.as_mut()) {
+        assert!(done.expect("acquire"), "k2 was free");
+    }
     drop(acquire);
     answers(&backend).await;
     assert_eq!(servers[0].get("k2"), Some(b"t".to_vec()));
