@@ -13,7 +13,10 @@ use std::time::Duration;
 ///
 /// The command timeout must stay *below* the manager's per-instance timeout, so that the backend
 /// drops a request it has not written yet before the manager stops waiting for it: a request
-/// written after its caller gave up would leave a lock key nobody releases until its TTL.
+/// written after its caller gave up would leave a lock key nobody releases until its TTL. (A
+/// call the manager's round polls needs no timer of its own: the round drops it when it stops
+/// waiting, by then past its command timeout. The timeout still ends a call the round dropped
+/// earlier, and every call made outside a manager.)
 /// [`RedisManagerBuilder`](crate::RedisManagerBuilder) keeps the two in step, and
 /// [`LockBackend::check_config`](redlock_core::LockBackend::check_config) refuses a manager
 /// whose instance timeout is not longer.
