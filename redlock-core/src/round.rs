@@ -31,7 +31,10 @@ thread_local! {
 /// first polled anywhere else (a direct call, a task of a decorator's own) sees `false` and
 /// must bound itself.
 ///
-/// This is a hint for performance only; ignoring it is always correct.
+/// The round measures its limit on the manager's [`Clock`](crate::Clock): a backend that talks
+/// to a real server and leaves its calls to the round relies on that clock following real time
+/// (as the tokio and smol clocks do; a simulated clock that stands still would leave such a
+/// call waiting). This is a hint for performance only; ignoring it is always correct.
 #[must_use]
 pub fn polled_by_round() -> bool {
     IN_ROUND.with(std::cell::Cell::get)
@@ -353,7 +356,9 @@ where
     Kept {
         round,
         running,
-        timer,
+        // A timer that fired is finished: polling it again breaks the `Future` contract (some
+        // clocks' sleeps panic, others never wake again).
+        timer: if timed_out { None } else { timer },
     }
 }
 

@@ -201,3 +201,74 @@ fn on_smol() {
 fn on_futures_block_on_without_a_spawner() {
     futures::executor::block_on(core_cases(env(Arc::new(SmolClock::new()), None)));
 }
+
+/// Runs tasks on another spawner and records whether any of them panicked (smol's executor
+/// would swallow the panic).
+#[derive(Debug)]
+struct PanicWatch {
+    inner: SmolSpawner,
+    panicked: Arc<AtomicBool>,
+}
+
+impl Spawner for PanicWatch {
+    fn spawn(&self, task: futures::future::BoxFuture<'static, ()>) {
+        use futures::FutureExt;
+        let panicked = Arc::clone(&self.panicked);
+        self.inner.spawn(
+            std::panic::AssertUnwindSafe(task)
+                .catch_unwind()
+                .map(move |r| {
+                    if r.is_err() {
+                        panicked.store(true, Ordering::SeqCst);
+                    }
+                })
+                .boxed(),
+        );
+    }
+}
+
+#[test]
+fn a_release_that_ran_out_of_time_leaves_its_stragglers_to_a_fresh_timer() {
+    // Two of three instances hang: the release round runs out of time with their deletes still
+    // pending, and hands them to a background task bounded by a timer. The round's own timer
+    // has fired by then; a background task that polled it again would panic on smol's clock
+    // (its finished sleep may not be polled again).
+    let executor = Arc::new(async_executor::Executor::new());
+    let panicked = Arc::new(AtomicBool::new(false));
+    let spawner = PanicWatch {
+        inner: SmolSpawner::new(Arc::clone(&executor)),
+        panicked: Arc::clone(&panicked),
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SmolClock::new());
+    let faulty: Vec<redlock_mock::FaultyBackend<MemoryBackend>> = (0..3)
+        .map(|i| {
+            redlock_mock::FaultyBackend::new(
+                MemoryBackend::new(format!("mem-{i}"), Arc::clone(&clock)),
+                Arc::clone(&clock),
+            )
+        })
+        .collect();
+    let manager = LockManager::builder(Arc::clone(&clock))
+        .instances(
+            faulty
+                .iter()
+                .map(|f| Arc::new(f.clone()) as Arc<dyn LockBackend>),
+        )
+        .instance_timeout(Duration::from_millis(20))
+        .spawner(Arc::new(spawner))
+        .build()
+        .expect("valid");
+    async_io::block_on(executor.run(async {
+        let lock = manager.lock("hung", TTL).await.expect("lock");
+        faulty[1].faults().set_hang(true);
+        faulty[2].faults().set_hang(true);
+        let error = lock.release().await.expect_err("two of three hang");
+        assert!(matches!(error, Error::Unavailable(_)), "{error:?}");
+        // The background deletes end by their timer, so close waits for them and returns.
+        manager.close().await.expect("closes");
+    }));
+    assert!(
+        !panicked.load(Ordering::SeqCst),
+        "a background task panicked"
+    );
+}
