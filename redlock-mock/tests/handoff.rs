@@ -292,6 +292,7 @@ async fn client(
             Call::Dropped { after, hold } => (Patience::UntilCancelled, hold, Some(after)),
         };
         let options = LockOptions::new(TTL).patience(patience);
+        let started = world.now();
         let attempt = traced.lock_opts("r", options);
         let result = match drop_after {
             None => Some(attempt.await),
@@ -301,6 +302,17 @@ async fn client(
                 Either::Right(((), _)) => None,
             },
         };
+        if let (Call::Impatient { attempts, .. }, Some(_)) = (&call, &result) {
+            // The documented bound of a call with a number of attempts holds while it queues
+            // and is handed keys: attempts × (2 × instance timeout + the longest retry delay).
+            let took = world.now() - started;
+            let bound = (INSTANCE_TIMEOUT * 2 + RETRY_MAX) * *attempts;
+            if took > bound {
+                leftovers.lock().unwrap().push(format!(
+                    "c{c}'s call with {attempts} attempt(s) took {took:?}, more than its bound {bound:?}"
+                ));
+            }
+        }
         match result {
             Some(Ok(lock)) => {
                 world.sleep(hold).await;
