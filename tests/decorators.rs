@@ -12,7 +12,7 @@ use common::{ms, TTL};
 use futures::stream::BoxStream;
 use redlock_lease::{
     async_trait, BackendError, BackendErrorKind, Clock, Config, Fencing, Handoff, KeyState,
-    LockBackend, LockManager, ReleaseNotify,
+    LockBackend, LockManager, QueuePlace, ReleaseNotify,
 };
 use redlock_mock::{FaultyBackend, MemoryBackend, Simulation};
 
@@ -86,7 +86,7 @@ impl<B: LockBackend> LockBackend for Counting<B> {
     }
 
     fn handoff(&self) -> Option<&dyn Handoff> {
-        self.inner.handoff()
+        self.inner.handoff().map(|_| self as &dyn Handoff)
     }
 
     async fn connect(&self) -> Result<(), BackendError> {
@@ -147,6 +147,49 @@ impl<B: LockBackend> Fencing for Counting<B> {
         match self.inner.fencing() {
             Some(fencing) => fencing.raise_fence(counter, value).await,
             None => Err(no_counters()),
+        }
+    }
+}
+
+fn no_handoffs() -> BackendError {
+    BackendError::new(BackendErrorKind::Incompatible, "no hand-offs")
+}
+
+#[async_trait]
+#[deny(clippy::missing_trait_methods)]
+impl<B: LockBackend> Handoff for Counting<B> {
+    async fn listen(&self, token: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
+        self.count();
+        match self.inner.handoff() {
+            Some(h) => h.listen(token).await,
+            None => Err(no_handoffs()),
+        }
+    }
+
+    async fn acquire_or_queue(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        ttl: Duration,
+        place: QueuePlace,
+    ) -> Result<bool, BackendError> {
+        self.count();
+        match self.inner.handoff() {
+            Some(h) => h.acquire_or_queue(key, token, ttl, place).await,
+            None => Err(no_handoffs()),
+        }
+    }
+
+    async fn release_and_hand_off(
+        &self,
+        key: &[u8],
+        token: &[u8],
+        leaving: bool,
+    ) -> Result<(bool, bool), BackendError> {
+        self.count();
+        match self.inner.handoff() {
+            Some(h) => h.release_and_hand_off(key, token, leaving).await,
+            None => Err(no_handoffs()),
         }
     }
 }
@@ -267,5 +310,55 @@ mod over_redis {
                 other => panic!("{name}: the fred backend's check was bypassed: {other:?}"),
             }
         }
+    }
+}
+
+#[test]
+fn a_users_decorator_passes_hand_offs_through() {
+    // Two managers (two processes) on hand-off instances, one of them through the decorator:
+    // the decorated waiter queues and is handed the key when the holder releases at 50 ms.
+    let sim = Simulation::new();
+    let clock = sim.clock_arc();
+    let instances: Vec<Arc<dyn LockBackend>> = (0..3)
+        .map(|i| {
+            Arc::new(MemoryBackend::new(format!("mem-{i}"), Arc::clone(&clock)).hand_off(true))
+                as Arc<dyn LockBackend>
+        })
+        .collect();
+    let decorated: Vec<Arc<Counting<Arc<dyn LockBackend>>>> = instances
+        .iter()
+        .map(|b| Arc::new(Counting::new(Arc::clone(b))))
+        .collect();
+    let holder = LockManager::builder(Arc::clone(&clock))
+        .instances(instances)
+        .build()
+        .unwrap();
+    let waiter = LockManager::builder(Arc::clone(&clock))
+        .instances(
+            decorated
+                .iter()
+                .map(|d| Arc::clone(d) as Arc<dyn LockBackend>),
+        )
+        .build()
+        .unwrap();
+    let lock = sim.run(holder.lock("r", TTL)).unwrap();
+    let sleeper = Arc::clone(&clock);
+    sim.spawn(async move {
+        sleeper.sleep(ms(50)).await;
+        lock.release().await.unwrap();
+    })
+    .detach();
+    let at = sim.run(async {
+        let got = waiter.lock("r", TTL).await.unwrap();
+        let at = clock.now();
+        got.release().await.unwrap();
+        at
+    });
+    // Handed the key at the release, not after a 100-300 ms retry delay.
+    assert_eq!(at, ms(50));
+    for d in &decorated {
+        // A refused attempt, the listen, the queued attempt, the attempt after the hand-off
+        // and the release: all through the decorator.
+        assert!(d.calls.load(Ordering::SeqCst) >= 4, "{d:?}");
     }
 }
