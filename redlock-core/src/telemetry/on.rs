@@ -191,9 +191,6 @@ impl<'a> Op<'a> {
     {
         #[cfg(feature = "tracing")]
         let span = self.span.clone();
-        // The call's future is large (an acquire's is about 2 KB): on the heap, the wrappers
-        // below move a pointer instead of copying it at each step.
-        let call = Box::pin(call);
         let run = async move {
             let mut pending = Unfinished(Some(self));
             let result = call.await;
