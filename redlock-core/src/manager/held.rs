@@ -4,8 +4,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::FutureExt;
-
 use super::Inner;
 use crate::error::{Error, LossReason};
 use crate::lock::{LockShared, Status};
@@ -126,7 +124,7 @@ impl Inner {
                     .release_at_quorum(&shared.key, &shared.token, announce)
                     .await;
                 let round = kept.round;
-                let mut stragglers = kept.running;
+                let stragglers = kept.running;
                 if !stragglers.is_empty() {
                     // Bounded like the round they left, by its own timer where it made one: a
                     // hung instance's call is given up at the per-instance timeout, as it would
@@ -135,24 +133,11 @@ impl Inner {
                         let left = self.config.instance_timeout.saturating_sub(round.elapsed);
                         self.engine.clock.sleep(left)
                     });
-                    // One straggler is the usual case (N = 3 answers at a quorum of two): no
-                    // join needed.
-                    let work = if stragglers.len() == 1 {
-                        let one = stragglers.swap_remove(0);
-                        self.stragglers
-                            .track(async move {
-                                let _ = futures::future::select(one, timer).await;
-                            })
-                            .boxed()
-                    } else {
-                        let rest = futures::future::join_all(stragglers);
-                        self.stragglers
-                            .track(async move {
-                                let _ = futures::future::select(rest, timer).await;
-                            })
-                            .boxed()
-                    };
-                    spawner.spawn(work);
+                    let rest = futures::future::join_all(stragglers);
+                    let work = self.stragglers.track(async move {
+                        let _ = futures::future::select(rest, timer).await;
+                    });
+                    spawner.spawn(Box::pin(work));
                 }
                 round
             }
