@@ -49,25 +49,37 @@ fn parse_counter(value: &[u8]) -> Option<u64> {
 /// A release still on its way when its round stopped waiting.
 pub(crate) type Straggler = BoxFuture<'static, Result<(bool, bool), crate::BackendError>>;
 
-/// One instance's release, announced through [`ReleaseNotify`](crate::ReleaseNotify) when asked
-/// and supported.
+/// How one instance's release is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Release {
+    /// A plain compare-and-delete, unannounced.
+    Quiet,
+    /// Announced through [`ReleaseNotify`](crate::ReleaseNotify) where supported, or handed to
+    /// the next waiter through [`Handoff`](crate::Handoff); the releaser leaves the queues (a
+    /// holder may still have a place where it was refused; a call that gives up has them
+    /// everywhere).
+    Announced,
+    /// The cleanup of a failed attempt of a call that keeps waiting in the hand-off queues: what
+    /// it holds or was handed goes to the next waiter, and its own places stay. Quiet where
+    /// hand-offs are not supported.
+    Queued,
+}
+
 fn release_call<'a>(
     b: &'a Arc<dyn LockBackend>,
     key: &'a [u8],
     token: &'a [u8],
-    announce: bool,
+    how: Release,
 ) -> BoxFuture<'a, Result<(bool, bool), crate::BackendError>> {
-    if !announce {
-        return b.release(key, token).map_ok(|r| (r, false)).boxed();
-    }
-    if let Some(h) = b.handoff() {
-        // Leaving: whoever releases with an announcement is done waiting (a holder may still
-        // have a place where it was refused; a call that gives up has them everywhere).
-        return h.release_and_hand_off(key, token, true);
-    }
-    match b.release_notify() {
-        Some(n) => n.release_and_notify(key, token),
-        None => b.release(key, token).map_ok(|r| (r, false)).boxed(),
+    let quiet = || b.release(key, token).map_ok(|r| (r, false)).boxed();
+    match (how, b.handoff()) {
+        (Release::Quiet, _) | (Release::Queued, None) => quiet(),
+        (Release::Queued, Some(h)) => h.release_and_hand_off(key, token, false),
+        (Release::Announced, Some(h)) => h.release_and_hand_off(key, token, true),
+        (Release::Announced, None) => match b.release_notify() {
+            Some(n) => n.release_and_notify(key, token),
+            None => quiet(),
+        },
     }
 }
 
@@ -365,16 +377,21 @@ impl Engine {
         token: &'a [u8],
         announce: bool,
     ) -> BoxFuture<'a, Round<(bool, bool)>> {
-        self.cleanup(key, token, announce, Ask::ALL)
+        let how = if announce {
+            Release::Announced
+        } else {
+            Release::Quiet
+        };
+        self.cleanup(key, token, how, Ask::ALL)
     }
 
-    /// [`release`](Self::release) on the instances in `ask` only: after a failed acquire, those
-    /// that answered no hold nothing of ours. Asks nobody when `ask` is empty.
+    /// A release made `how` on the instances in `ask` only: after a failed acquire, those that
+    /// answered no hold nothing of ours. Asks nobody when `ask` is empty.
     pub(crate) fn cleanup<'a>(
         &'a self,
         key: &'a [u8],
         token: &'a [u8],
-        announce: bool,
+        how: Release,
         ask: Ask,
     ) -> BoxFuture<'a, Round<(bool, bool)>> {
         round::run_keep(
@@ -384,7 +401,7 @@ impl Engine {
             self.instance_timeout,
             Wait::ForAll,
             ask,
-            move |b| release_call(b, key, token, announce),
+            move |b| release_call(b, key, token, how),
             |(released, _)| *released,
         )
         .map(|kept| kept.round)
@@ -399,32 +416,6 @@ impl Engine {
         token: &'a [u8],
     ) -> BoxFuture<'a, Round<(bool, bool)>> {
         self.release(key, token, true)
-    }
-
-    /// The cleanup of a failed attempt of a call that keeps waiting in the hand-off queues, on
-    /// the instances in `ask`: what it holds or was handed goes to the next waiter, and its own
-    /// places stay.
-    pub(crate) fn cleanup_queued<'a>(
-        &'a self,
-        key: &'a [u8],
-        token: &'a [u8],
-        ask: Ask,
-    ) -> BoxFuture<'a, Round<(bool, bool)>> {
-        round::run_keep(
-            &self.instances,
-            Gating::Always(&self.gates),
-            self.clock.as_ref(),
-            self.instance_timeout,
-            Wait::ForAll,
-            ask,
-            move |b| match b.handoff() {
-                Some(h) => h.release_and_hand_off(key, token, false),
-                None => b.release(key, token).map_ok(|r| (r, false)).boxed(),
-            },
-            |(released, _)| *released,
-        )
-        .map(|kept| kept.round)
-        .boxed()
     }
 
     /// A release that stops waiting once a quorum has answered (or the answer can no longer
@@ -446,7 +437,12 @@ impl Engine {
             Ask::ALL,
             |b| {
                 let (b, key, token) = (Arc::clone(b), Arc::clone(key), Arc::clone(token));
-                async move { release_call(&b, &key, &token, announce).await }.boxed()
+                let how = if announce {
+                    Release::Announced
+                } else {
+                    Release::Quiet
+                };
+                async move { release_call(&b, &key, &token, how).await }.boxed()
             },
             |(released, _)| *released,
         )

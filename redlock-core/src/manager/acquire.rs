@@ -11,6 +11,7 @@ use futures::FutureExt;
 
 use super::{Inner, LockManager};
 use crate::backend::QueuePlace;
+use crate::engine::Release;
 use crate::error::Error;
 use crate::lock::Lock;
 use crate::options::Patience;
@@ -222,7 +223,7 @@ impl Inner {
                     let limit = self.listen_limit(last_start);
                     if engine.listen(&token, &mut waiter, limit).await {
                         if !dirty.is_empty() {
-                            engine.cleanup(&key, &token, false, dirty).await;
+                            engine.cleanup(&key, &token, Release::Quiet, dirty).await;
                         }
                         cleanup_on_drop.disarm();
                         if last_start.is_some_and(|last| self.clock().now() > last) {
@@ -241,13 +242,14 @@ impl Inner {
             // nothing.
             // A queued call's cleanup hands on what it holds: a reservation it could not turn
             // into a lock goes to the next waiter instead of freeing a key nobody is told of.
-            let hand_on = waiter.listening();
+            let how = if waiter.listening() {
+                Release::Queued
+            } else {
+                Release::Quiet
+            };
             let cleanup = async {
-                if dirty.is_empty() {
-                } else if hand_on {
-                    engine.cleanup_queued(&key, &token, dirty).await;
-                } else {
-                    engine.cleanup(&key, &token, false, dirty).await;
+                if !dirty.is_empty() {
+                    engine.cleanup(&key, &token, how, dirty).await;
                 }
             };
             // A call that gives up while queued leaves the queues (and passes on a key already
