@@ -199,9 +199,22 @@ impl<B: LockBackend> Handoff for Counting<B> {
 fn waiter_through<D: LockBackend + 'static>(
     decorate: impl Fn(Arc<dyn LockBackend>, &Arc<dyn Clock>) -> D,
 ) -> (Duration, Vec<Arc<D>>) {
+    waiter_through_on(false, decorate)
+}
+
+/// [`waiter_through`] on instances that hand keys to queued waiters when `hand_off`.
+fn waiter_through_on<D: LockBackend + 'static>(
+    hand_off: bool,
+    decorate: impl Fn(Arc<dyn LockBackend>, &Arc<dyn Clock>) -> D,
+) -> (Duration, Vec<Arc<D>>) {
     let sim = Simulation::new();
     let clock = sim.clock_arc();
-    let instances = MemoryBackend::cluster(3, &clock);
+    let instances: Vec<Arc<dyn LockBackend>> = (0..3)
+        .map(|i| {
+            Arc::new(MemoryBackend::new(format!("mem-{i}"), Arc::clone(&clock)).hand_off(hand_off))
+                as Arc<dyn LockBackend>
+        })
+        .collect();
     let decorated: Vec<Arc<D>> = instances
         .iter()
         .map(|b| Arc::new(decorate(Arc::clone(b), &clock)))
@@ -315,45 +328,9 @@ mod over_redis {
 
 #[test]
 fn a_users_decorator_passes_hand_offs_through() {
-    // Two managers (two processes) on hand-off instances, one of them through the decorator:
-    // the decorated waiter queues and is handed the key when the holder releases at 50 ms.
-    let sim = Simulation::new();
-    let clock = sim.clock_arc();
-    let instances: Vec<Arc<dyn LockBackend>> = (0..3)
-        .map(|i| {
-            Arc::new(MemoryBackend::new(format!("mem-{i}"), Arc::clone(&clock)).hand_off(true))
-                as Arc<dyn LockBackend>
-        })
-        .collect();
-    let decorated: Vec<Arc<Counting<Arc<dyn LockBackend>>>> = instances
-        .iter()
-        .map(|b| Arc::new(Counting::new(Arc::clone(b))))
-        .collect();
-    let holder = LockManager::builder(Arc::clone(&clock))
-        .instances(instances)
-        .build()
-        .unwrap();
-    let waiter = LockManager::builder(Arc::clone(&clock))
-        .instances(
-            decorated
-                .iter()
-                .map(|d| Arc::clone(d) as Arc<dyn LockBackend>),
-        )
-        .build()
-        .unwrap();
-    let lock = sim.run(holder.lock("r", TTL)).unwrap();
-    let sleeper = Arc::clone(&clock);
-    sim.spawn(async move {
-        sleeper.sleep(ms(50)).await;
-        lock.release().await.unwrap();
-    })
-    .detach();
-    let at = sim.run(async {
-        let got = waiter.lock("r", TTL).await.unwrap();
-        let at = clock.now();
-        got.release().await.unwrap();
-        at
-    });
+    // Two managers (two processes) on hand-off instances, the waiter's through the decorator:
+    // it queues and is handed the key when the holder releases at 50 ms.
+    let (at, decorated) = waiter_through_on(true, |b, _| Counting::new(b));
     // Handed the key at the release, not after a 100-300 ms retry delay.
     assert_eq!(at, ms(50));
     for d in &decorated {
