@@ -11,7 +11,7 @@ use redlock_core::{
     BackendError, BackendErrorKind, Error, InstanceOutcome, LockBackend, LockManager, QueuePlace,
     ReleaseNotify,
 };
-use redlock_redis::{ConnectionOptions, RedisBackend, TokioClock};
+use redlock_redis::{ConnectionOptions, RedisBackend, TokioClock, TokioSpawner};
 use redlock_testkit::{require_redis, Proxy, RedisServer, Reply, ServerOptions};
 
 const TTL: Duration = Duration::from_secs(10);
@@ -433,4 +433,60 @@ async fn every_script_runs_again_after_a_script_flush() {
     servers[0].script_flush();
     assert!(backend.release(b"k", b"t").await.expect("release"));
     assert_eq!(servers[0].get("k"), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_left_behind_at_a_quorum_end_by_their_deadline_on_a_stalled_instance() {
+    // Locks and unlocks return at a quorum while the third instance is stalled: each cycle
+    // leaves its calls to that instance running in the background. A call a round polled has
+    // no timer of its own (the round bounds it), so once the round stopped waiting, only its
+    // deadline ends it: all of them must be gone shortly after it, the instance still stalled.
+    let servers = servers(3);
+    let proxies: Vec<Proxy> = servers.iter().map(|s| Proxy::start(s.port())).collect();
+    let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
+    // With a spawner, as `redlock_redis::manager` builds it: unlock returns at a quorum.
+    let options = ConnectionOptions::new().for_instance_timeout(Duration::from_millis(100));
+    let manager = LockManager::builder(Arc::new(TokioClock))
+        .instances(urls.iter().map(|u| {
+            Arc::new(RedisBackend::with_options(u, &options).expect("backend"))
+                as Arc<dyn LockBackend>
+        }))
+        .instance_timeout(Duration::from_millis(100))
+        .spawner(Arc::new(TokioSpawner))
+        .build()
+        .expect("valid config");
+    manager.connect().await.expect("all up");
+    manager
+        .lock("warm-up", TTL)
+        .await
+        .expect("all up")
+        .release()
+        .await
+        .expect("release");
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
+    proxies[2].stall();
+    for i in 0..20 {
+        let lock = manager
+            .lock(format!("left-{i}"), TTL)
+            .await
+            .expect("2 of 3 answer");
+        lock.release().await.expect("released on 2 of 3");
+    }
+    let during = metrics.num_alive_tasks();
+    assert!(
+        during > before,
+        "no call was left behind ({before} -> {during})"
+    );
+    let start = Instant::now();
+    while metrics.num_alive_tasks() > before {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{} background calls still running {:?} after the last cycle, the instance stalled",
+            metrics.num_alive_tasks() - before,
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxies[2].resume();
 }
