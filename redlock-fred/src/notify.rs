@@ -155,8 +155,7 @@ impl Notifier {
             handoff: Arc::clone(&self.handoff),
         };
         if !self.handoff.subscribed.load(Ordering::Acquire) {
-            self.subscriber
-                .subscribe(self.handoff.channel.as_str())
+            subscribe_confirmed(&self.subscriber, self.handoff.channel.as_str())
                 .await
                 .map_err(map_error)?;
             self.handoff.subscribed.store(true, Ordering::Release);
@@ -223,7 +222,7 @@ impl Notifier {
         Ok(())
     }
 
-    /// Subscribes to releases of `key`; returns once the server acknowledged the subscription.
+    /// Subscribes to releases of `key`; returns once the server has the subscription.
     pub(crate) async fn subscribe(
         &self,
         key: &[u8],
@@ -244,8 +243,7 @@ impl Notifier {
         };
         // SUBSCRIBE is idempotent: sending it for every subscription (not only the first of a
         // channel) guarantees this one is active when we return.
-        self.subscriber
-            .subscribe(channel)
+        subscribe_confirmed(&self.subscriber, channel)
             .await
             .map_err(map_error)?;
         Ok(Box::pin(stream))
@@ -358,6 +356,24 @@ impl Drop for Subscription {
 /// raced with the reconnect. Such a channel then stayed subscribed for the life of the
 /// connection with no one listening. The listener map is the truth here: after the SUBSCRIBE,
 /// channels whose last listener left meanwhile are unsubscribed again.
+/// Subscribes `channels` and returns once the server has executed the SUBSCRIBE. fred answers
+/// a SUBSCRIBE as soon as it is written (its reply comes out of band), and the server serves
+/// its clients in the order their sockets turn readable, not in the order they were written
+/// to: a release sent just after on the command connection could be served first and be
+/// announced to nobody (seen under load in the conformance rule
+/// `a_subscription_hears_every_later_release`). The reply to a PING on the same connection
+/// comes only after the SUBSCRIBE before it was executed.
+async fn subscribe_confirmed<S>(
+    subscriber: &SubscriberClient,
+    channels: S,
+) -> Result<(), fred::error::Error>
+where
+    S: Into<fred::types::MultipleStrings> + Send,
+{
+    subscriber.subscribe(channels).await?;
+    subscriber.ping::<Value>(None).await.map(drop)
+}
+
 async fn resubscribe(
     subscriber: SubscriberClient,
     listeners: Arc<Mutex<Listeners>>,
@@ -373,8 +389,7 @@ async fn resubscribe(
         let wanted: Vec<String> = Notifier::listeners(&listeners).keys().cloned().collect();
         if handoff.subscribed.load(Ordering::Acquire) {
             // Kept for the life of the connection: one channel per process and instance.
-            if subscriber
-                .subscribe(handoff.channel.as_str())
+            if subscribe_confirmed(&subscriber, handoff.channel.as_str())
                 .await
                 .is_err()
             {

@@ -191,6 +191,13 @@ impl Proxy {
         self.shared.state().conns.len()
     }
 
+    /// Request bytes the proxy has read from its clients so far, held ones included: a test
+    /// can tell that a request was sent while [`stall`](Self::stall) keeps it from the server.
+    #[must_use]
+    pub fn request_bytes_read(&self) -> u64 {
+        self.shared.state().counters.read[Direction::Up as usize]
+    }
+
     #[cfg(test)]
     fn counters(&self) -> Counters {
         self.shared.state().counters

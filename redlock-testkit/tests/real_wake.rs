@@ -123,3 +123,103 @@ async fn fair_mode_hands_the_lock_to_the_waiter() {
         .expect("the waiter got its turn");
     theirs.release().await.expect("release");
 }
+
+/// The promise of `subscribe` (the `ReleaseNotify` contract, rule 2): a release made after it
+/// returned is announced to the subscription. The subscriber's link is stalled while it
+/// subscribes, so the server cannot have the SUBSCRIBE yet; a release is then made on another
+/// connection. A `subscribe` that returned by then claimed a subscription the server did not
+/// have (fred answers a SUBSCRIBE once it is written): that release must still be heard, and
+/// it was not. Under load the same race made the conformance rule
+/// `a_subscription_hears_every_later_release` fail now and then.
+async fn subscribe_returns_once_active(
+    through: &dyn redlock_core::LockBackend,
+    direct: &dyn redlock_core::LockBackend,
+    proxy: &redlock_testkit::Proxy,
+) {
+    use futures::{FutureExt, StreamExt};
+    const TTL: Duration = Duration::from_secs(30);
+    let notify = through.release_notify().expect("announces");
+    let direct_notify = direct.release_notify().expect("announces");
+    // Connects the subscriber (made on first use), so that only the SUBSCRIBE below is held.
+    let _warm = notify.subscribe(b"warm-up").await.expect("subscribe");
+    assert!(direct
+        .acquire(b"sub-race", b"tok", TTL)
+        .await
+        .expect("acquire"));
+
+    let sent = proxy.request_bytes_read();
+    proxy.stall();
+    let mut subscribing = notify.subscribe(b"sub-race");
+    let mut returned = (&mut subscribing).now_or_never();
+    tokio::task::block_in_place(|| {
+        wait_until(
+            Duration::from_secs(10),
+            "the SUBSCRIBE to reach the proxy",
+            || proxy.request_bytes_read() > sent,
+        );
+    });
+    // A round trip on the direct connection: time for a subscribe that did not wait for the
+    // server to report back; then the release.
+    let _ = direct.inspect(b"sub-race").await.expect("inspect");
+    if returned.is_none() {
+        returned = (&mut subscribing).now_or_never();
+    }
+    let released_while_subscribing = direct_notify
+        .release_and_notify(b"sub-race", b"tok")
+        .await
+        .expect("release");
+    if let Some(stream) = returned {
+        // subscribe claimed an active subscription before the release: it must hear it.
+        let _stream = stream.expect("subscribe");
+        proxy.resume();
+        assert_eq!(
+            released_while_subscribing,
+            (true, true),
+            "subscribe returned before the server had the subscription"
+        );
+        return;
+    }
+    proxy.resume();
+    let mut stream = tokio::time::timeout(Duration::from_secs(10), subscribing)
+        .await
+        .expect("subscribe returns once the link flows again")
+        .expect("subscribe");
+    assert!(direct
+        .acquire(b"sub-race", b"tok", TTL)
+        .await
+        .expect("acquire"));
+    assert_eq!(
+        direct_notify
+            .release_and_notify(b"sub-race", b"tok")
+            .await
+            .expect("release"),
+        (true, true),
+        "a release after subscribe returned is heard"
+    );
+    // A bound on the test: only a lost announcement could take this long.
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("announced")
+        .expect("stream open");
+    through.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fred_subscribe_returns_once_the_server_has_the_subscription() {
+    require_redis();
+    let server = RedisServer::start();
+    let proxy = redlock_testkit::Proxy::start(server.port());
+    let through = redlock_fred::RedisBackend::new(("127.0.0.1", proxy.port())).expect("valid");
+    let direct = redlock_fred::RedisBackend::new(("127.0.0.1", server.port())).expect("valid");
+    subscribe_returns_once_active(&through, &direct, &proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_rs_subscribe_returns_once_the_server_has_the_subscription() {
+    require_redis();
+    let server = RedisServer::start();
+    let proxy = redlock_testkit::Proxy::start(server.port());
+    let through = redlock_redis::RedisBackend::new(&proxy.url()).expect("valid");
+    let direct = redlock_redis::RedisBackend::new(&server.url()).expect("valid");
+    subscribe_returns_once_active(&through, &direct, &proxy).await;
+}
