@@ -196,7 +196,11 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
 /// 2. [`subscribe`](Self::subscribe) returns only once the subscription is active: a release
 ///    that happens after it returns is delivered. The stream yields one item per release of the
 ///    key; it may also yield spuriously, and may end when the connection is lost (the manager then
-///    falls back to polling). Dropping the stream unsubscribes.
+///    falls back to polling). Dropping the stream unsubscribes. A backend may bound how long a
+///    subscription keeps hearing releases made by [`Handoff::release_and_hand_off`] (which
+///    announces only to the listeners it knows of, so that an uncontended release costs no
+///    announcement): the Redis backends register each subscription on the instance for
+///    [`redis_lua::WATCH_FOR_MS`](crate::redis_lua::WATCH_FOR_MS), 5 minutes.
 /// 3. Notifications are a hint for speed only: the manager never trusts one for safety, it
 ///    always runs a full acquire attempt afterwards.
 #[async_trait]

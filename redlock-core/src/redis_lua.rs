@@ -170,11 +170,12 @@ end
 return 0";
 
 /// [`RELEASE_NOTIFY`] that hands the key to the first live queued waiter. Keys as
-/// [`ACQUIRE_QUEUE`]; `ARGV[1]` = token, `ARGV[2]` = the release channel ([`release_channel`]),
-/// or empty for none; `ARGV[3]` (optional) = `2` for a waiter that stops waiting (it leaves the
-/// queue), or `1` to pass on only a reservation: a hand-off that reached no call (its waiter
-/// went away) is passed on this way, and must never release a key that its token claimed
-/// meanwhile (a hand-off message can arrive after the acquire it led to).
+/// [`ACQUIRE_QUEUE`]; `ARGV[1]` = token, `ARGV[2]` = non-empty to announce a release that hands
+/// the key to nobody on the key's release channel ([`release_channel`], computed here), empty
+/// for no announcement; `ARGV[3]` (optional) = `2` for a waiter that stops waiting (it leaves
+/// the queue), or `1` to pass on only a reservation: a hand-off that reached no call (its
+/// waiter went away) is passed on this way, and must never release a key that its token
+/// claimed meanwhile (a hand-off message can arrive after the acquire it led to).
 ///
 /// When the key does not hold the token: 0, and with `2` the token's own place in the queue,
 /// if any, is given up, and so is the record of a reservation for it that ran out unclaimed
@@ -184,9 +185,13 @@ return 0";
 /// channel has a subscriber gets the key (`SET` to its token with its reserve as expiry, and
 /// the table's `""` field set to its token) and a message on its channel
 /// (`<token length>:<token><key>`, see [`parse_handoff`]): 3. Otherwise the key is deleted and
-/// the release announced as `RELEASE_NOTIFY` does: 2 = heard, 1 = not. Without a waiter table
-/// nobody is queued and nothing is reserved, so that case skips the queue: an uncontended
-/// release costs the server one lookup more than `RELEASE_NOTIFY`, not three.
+/// the release announced as `RELEASE_NOTIFY` does: 2 = heard, 1 = not.
+///
+/// Without a waiter table nobody waits on this key: no queued waiter, and no announcement
+/// listener, since those register in the table ([`WATCH_RELEASES`]). The script then deletes
+/// the key and stops, without looking at the queue or announcing (1): an uncontended release
+/// costs the server one lookup (`EXISTS`) more than [`RELEASE`]. A client that subscribes to
+/// a release channel without registering is not told of such releases.
 pub const RELEASE_HAND_OFF: &str = r"#!lua
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
@@ -200,7 +205,6 @@ end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   if ARGV[3] == '1' then return 0 end
   redis.call('DEL', KEYS[1])
-  if ARGV[2] ~= '' and redis.call('PUBLISH', ARGV[2], '') > 0 then return 2 end
   return 1
 end
 local reserved = redis.pcall('HGET', KEYS[3], '') == ARGV[1]
@@ -228,7 +232,33 @@ for i = 1, 100 do
   end
 end
 redis.call('DEL', KEYS[1])
-if ARGV[2] ~= '' and redis.call('PUBLISH', ARGV[2], '') > 0 then return 2 end
+if ARGV[2] == '' then return 1 end
+local hex = string.gsub(KEYS[1], '.', function(c) return string.format('%02x', string.byte(c)) end)
+if redis.call('PUBLISH', 'redlock:released:' .. hex, '') > 0 then return 2 end
+return 1";
+
+/// The field of a waiter table ([`ACQUIRE_QUEUE`]) that registers announcement listeners: a
+/// hash field, not a token (no token this library makes starts with `0xFF`; a token given to
+/// rehydrate a lock that equals it only costs its owner hand-offs and wake-ups, never safety).
+pub const WATCH_FIELD: &[u8] = b"\xffwatch";
+
+/// How long a [`WATCH_RELEASES`] registration lasts at least. A subscription held longer than
+/// this may stop hearing releases of an uncontended key (its waiter then polls on its delay);
+/// a registration left behind only sends that key's releases down the slower path until then.
+pub const WATCH_FOR_MS: u64 = 300_000;
+
+/// Registers a listener of a key's release announcements, so that [`RELEASE_HAND_OFF`]
+/// announces its releases (it announces only to registered listeners). `KEYS[1]` = the key's
+/// waiter table ([`crate::queue_keys`]), `ARGV[1]` = how long the registration lasts at least
+/// (ms). 1 = registered; -1 = the table key holds another type. The registration is the
+/// table's [`WATCH_FIELD`] field; the table lives as long as its longest registration or
+/// queue place.
+pub const WATCH_RELEASES: &str = r"#!lua
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'hash' then return -1 end
+redis.call('HSET', KEYS[1], '\255watch', '')
+local ms = tonumber(ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ms then redis.call('PEXPIRE', KEYS[1], ms) end
 return 1";
 
 #[cfg(test)]

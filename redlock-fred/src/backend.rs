@@ -519,9 +519,22 @@ impl ReleaseNotify for RedisBackend {
 
     async fn subscribe(&self, key: &[u8]) -> Result<BoxStream<'static, ()>, BackendError> {
         self.ensure_started("subscribe")?;
-        self.notifier
+        let stream = self
+            .notifier
             .subscribe(key, |e| self.map_error(&e, "subscribe"))
-            .await
+            .await?;
+        // Registered once subscribed: a release that sees the registration publishes to a
+        // subscription that is already there.
+        let (_, waiters) = redlock_core::queue_keys(key);
+        let ms = i64::try_from(redlock_core::redis_lua::WATCH_FOR_MS).unwrap_or(i64::MAX);
+        match self
+            .run(&scripts::WATCH_RELEASES, &[&waiters], &[Value::Integer(ms)])
+            .await?
+        {
+            Value::Integer(1) => Ok(stream),
+            Value::Integer(scripts::WRONG_TYPE) => Err(self.wrong_type("subscribe")),
+            other => Err(self.unexpected("subscribe", &other)),
+        }
     }
 }
 
@@ -566,14 +579,15 @@ impl Handoff for RedisBackend {
         leaving: bool,
     ) -> Result<(bool, bool), BackendError> {
         let (queue, waiters) = redlock_core::queue_keys(key);
-        let channel = Value::from(crate::notify::channel(key));
         match self
             .run(
                 &scripts::RELEASE_HAND_OFF,
                 &[key, &queue, &waiters],
                 &[
                     token(tok),
-                    channel,
+                    // Announce a release that hands the key to nobody (the script knows the
+                    // channel): one byte instead of the channel's name on every release.
+                    Value::String(Str::from_static("1")),
                     Value::String(Str::from_static(if leaving { "2" } else { "0" })),
                 ],
             )

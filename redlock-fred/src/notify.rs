@@ -2,7 +2,8 @@
 //!
 //! A release made through the manager runs a script that deletes the key and `PUBLISH`es on a
 //! channel derived from the key; a contended acquirer subscribes to that channel on every
-//! instance and wakes as soon as one announces the release. One dedicated subscriber connection
+//! instance (and registers there, see `redis_lua::WATCH_RELEASES`: a release that hands off
+//! announces only to registered listeners) and wakes as soon as one announces the release. One dedicated subscriber connection
 //! per instance, made on first use, carries every subscription of the process; after a reconnect
 //! it subscribes again to the channels that still have listeners. Announcements are only a hint: the manager always runs a full acquire
 //! attempt after one, and polls on its jittered delay when none comes.
@@ -77,7 +78,6 @@ impl HandoffState {
 async fn pass_on(client: Client, key: Vec<u8>, token: Vec<u8>) {
     let (queue, waiters) = redlock_core::queue_keys(&key);
     let command = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
-    let channel = channel(&key);
     let args: Vec<Value> = vec![
         Value::String(Str::from_static(redis_lua::RELEASE_HAND_OFF)),
         Value::Integer(3),
@@ -85,7 +85,8 @@ async fn pass_on(client: Client, key: Vec<u8>, token: Vec<u8>) {
         Value::Bytes(Bytes::from(queue)),
         Value::Bytes(Bytes::from(waiters)),
         Value::Bytes(Bytes::from(token)),
-        Value::String(Str::from(channel)),
+        // Announce a release that hands the key to nobody.
+        Value::String(Str::from_static("1")),
         // Only an unclaimed reservation: the message may have outrun nothing, or arrived after
         // the acquire it led to (the key is then the token's, and stays).
         Value::String(Str::from_static("1")),

@@ -48,3 +48,5 @@ script!(RAISE_FENCE, "raise_fence", 6, redis_lua::RAISE_FENCE);
 script!(ACQUIRE_QUEUE, "acquire", 7, redis_lua::ACQUIRE_QUEUE);
 
 script!(RELEASE_HAND_OFF, "release", 8, redis_lua::RELEASE_HAND_OFF);
+
+script!(WATCH_RELEASES, "subscribe", 9, redis_lua::WATCH_RELEASES);

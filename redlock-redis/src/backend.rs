@@ -555,7 +555,24 @@ impl ReleaseNotify for RedisBackend {
         if self.link.is_closed() {
             return Err(self.link.closed_error("subscribe"));
         }
-        self.notifier.subscribe(key).await
+        let stream = self.notifier.subscribe(key).await?;
+        // Registered once subscribed: a release that sees the registration publishes to a
+        // subscription that is already there.
+        let reply = self
+            .script(
+                &scripts::WATCH_RELEASES,
+                &[Part::Prefixed(redlock_core::WAITERS_KEY_PREFIX, key)],
+                &[Part::Int(
+                    i64::try_from(redlock_core::redis_lua::WATCH_FOR_MS).unwrap_or(i64::MAX),
+                )],
+                self.deadline(),
+            )
+            .await?;
+        match reply {
+            Value::Int(1) => Ok(stream),
+            Value::Int(scripts::WRONG_TYPE) => Err(self.wrong_type("subscribe")),
+            other => Err(self.unexpected("subscribe", &other)),
+        }
     }
 }
 
@@ -608,7 +625,9 @@ impl Handoff for RedisBackend {
                 &queue_keys(key),
                 &[
                     Part::Bytes(tok),
-                    release_channel(key),
+                    // Announce a release that hands the key to nobody (the script knows the
+                    // channel): one byte instead of the channel's name on every release.
+                    Part::Bytes(b"1"),
                     Part::Bytes(if leaving { b"2" } else { b"0" }),
                 ],
                 self.deadline(),

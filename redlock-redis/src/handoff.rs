@@ -164,7 +164,8 @@ async fn pass_on(link: Arc<Link>, key: Vec<u8>, token: Vec<u8>) {
         .arg(&queue)
         .arg(&waiters)
         .arg(&token)
-        .arg(redis_lua::release_channel(&key))
+        // Announce a release that hands the key to nobody.
+        .arg("1")
         // Only an unclaimed reservation: the message may have arrived after the acquire it led
         // to (the key is then the token's, and stays).
         .arg("1");

@@ -46,6 +46,8 @@ script!(ACQUIRE_QUEUE, "acquire", 7, redis_lua::ACQUIRE_QUEUE);
 
 script!(RELEASE_HAND_OFF, "release", 8, redis_lua::RELEASE_HAND_OFF);
 
+script!(WATCH_RELEASES, "subscribe", 9, redis_lua::WATCH_RELEASES);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,6 +64,7 @@ mod tests {
             &RAISE_FENCE,
             &ACQUIRE_QUEUE,
             &RELEASE_HAND_OFF,
+            &WATCH_RELEASES,
         ];
         for s in all {
             assert_eq!(s.sha.len(), 40, "{}", s.name);

@@ -223,3 +223,112 @@ async fn redis_rs_subscribe_returns_once_the_server_has_the_subscription() {
     let direct = redlock_redis::RedisBackend::new(&server.url()).expect("valid");
     subscribe_returns_once_active(&through, &direct, &proxy).await;
 }
+
+/// `PUBLISH` calls the server has run (scripts' calls included), from `INFO commandstats`.
+fn publishes(server: &RedisServer) -> u64 {
+    let Reply::Bulk(Some(info)) = server.cmd(&["INFO", "commandstats"]) else {
+        panic!("unexpected INFO reply");
+    };
+    String::from_utf8_lossy(&info)
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+        .map_or(0, |rest| {
+            rest.split(',')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("calls")
+        })
+}
+
+/// What an uncontended cycle costs the servers: with nobody waiting, a release announces
+/// nothing (wake-ups are for registered listeners); once a waiter subscribed, releases of
+/// that key are announced, on every backend, whichever backend releases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_are_announced_only_to_registered_listeners() {
+    require_redis();
+    const TTL: Duration = Duration::from_secs(30);
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let fred = redlock_fred::manager(urls.clone()).build().expect("config");
+    let redis_rs = redlock_redis::manager(urls.clone())
+        .build()
+        .expect("config");
+    for i in 0..10 {
+        for key in [format!("quiet-{i}"), format!("quiet-{i}\u{0}\u{7f}")] {
+            fred.lock(&key, TTL)
+                .await
+                .expect("free")
+                .release()
+                .await
+                .expect("release");
+            redis_rs
+                .lock(&key, TTL)
+                .await
+                .expect("free")
+                .release()
+                .await
+                .expect("release");
+        }
+    }
+    // Releases that are still on their way to the last instance (unlock returns at a quorum).
+    let servers_ref = &servers;
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(10), "every release done", || {
+            servers_ref
+                .iter()
+                .all(|s| s.cmd(&["DBSIZE"]) == Reply::Int(0))
+        });
+    });
+    assert!(
+        servers.iter().all(|s| publishes(s) == 0),
+        "an uncontended release published"
+    );
+
+    // A waiter that listens for announcements (no hand-off queue), on a key whose name needs
+    // every kind of byte in its channel: each release must reach it, whoever releases.
+    let key = "held-\u{0}\u{7f}-ü";
+    for (releaser, waiter_on_fred) in [
+        (&fred, true),
+        (&fred, false),
+        (&redis_rs, true),
+        (&redis_rs, false),
+    ] {
+        let lock = releaser.lock(key, TTL).await.expect("free");
+        let waiting = if waiter_on_fred {
+            let waiter = redlock_fred::manager(urls.clone())
+                .hand_off(false)
+                .retry_count(2)
+                .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
+                .build()
+                .expect("config");
+            tokio::spawn(async move { waiter.lock(key, TTL).await.map(|l| l.token().to_vec()) })
+        } else {
+            let waiter = redlock_redis::manager(urls.clone())
+                .hand_off(false)
+                .retry_count(2)
+                .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
+                .build()
+                .expect("config");
+            tokio::spawn(async move { waiter.lock(key, TTL).await.map(|l| l.token().to_vec()) })
+        };
+        tokio::task::block_in_place(|| {
+            wait_until(Duration::from_secs(10), "the waiter to subscribe", || {
+                servers_ref.iter().all(|s| listeners(s, key) >= 1)
+            });
+        });
+        lock.release().await.expect("release");
+        // A bound on the test: polling alone would take 60 s.
+        let token = tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("woken by the release")
+            .expect("task")
+            .expect("acquired after the release");
+        // The waiter's manager is gone with its task; its lock expires or is released here.
+        for s in &servers {
+            if s.get(key).as_deref() == Some(token.as_slice()) {
+                s.cmd(&["DEL", key]);
+            }
+        }
+    }
+    assert!(servers.iter().all(|s| publishes(s) >= 1));
+}
