@@ -200,7 +200,7 @@ pub trait LockBackend: Send + Sync + fmt::Debug {
 ///    subscription keeps hearing releases made by [`Handoff::release_and_hand_off`] (which
 ///    announces only to the listeners it knows of, so that an uncontended release costs no
 ///    announcement): the Redis backends register each subscription on the instance for
-///    [`redis_lua::WATCH_FOR_MS`](crate::redis_lua::WATCH_FOR_MS), 5 minutes.
+///    [`redis_lua::WATCH_FOR`](crate::redis_lua::WATCH_FOR), 5 minutes.
 /// 3. Notifications are a hint for speed only: the manager never trusts one for safety, it
 ///    always runs a full acquire attempt afterwards.
 #[async_trait]

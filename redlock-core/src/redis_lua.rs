@@ -237,22 +237,19 @@ local hex = string.gsub(KEYS[1], '.', function(c) return string.format('%02x', s
 if redis.call('PUBLISH', 'redlock:released:' .. hex, '') > 0 then return 2 end
 return 1";
 
-/// The field of a waiter table ([`ACQUIRE_QUEUE`]) that registers announcement listeners: a
-/// hash field, not a token (no token this library makes starts with `0xFF`; a token given to
-/// rehydrate a lock that equals it only costs its owner hand-offs and wake-ups, never safety).
-pub const WATCH_FIELD: &[u8] = b"\xffwatch";
-
 /// How long a [`WATCH_RELEASES`] registration lasts at least. A subscription held longer than
 /// this may stop hearing releases of an uncontended key (its waiter then polls on its delay);
 /// a registration left behind only sends that key's releases down the slower path until then.
-pub const WATCH_FOR_MS: u64 = 300_000;
+pub const WATCH_FOR: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Registers a listener of a key's release announcements, so that [`RELEASE_HAND_OFF`]
 /// announces its releases (it announces only to registered listeners). `KEYS[1]` = the key's
 /// waiter table ([`crate::queue_keys`]), `ARGV[1]` = how long the registration lasts at least
 /// (ms). 1 = registered; -1 = the table key holds another type. The registration is the
-/// table's [`WATCH_FIELD`] field; the table lives as long as its longest registration or
-/// queue place.
+/// table's field `0xFF "watch"`, which is no token (no token this library makes starts with
+/// `0xFF`; a token given to rehydrate a lock that equals it only costs its owner hand-offs and
+/// wake-ups, never safety). The table lives as long as its longest registration or queue
+/// place.
 pub const WATCH_RELEASES: &str = r"#!lua
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'none' and t ~= 'hash' then return -1 end
@@ -276,5 +273,15 @@ mod tests {
         assert_eq!(parse_handoff(b"x:tok"), None);
         assert_eq!(parse_handoff(b"no colon"), None);
         assert_ne!(handoff_channel(1), handoff_channel(2));
+    }
+
+    /// `RELEASE_HAND_OFF` writes the release channel itself; a subscriber computes it with
+    /// [`release_channel`]: one prefix, lower-case hex (checked end to end on real servers in
+    /// `real_wake`).
+    #[test]
+    fn the_release_script_announces_on_the_subscribers_channel() {
+        assert!(RELEASE_HAND_OFF.contains(&format!("'{RELEASE_CHANNEL_PREFIX}' .. hex")));
+        assert!(RELEASE_HAND_OFF.contains("'%02x'"));
+        assert_eq!(release_channel(b"\x00\xff"), "redlock:released:00ff");
     }
 }

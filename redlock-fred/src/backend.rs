@@ -526,15 +526,15 @@ impl ReleaseNotify for RedisBackend {
         // Registered once subscribed: a release that sees the registration publishes to a
         // subscription that is already there.
         let (_, waiters) = redlock_core::queue_keys(key);
-        let ms = i64::try_from(redlock_core::redis_lua::WATCH_FOR_MS).unwrap_or(i64::MAX);
-        match self
-            .run(&scripts::WATCH_RELEASES, &[&waiters], &[Value::Integer(ms)])
-            .await?
-        {
-            Value::Integer(1) => Ok(stream),
-            Value::Integer(scripts::WRONG_TYPE) => Err(self.wrong_type("subscribe")),
-            other => Err(self.unexpected("subscribe", &other)),
-        }
+        let reply = self
+            .run(
+                &scripts::WATCH_RELEASES,
+                &[&waiters],
+                &[millis(redlock_core::redis_lua::WATCH_FOR)],
+            )
+            .await?;
+        self.code(reply, "subscribe")?;
+        Ok(stream)
     }
 }
 

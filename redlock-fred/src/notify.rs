@@ -350,13 +350,6 @@ impl Drop for Subscription {
     }
 }
 
-/// After every reconnect, subscribes again to the channels that still have local listeners.
-///
-/// Not fred's `manage_subscriptions`: that one subscribes again to every channel on fred's own
-/// list, which keeps a channel whose UNSUBSCRIBE failed (sent while the connection was down) or
-/// raced with the reconnect. Such a channel then stayed subscribed for the life of the
-/// connection with no one listening. The listener map is the truth here: after the SUBSCRIBE,
-/// channels whose last listener left meanwhile are unsubscribed again.
 /// Subscribes `channels` and returns once the server has executed the SUBSCRIBE. fred answers
 /// a SUBSCRIBE as soon as it is written (its reply comes out of band), and the server serves
 /// its clients in the order their sockets turn readable, not in the order they were written
@@ -375,6 +368,13 @@ where
     subscriber.ping::<Value>(None).await.map(drop)
 }
 
+/// After every reconnect, subscribes again to the channels that still have local listeners.
+///
+/// Not fred's `manage_subscriptions`: that one subscribes again to every channel on fred's own
+/// list, which keeps a channel whose UNSUBSCRIBE failed (sent while the connection was down) or
+/// raced with the reconnect. Such a channel then stayed subscribed for the life of the
+/// connection with no one listening. The listener map is the truth here: after the SUBSCRIBE,
+/// channels whose last listener left meanwhile are unsubscribed again.
 async fn resubscribe(
     subscriber: SubscriberClient,
     listeners: Arc<Mutex<Listeners>>,

@@ -562,17 +562,12 @@ impl ReleaseNotify for RedisBackend {
             .script(
                 &scripts::WATCH_RELEASES,
                 &[Part::Prefixed(redlock_core::WAITERS_KEY_PREFIX, key)],
-                &[Part::Int(
-                    i64::try_from(redlock_core::redis_lua::WATCH_FOR_MS).unwrap_or(i64::MAX),
-                )],
+                &[Part::Int(millis(redlock_core::redis_lua::WATCH_FOR))],
                 self.deadline(),
             )
             .await?;
-        match reply {
-            Value::Int(1) => Ok(stream),
-            Value::Int(scripts::WRONG_TYPE) => Err(self.wrong_type("subscribe")),
-            other => Err(self.unexpected("subscribe", &other)),
-        }
+        self.code(&reply, "subscribe")?;
+        Ok(stream)
     }
 }
 

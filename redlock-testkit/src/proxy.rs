@@ -9,7 +9,7 @@
 //! waits (on the shared state) until that chunk may move, so held bytes stay in the proxy and,
 //! behind them, in the kernel's socket buffers: nothing is lost and no connection is closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -37,6 +37,8 @@ struct Counters {
 #[derive(Debug, Default)]
 struct State {
     stalled: bool,
+    /// Connections stalled one by one ([`Proxy::stall_connections`]).
+    held: HashSet<u64>,
     drop_replies: bool,
     shutdown: bool,
     /// Threads between deciding to write a chunk and finishing the write: `stall` waits for
@@ -169,10 +171,32 @@ impl Proxy {
         }
     }
 
-    /// Ends a [`stall`](Self::stall): the held bytes are delivered, in order, and new ones flow
-    /// again.
+    /// [`stall`](Self::stall) for the given connections only (ids from
+    /// [`connection_ids`](Self::connection_ids)); the others keep flowing. Lets a test hold
+    /// one of a client's connections (say its pub/sub one) while it uses another.
+    pub fn stall_connections(&self, ids: &[u64]) {
+        let mut state = self.shared.state();
+        state.held.extend(ids);
+        while state.writing > 0 {
+            state = self.shared.wait(state);
+        }
+    }
+
+    /// The ids of the open connections, in the order they were accepted.
+    #[must_use]
+    pub fn connection_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.shared.state().conns.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Ends a [`stall`](Self::stall) or [`stall_connections`](Self::stall_connections): the
+    /// held bytes are delivered, in order, and new ones flow again.
     pub fn resume(&self) {
-        self.shared.state().stalled = false;
+        let mut state = self.shared.state();
+        state.stalled = false;
+        state.held.clear();
+        drop(state);
         self.shared.changed.notify_all();
     }
 
@@ -189,13 +213,6 @@ impl Proxy {
     #[must_use]
     pub fn connections(&self) -> usize {
         self.shared.state().conns.len()
-    }
-
-    /// Request bytes the proxy has read from its clients so far, held ones included: a test
-    /// can tell that a request was sent while [`stall`](Self::stall) keeps it from the server.
-    #[must_use]
-    pub fn request_bytes_read(&self) -> u64 {
-        self.shared.state().counters.read[Direction::Up as usize]
     }
 
     #[cfg(test)]
@@ -324,7 +341,7 @@ fn pump(direction: Direction, mut from: TcpStream, mut to: TcpStream, conn: &Reg
         let n = from.read(&mut buf).unwrap_or(0);
         let mut state = shared.state();
         state.counters.read[d] += n as u64;
-        while state.stalled && !state.shutdown {
+        while (state.stalled || state.held.contains(&conn.id)) && !state.shutdown {
             state = shared.wait(state);
         }
         if state.shutdown || n == 0 {

@@ -125,9 +125,10 @@ async fn fair_mode_hands_the_lock_to_the_waiter() {
 }
 
 /// The promise of `subscribe` (the `ReleaseNotify` contract, rule 2): a release made after it
-/// returned is announced to the subscription. The subscriber's link is stalled while it
-/// subscribes, so the server cannot have the SUBSCRIBE yet; a release is then made on another
-/// connection. A `subscribe` that returned by then claimed a subscription the server did not
+/// returned is announced to the subscription. The subscriber connection's link is stalled
+/// while it subscribes (the command connection keeps flowing: `subscribe` also registers the
+/// listener through it), so the server cannot have the SUBSCRIBE yet; a release is then made
+/// on another connection. A `subscribe` that returned by then claimed a subscription the server did not
 /// have (fred answers a SUBSCRIBE once it is written): that release must still be heard, and
 /// it was not. Under load the same race made the conformance rule
 /// `a_subscription_hears_every_later_release` fail now and then.
@@ -136,66 +137,69 @@ async fn subscribe_returns_once_active(
     direct: &dyn redlock_core::LockBackend,
     proxy: &redlock_testkit::Proxy,
 ) {
-    use futures::{FutureExt, StreamExt};
+    use futures::StreamExt;
     const TTL: Duration = Duration::from_secs(30);
     let notify = through.release_notify().expect("announces");
     let direct_notify = direct.release_notify().expect("announces");
-    // Connects the subscriber (made on first use), so that only the SUBSCRIBE below is held.
+    // Connects the command connection, then the subscriber (made on first use): the
+    // connections the warm-up subscription opened are the subscriber's.
+    let _ = through.inspect(b"warm-up").await.expect("inspect");
+    let commands = proxy.connection_ids();
     let _warm = notify.subscribe(b"warm-up").await.expect("subscribe");
+    let subscriber: Vec<u64> = proxy
+        .connection_ids()
+        .into_iter()
+        .filter(|id| !commands.contains(id))
+        .collect();
+    assert!(!subscriber.is_empty(), "a subscriber connection of its own");
     assert!(direct
         .acquire(b"sub-race", b"tok", TTL)
         .await
         .expect("acquire"));
 
-    let sent = proxy.request_bytes_read();
-    proxy.stall();
+    proxy.stall_connections(&subscriber);
     let mut subscribing = notify.subscribe(b"sub-race");
-    let mut returned = (&mut subscribing).now_or_never();
-    tokio::task::block_in_place(|| {
-        wait_until(
-            Duration::from_secs(10),
-            "the SUBSCRIBE to reach the proxy",
-            || proxy.request_bytes_read() > sent,
-        );
-    });
-    // A round trip on the direct connection: time for a subscribe that did not wait for the
-    // server to report back; then the release.
-    let _ = direct.inspect(b"sub-race").await.expect("inspect");
-    if returned.is_none() {
-        returned = (&mut subscribing).now_or_never();
-    }
+    // How long we look, not a measurement: a subscribe that does not wait for the server
+    // returns within a round trip on the command connection (fred answers the SUBSCRIBE once
+    // it is written); one that waits cannot return while its link is stalled, however long.
+    let returned = tokio::time::timeout(Duration::from_secs(1), &mut subscribing)
+        .await
+        .ok();
     let released_while_subscribing = direct_notify
         .release_and_notify(b"sub-race", b"tok")
         .await
         .expect("release");
-    if let Some(stream) = returned {
+    proxy.resume();
+    let mut stream = if let Some(Ok(stream)) = returned {
         // subscribe claimed an active subscription before the release: it must hear it.
-        let _stream = stream.expect("subscribe");
-        proxy.resume();
         assert_eq!(
             released_while_subscribing,
             (true, true),
             "subscribe returned before the server had the subscription"
         );
-        return;
-    }
-    proxy.resume();
-    let mut stream = tokio::time::timeout(Duration::from_secs(10), subscribing)
-        .await
-        .expect("subscribe returns once the link flows again")
-        .expect("subscribe");
-    assert!(direct
-        .acquire(b"sub-race", b"tok", TTL)
-        .await
-        .expect("acquire"));
-    assert_eq!(
-        direct_notify
-            .release_and_notify(b"sub-race", b"tok")
+        stream
+    } else {
+        // Still waiting, or failed by its own timeout (which claims nothing): once the link
+        // flows, a subscription must hear the next release.
+        drop(subscribing);
+        let stream = tokio::time::timeout(Duration::from_secs(10), notify.subscribe(b"sub-race"))
             .await
-            .expect("release"),
-        (true, true),
-        "a release after subscribe returned is heard"
-    );
+            .expect("subscribe returns once the link flows")
+            .expect("subscribe");
+        assert!(direct
+            .acquire(b"sub-race", b"tok", TTL)
+            .await
+            .expect("acquire"));
+        assert_eq!(
+            direct_notify
+                .release_and_notify(b"sub-race", b"tok")
+                .await
+                .expect("release"),
+            (true, true),
+            "a release after subscribe returned is heard"
+        );
+        stream
+    };
     // A bound on the test: only a lost announcement could take this long.
     tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
@@ -293,24 +297,25 @@ async fn releases_are_announced_only_to_registered_listeners() {
         (&redis_rs, true),
         (&redis_rs, false),
     ] {
+        // The two backends' builders are different types with the same settings.
+        macro_rules! announce_only {
+            ($builder:expr) => {
+                $builder
+                    .hand_off(false)
+                    .retry_count(2)
+                    .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
+                    .build()
+                    .expect("config")
+            };
+        }
         let lock = releaser.lock(key, TTL).await.expect("free");
-        let waiting = if waiter_on_fred {
-            let waiter = redlock_fred::manager(urls.clone())
-                .hand_off(false)
-                .retry_count(2)
-                .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
-                .build()
-                .expect("config");
-            tokio::spawn(async move { waiter.lock(key, TTL).await.map(|l| l.token().to_vec()) })
+        let waiter = if waiter_on_fred {
+            announce_only!(redlock_fred::manager(urls.clone()))
         } else {
-            let waiter = redlock_redis::manager(urls.clone())
-                .hand_off(false)
-                .retry_count(2)
-                .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
-                .build()
-                .expect("config");
-            tokio::spawn(async move { waiter.lock(key, TTL).await.map(|l| l.token().to_vec()) })
+            announce_only!(redlock_redis::manager(urls.clone()))
         };
+        let waiting =
+            tokio::spawn(async move { waiter.lock(key, TTL).await.map(|l| l.token().to_vec()) });
         tokio::task::block_in_place(|| {
             wait_until(Duration::from_secs(10), "the waiter to subscribe", || {
                 servers_ref.iter().all(|s| listeners(s, key) >= 1)
