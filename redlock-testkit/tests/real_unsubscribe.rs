@@ -113,6 +113,23 @@ async fn no_channel_stays_subscribed_after_the_waiters_leave() {
 /// Whether fred's subscriber on `server` has (re)connected and re-subscribed: its last command
 /// is the PSUBSCRIBE that ends fred's re-subscription after a reconnect (it follows the
 /// SUBSCRIBE of the channels fred still tracks), or an UNSUBSCRIBE made since.
+/// Calls of `command` the server has run (scripts' calls included), from `INFO commandstats`.
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let Reply::Bulk(Some(info)) = server.cmd(&["INFO", "commandstats"]) else {
+        panic!("unexpected INFO reply");
+    };
+    let prefix = format!("cmdstat_{command}:calls=");
+    String::from_utf8_lossy(&info)
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .map_or(0, |rest| {
+            rest.split(',')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("calls")
+        })
+}
+
 fn resubscribed(server: &RedisServer) -> bool {
     let list = match server.cmd(&["CLIENT", "LIST"]) {
         Reply::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
@@ -139,9 +156,15 @@ async fn a_channel_left_during_an_outage_is_not_subscribed_again() {
     servers[0].cmd(&["SET", "outage", "someone-else"]);
     let tasks = waiters(&waiter, "outage", 3);
     let servers_ref = &servers;
+    // The waiters' subscription done on every server, its registration (the HSET of
+    // `WATCH_RELEASES`; the local queue sends one waiter per process to the servers) included:
+    // the outage must find the subscription made, not still on its way, or fred may have
+    // nothing to re-subscribe after it and the test would wait for evidence that cannot come.
     tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(10), "the waiter subscribed", || {
-            servers_ref.iter().all(|s| listeners(s, "outage") == 1)
+        wait_until(Duration::from_secs(10), "the waiters subscribed", || {
+            servers_ref
+                .iter()
+                .all(|s| listeners(s, "outage") == 1 && calls(s, "hset") >= 1)
         });
     });
     // Server 0 goes down and the waiters leave during the outage: the UNSUBSCRIBE meant for it
