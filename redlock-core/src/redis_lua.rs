@@ -169,13 +169,15 @@ for i = 2, 3 do
 end
 return 0";
 
-/// [`RELEASE_NOTIFY`] that hands the key to the first live queued waiter. Keys as
-/// [`ACQUIRE_QUEUE`]; `ARGV[1]` = token, `ARGV[2]` = non-empty to announce a release that hands
-/// the key to nobody on the key's release channel ([`release_channel`], computed here), empty
-/// for no announcement; `ARGV[3]` (optional) = `2` for a waiter that stops waiting (it leaves
-/// the queue), or `1` to pass on only a reservation: a hand-off that reached no call (its
-/// waiter went away) is passed on this way, and must never release a key that its token
-/// claimed meanwhile (a hand-off message can arrive after the acquire it led to).
+/// [`RELEASE_NOTIFY`] that hands the key to the first live queued waiter. `KEYS[1]` = the lock
+/// key alone: the script names its queue and waiter table itself ([`crate::queue_keys`]), so
+/// the common, uncontended release carries one key, as [`RELEASE`] does, instead of three (on
+/// independent masters every key lives on the one server; the names are checked against
+/// [`crate::QUEUE_KEY_PREFIX`] and [`crate::WAITERS_KEY_PREFIX`] by a test). `ARGV[1]` = token,
+/// `ARGV[2]` (optional) = `2` for a waiter that stops waiting (it leaves the queue), or `1` to
+/// pass on only a reservation: a hand-off that reached no call (its waiter went away) is passed
+/// on this way, and must never release a key that its token claimed meanwhile (a hand-off
+/// message can arrive after the acquire it led to).
 ///
 /// When the key does not hold the token: 0, and with `2` the token's own place in the queue,
 /// if any, is given up, and so is the record of a reservation for it that ran out unclaimed
@@ -185,7 +187,8 @@ return 0";
 /// channel has a subscriber gets the key (`SET` to its token with its reserve as expiry, and
 /// the table's `""` field set to its token) and a message on its channel
 /// (`<token length>:<token><key>`, see [`parse_handoff`]): 3. Otherwise the key is deleted and
-/// the release announced as `RELEASE_NOTIFY` does: 2 = heard, 1 = not.
+/// the release announced on the key's release channel ([`release_channel`], computed here) as
+/// `RELEASE_NOTIFY` does: 2 = heard, 1 = not.
 ///
 /// Without a waiter table nobody waits on this key: no queued waiter, and no announcement
 /// listener, since those register in the table ([`WATCH_RELEASES`]). The script then deletes
@@ -195,28 +198,32 @@ return 0";
 pub const RELEASE_HAND_OFF: &str = r"#!lua
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
+local wt = '\255redlock-waiters:' .. KEYS[1]
 if v ~= ARGV[1] then
-  if ARGV[3] == '2' then
-    if redis.pcall('HDEL', KEYS[3], ARGV[1]) == 1 then redis.pcall('LREM', KEYS[2], 1, ARGV[1]) end
-    if redis.pcall('HGET', KEYS[3], '') == ARGV[1] then redis.pcall('HDEL', KEYS[3], '') end
+  if ARGV[2] == '2' then
+    if redis.pcall('HDEL', wt, ARGV[1]) == 1 then
+      redis.pcall('LREM', '\255redlock-queue:' .. KEYS[1], 1, ARGV[1])
+    end
+    if redis.pcall('HGET', wt, '') == ARGV[1] then redis.pcall('HDEL', wt, '') end
   end
   return 0
 end
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  if ARGV[3] == '1' then return 0 end
+if redis.call('EXISTS', wt) == 0 then
+  if ARGV[2] == '1' then return 0 end
   redis.call('DEL', KEYS[1])
   return 1
 end
-local reserved = redis.pcall('HGET', KEYS[3], '') == ARGV[1]
-if ARGV[3] == '1' and not reserved then return 0 end
-if reserved then redis.pcall('HDEL', KEYS[3], '') end
+local reserved = redis.pcall('HGET', wt, '') == ARGV[1]
+if ARGV[2] == '1' and not reserved then return 0 end
+if reserved then redis.pcall('HDEL', wt, '') end
+local q = '\255redlock-queue:' .. KEYS[1]
 local now = nil
 for i = 1, 100 do
-  local w = redis.pcall('LPOP', KEYS[2])
+  local w = redis.pcall('LPOP', q)
   if type(w) ~= 'string' then break end
-  local e = redis.pcall('HGET', KEYS[3], w)
+  local e = redis.pcall('HGET', wt, w)
   if type(e) == 'string' then
-    redis.call('HDEL', KEYS[3], w)
+    redis.call('HDEL', wt, w)
     if not now then
       local t = redis.call('TIME')
       now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -225,14 +232,13 @@ for i = 1, 100 do
     if deadline and w ~= ARGV[1] and tonumber(deadline) >= now and tonumber(reserve) > 0 then
       redis.call('SET', KEYS[1], w, 'PX', reserve)
       if redis.call('PUBLISH', channel, #w .. ':' .. w .. KEYS[1]) > 0 then
-        redis.call('HSET', KEYS[3], '', w)
+        redis.call('HSET', wt, '', w)
         return 3
       end
     end
   end
 end
 redis.call('DEL', KEYS[1])
-if ARGV[2] == '' then return 1 end
 local hex = string.gsub(KEYS[1], '.', function(c) return string.format('%02x', string.byte(c)) end)
 if redis.call('PUBLISH', 'redlock:released:' .. hex, '') > 0 then return 2 end
 return 1";
@@ -283,5 +289,30 @@ mod tests {
         assert!(RELEASE_HAND_OFF.contains(&format!("'{RELEASE_CHANNEL_PREFIX}' .. hex")));
         assert!(RELEASE_HAND_OFF.contains("'%02x'"));
         assert_eq!(release_channel(b"\x00\xff"), "redlock:released:00ff");
+    }
+
+    /// `RELEASE_HAND_OFF` names the queue and the waiter table itself; `ACQUIRE_QUEUE` and
+    /// `WATCH_RELEASES` are sent the names `queue_keys` makes. Both must be the same keys
+    /// (checked end to end by the hand-off tests on real servers, which hand nothing over
+    /// otherwise).
+    #[test]
+    fn the_release_script_names_the_queue_keys_as_the_core_does() {
+        // A byte string as a Lua literal: printable ASCII as is, the rest as `\ddd`.
+        let lua = |prefix: &[u8]| -> String {
+            prefix
+                .iter()
+                .map(|&b| match b {
+                    b' '..=b'~' if b != b'\\' && b != b'\'' => char::from(b).to_string(),
+                    _ => format!("\\{b}"),
+                })
+                .collect()
+        };
+        for prefix in [crate::QUEUE_KEY_PREFIX, crate::WAITERS_KEY_PREFIX] {
+            let named = format!("'{}' .. KEYS[1]", lua(prefix));
+            assert!(RELEASE_HAND_OFF.contains(&named), "{named}");
+        }
+        let (queue, waiters) = crate::queue_keys(b"k");
+        assert_eq!(queue, [crate::QUEUE_KEY_PREFIX, b"k"].concat());
+        assert_eq!(waiters, [crate::WAITERS_KEY_PREFIX, b"k"].concat());
     }
 }

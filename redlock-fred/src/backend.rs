@@ -578,18 +578,13 @@ impl Handoff for RedisBackend {
         tok: &[u8],
         leaving: bool,
     ) -> Result<(bool, bool), BackendError> {
-        let (queue, waiters) = redlock_core::queue_keys(key);
+        // The script names the queue keys itself: one key on the wire, not three.
+        let leaves = [token(tok), Value::String(Str::from_static("2"))];
         match self
             .run(
                 &scripts::RELEASE_HAND_OFF,
-                &[key, &queue, &waiters],
-                &[
-                    token(tok),
-                    // Announce a release that hands the key to nobody (the script knows the
-                    // channel): one byte instead of the channel's name on every release.
-                    Value::String(Str::from_static("1")),
-                    Value::String(Str::from_static(if leaving { "2" } else { "0" })),
-                ],
+                &[key],
+                if leaving { &leaves } else { &leaves[..1] },
             )
             .await?
         {

@@ -76,17 +76,12 @@ impl HandoffState {
 /// the key is still an unclaimed reservation for `token` (the rare path: a plain `EVAL`, cached
 /// by the server after the first).
 async fn pass_on(client: Client, key: Vec<u8>, token: Vec<u8>) {
-    let (queue, waiters) = redlock_core::queue_keys(&key);
     let command = CustomCommand::new_static("EVAL", ClusterHash::FirstKey, false);
     let args: Vec<Value> = vec![
         Value::String(Str::from_static(redis_lua::RELEASE_HAND_OFF)),
-        Value::Integer(3),
+        Value::Integer(1),
         Value::Bytes(Bytes::from(key)),
-        Value::Bytes(Bytes::from(queue)),
-        Value::Bytes(Bytes::from(waiters)),
         Value::Bytes(Bytes::from(token)),
-        // Announce a release that hands the key to nobody.
-        Value::String(Str::from_static("1")),
         // Only an unclaimed reservation: the message may have outrun nothing, or arrived after
         // the acquire it led to (the key is then the token's, and stays).
         Value::String(Str::from_static("1")),

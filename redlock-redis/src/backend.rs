@@ -614,17 +614,13 @@ impl Handoff for RedisBackend {
         tok: &[u8],
         leaving: bool,
     ) -> Result<(bool, bool), BackendError> {
+        let leaves = [Part::Bytes(tok), Part::Bytes(b"2")];
         let reply = self
             .script(
                 &scripts::RELEASE_HAND_OFF,
-                &queue_keys(key),
-                &[
-                    Part::Bytes(tok),
-                    // Announce a release that hands the key to nobody (the script knows the
-                    // channel): one byte instead of the channel's name on every release.
-                    Part::Bytes(b"1"),
-                    Part::Bytes(if leaving { b"2" } else { b"0" }),
-                ],
+                // The script names the queue keys itself: one key on the wire, not three.
+                &[Part::Bytes(key)],
+                if leaving { &leaves } else { &leaves[..1] },
                 self.deadline(),
             )
             .await?;

@@ -156,16 +156,11 @@ impl Handoffs {
 /// the key is still an unclaimed reservation for `token` (the rare path: a plain `EVAL`, cached by the server after the first, on the backend's command
 /// connection). A failure leaves the key reserved for its reserve; the waiters then poll.
 async fn pass_on(link: Arc<Link>, key: Vec<u8>, token: Vec<u8>) {
-    let (queue, waiters) = redlock_core::queue_keys(&key);
     let mut cmd = redis::cmd("EVAL");
     cmd.arg(redis_lua::RELEASE_HAND_OFF)
-        .arg(3)
+        .arg(1)
         .arg(&key)
-        .arg(&queue)
-        .arg(&waiters)
         .arg(&token)
-        // Announce a release that hands the key to nobody.
-        .arg("1")
         // Only an unclaimed reservation: the message may have arrived after the acquire it led
         // to (the key is then the token's, and stays).
         .arg("1");

@@ -283,12 +283,9 @@ async fn a_pass_on_never_releases_a_claimed_key() {
         let reply = server.cmd(&[
             &b"EVAL"[..],
             redlock_core::redis_lua::RELEASE_HAND_OFF.as_bytes(),
-            b"3",
-            b"claimed",
-            &queue_key("claimed"),
-            &waiters_key("claimed"),
-            &token,
             b"1",
+            b"claimed",
+            &token,
             b"1",
         ]);
         assert_eq!(reply, Reply::Int(0), "a pass-on released a claimed key");
