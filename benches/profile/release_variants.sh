@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# BENCHMARKS.md run 12: the redis-server CPU of one release command, by variant. Each script
+# BENCHMARKS.md runs 12 and 13: the redis-server CPU of one release command, by variant. Each script
 # first SETs the key (so the release path runs); s0 is that SET alone, to subtract.
 #   s1: compare-and-delete (rslock's release), 1 key
 #   s1-3keys: the same body sent with RELEASE_HAND_OFF's keys and channel argument
 #   s2: RELEASE_HAND_OFF as of run 11 (EXISTS + PUBLISH, channel sent)
 #   s5: RELEASE_HAND_OFF as of run 12 (no PUBLISH without a waiter table, one-byte flag)
+#   s6: RELEASE_HAND_OFF as of run 13 (the lock key alone; the script names the queue keys)
 # Prints server CPU in ns per command (10 ms ticks over 1 000 000 commands, pipelined).
 set -euo pipefail
 port=${PORT:-7411}
@@ -28,6 +29,8 @@ s2="$pre
 $(handoff 19ee7ec)"
 s5="$pre
 $(handoff 4ae9684)"
+s6="$pre
+$(handoff 0353eb0)"
 load() { redis-cli -p "$port" script load "$1"; }
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 run() {
@@ -37,11 +40,12 @@ run() {
   b=$(cpu)
   echo "$name $(( (b - a) * 10000000 / 1000000 )) ns"
 }
-S0=$(load "$s0") S1=$(load "$s1") S2=$(load "$s2") S5=$(load "$s5")
+S0=$(load "$s0") S1=$(load "$s1") S2=$(load "$s2") S5=$(load "$s5") S6=$(load "$s6")
 for rep in 1 2 3; do
   run s0 EVALSHA "$S0" 1 "$K" "$T"
   run s1 EVALSHA "$S1" 1 "$K" "$T"
   run s1-3keys EVALSHA "$S1" 3 "$K" "$Q" "$W" "$T" "$CH"
   run s2 EVALSHA "$S2" 3 "$K" "$Q" "$W" "$T" "$CH"
   run s5 EVALSHA "$S5" 3 "$K" "$Q" "$W" "$T" 1
+  run s6 EVALSHA "$S6" 1 "$K" "$T"
 done
