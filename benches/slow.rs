@@ -90,10 +90,13 @@ async fn proxy_connection(client: TcpStream, upstream: u16, delay: Duration) {
                 None => break,
             }
         }
-        let due = line
-            .front()
-            .map_or_else(tokio::time::Instant::now, |(due, _)| *due);
-        tokio::time::sleep_until(due).await;
+        // A chunk already due (always, undelayed) is not put through the timer: tokio rounds a
+        // deadline up to its next millisecond tick, which would delay it by up to 1 ms.
+        if let Some((due, _)) = line.front() {
+            if *due > tokio::time::Instant::now() {
+                tokio::time::sleep_until(*due).await;
+            }
+        }
         while let Ok(chunk) = rx.try_recv() {
             line.push_back(chunk);
         }

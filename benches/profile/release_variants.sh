@@ -5,6 +5,7 @@
 #   s1-3keys: the same body sent with RELEASE_HAND_OFF's keys and channel argument
 #   s2: RELEASE_HAND_OFF as of run 11 (EXISTS + PUBLISH, channel sent)
 #   s5: RELEASE_HAND_OFF as of run 12 (no PUBLISH without a waiter table, one-byte flag)
+#   (s5 and s6 with the mode `2` a manager's unlock sends; run 12 measured s5 without it)
 #   s6: RELEASE_HAND_OFF as of run 13 (the lock key alone; the script names the queue keys)
 # Prints server CPU in ns per command (10 ms ticks over 1 000 000 commands, pipelined).
 set -euo pipefail
@@ -46,6 +47,6 @@ for rep in 1 2 3; do
   run s1 EVALSHA "$S1" 1 "$K" "$T"
   run s1-3keys EVALSHA "$S1" 3 "$K" "$Q" "$W" "$T" "$CH"
   run s2 EVALSHA "$S2" 3 "$K" "$Q" "$W" "$T" "$CH"
-  run s5 EVALSHA "$S5" 3 "$K" "$Q" "$W" "$T" 1
-  run s6 EVALSHA "$S6" 1 "$K" "$T"
+  run s5 EVALSHA "$S5" 3 "$K" "$Q" "$W" "$T" 1 2
+  run s6 EVALSHA "$S6" 1 "$K" "$T" 2
 done

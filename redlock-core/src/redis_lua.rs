@@ -196,14 +196,13 @@ return 0";
 /// costs the server one lookup (`EXISTS`) more than [`RELEASE`]. A client that subscribes to
 /// a release channel without registering is not told of such releases.
 pub const RELEASE_HAND_OFF: &str = r"#!lua
+local QUEUE, WAITERS = '\255redlock-queue:', '\255redlock-waiters:'
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return -1 end
-local wt = '\255redlock-waiters:' .. KEYS[1]
+local wt = WAITERS .. KEYS[1]
 if v ~= ARGV[1] then
   if ARGV[2] == '2' then
-    if redis.pcall('HDEL', wt, ARGV[1]) == 1 then
-      redis.pcall('LREM', '\255redlock-queue:' .. KEYS[1], 1, ARGV[1])
-    end
+    if redis.pcall('HDEL', wt, ARGV[1]) == 1 then redis.pcall('LREM', QUEUE .. KEYS[1], 1, ARGV[1]) end
     if redis.pcall('HGET', wt, '') == ARGV[1] then redis.pcall('HDEL', wt, '') end
   end
   return 0
@@ -216,7 +215,7 @@ end
 local reserved = redis.pcall('HGET', wt, '') == ARGV[1]
 if ARGV[2] == '1' and not reserved then return 0 end
 if reserved then redis.pcall('HDEL', wt, '') end
-local q = '\255redlock-queue:' .. KEYS[1]
+local q = QUEUE .. KEYS[1]
 local now = nil
 for i = 1, 100 do
   local w = redis.pcall('LPOP', q)
@@ -307,10 +306,14 @@ mod tests {
                 })
                 .collect()
         };
-        for prefix in [crate::QUEUE_KEY_PREFIX, crate::WAITERS_KEY_PREFIX] {
-            let named = format!("'{}' .. KEYS[1]", lua(prefix));
-            assert!(RELEASE_HAND_OFF.contains(&named), "{named}");
-        }
+        let names = format!(
+            "local QUEUE, WAITERS = '{}', '{}'\n",
+            lua(crate::QUEUE_KEY_PREFIX),
+            lua(crate::WAITERS_KEY_PREFIX)
+        );
+        assert!(RELEASE_HAND_OFF.contains(&names), "{names}");
+        // Named once: every use goes through the two locals.
+        assert_eq!(RELEASE_HAND_OFF.matches("redlock-").count(), 2);
         let (queue, waiters) = crate::queue_keys(b"k");
         assert_eq!(queue, [crate::QUEUE_KEY_PREFIX, b"k"].concat());
         assert_eq!(waiters, [crate::WAITERS_KEY_PREFIX, b"k"].concat());
