@@ -14,7 +14,7 @@
 //!
 //! Modes: `lock` is `lock_opts(resource, LockOptions::new(1 s).patience(UntilCancelled))` on a
 //! manager with the defaults, shared by every task of the process; `fair` the same with fair
-//! mode on; `raw-fred` is `SET key token NX PX 1000` on the three servers at once, a quorum wins,
+//! mode on; `lock-rs` and `fair-rs` the same on the redis-rs backend (`redlock-redis`); `raw-fred` is `SET key token NX PX 1000` on the three servers at once, a quorum wins,
 //! otherwise the keys it got are given back (compare-and-delete) and it retries at once;
 //! released with the compare-and-delete script. Latency: from the call to the acquisition
 //! (including every retry of the raw loop). Per row: acquisitions/s, p50/p99/max latency,
@@ -94,7 +94,7 @@ impl Plan {
 }
 
 fn plan(quick: bool) -> Vec<Plan> {
-    use Mode::{Fair, Lock, Raw};
+    use Mode::{Fair, FairRs, Lock, LockRs, Raw};
     if quick {
         return vec![
             Plan::new(Lock, 100, 100),
@@ -102,6 +102,8 @@ fn plan(quick: bool) -> Vec<Plan> {
             Plan::new(Fair, 200, 1),
             Plan::new(Raw, 100, 10),
             Plan::new(Lock, 100, 10).processes(2),
+            Plan::new(LockRs, 1_000, 10),
+            Plan::new(FairRs, 200, 1),
         ];
     }
     vec![
@@ -118,6 +120,12 @@ fn plan(quick: bool) -> Vec<Plan> {
         Plan::new(Fair, 1_000, 1),
         Plan::new(Lock, 2_500, 100).processes(4).long(),
         Plan::new(Fair, 2_500, 100).processes(4),
+        // The redis-rs backend under the same loads as the acceptance rows above.
+        Plan::new(LockRs, 10_000, 100).long(),
+        Plan::new(LockRs, 10_000, 1),
+        Plan::new(LockRs, 50_000, 1).long(),
+        Plan::new(FairRs, 1_000, 1),
+        Plan::new(LockRs, 2_500, 100).processes(4).long(),
     ]
 }
 
