@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redlock_lease::{LockManager, LockOptions, Patience, DEFAULT_FAIR_GRACE};
 
-use crate::common::{url, Flavour, Floor};
+use crate::common::{rslock, url, Flavour, Floor};
 use crate::stats::{memory_kib, reset_peak, Histogram, Leftovers, Servers};
 
 /// The lease of every acquisition (issue 10's setting).
@@ -23,32 +23,43 @@ pub enum Mode {
     LockRs,
     /// [`Mode::Fair`] on the redis-rs backend.
     FairRs,
+    /// The peer: rslock (redis-rs) with its defaults, each task looping on
+    /// `acquire_no_guard` (rslock's own wait-until-acquired: attempts with a uniform 0-200 ms
+    /// pause after each failed one), then `unlock`.
+    Rslock,
     /// Raw fred: `SET NX PX` on every server at once, a quorum wins; otherwise give back what
     /// was set and retry at once. Released with the compare-and-delete script.
     Raw,
 }
 
 impl Mode {
+    const ALL: [Mode; 6] = [
+        Mode::Lock,
+        Mode::Fair,
+        Mode::LockRs,
+        Mode::FairRs,
+        Mode::Rslock,
+        Mode::Raw,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Mode::Lock => "lock",
             Mode::Fair => "fair",
             Mode::LockRs => "lock-rs",
             Mode::FairRs => "fair-rs",
+            Mode::Rslock => "rslock",
             Mode::Raw => "raw-fred",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Mode::Lock,
-            Mode::Fair,
-            Mode::LockRs,
-            Mode::FairRs,
-            Mode::Raw,
-        ]
-        .into_iter()
-        .find(|m| m.name() == s)
+        Self::ALL.into_iter().find(|m| m.name() == s)
+    }
+
+    /// A client whose leftovers are a finding about it, not a failure of this library.
+    pub fn is_baseline(self) -> bool {
+        matches!(self, Mode::Rslock | Mode::Raw)
     }
 }
 
@@ -86,6 +97,7 @@ impl Outcome {
 
 enum Client {
     Manager(LockManager),
+    Rslock(rslock::LockManager),
     Raw(Floor),
 }
 
@@ -114,24 +126,23 @@ pub fn run(
             Mode::Lock | Mode::Fair | Mode::LockRs | Mode::FairRs => {
                 let urls = ports.iter().map(|&p| url(p));
                 let fair = matches!(spec.mode, Mode::Fair | Mode::FairRs);
-                // The two backends' builders take the same settings; one line each keeps the
-                // rows' managers alike but for the backend.
+                // The two backends' builders are distinct types with the same settings: one
+                // body for both keeps the rows' managers alike but for the backend.
+                macro_rules! build {
+                    ($builder:expr) => {{
+                        let builder = $builder;
+                        if fair {
+                            builder.fair(DEFAULT_FAIR_GRACE)
+                        } else {
+                            builder
+                        }
+                        .build()
+                    }};
+                }
                 let manager = if matches!(spec.mode, Mode::LockRs | Mode::FairRs) {
-                    let builder = redlock_redis::manager(urls);
-                    if fair {
-                        builder.fair(DEFAULT_FAIR_GRACE)
-                    } else {
-                        builder
-                    }
-                    .build()
+                    build!(redlock_redis::manager(urls))
                 } else {
-                    let builder = redlock_lease::fred::manager(urls);
-                    if fair {
-                        builder.fair(DEFAULT_FAIR_GRACE)
-                    } else {
-                        builder
-                    }
-                    .build()
+                    build!(redlock_lease::fred::manager(urls))
                 }
                 .expect("valid configuration");
                 // Connections up and scripts loaded before the clock starts.
@@ -141,6 +152,16 @@ pub fn run(
                     .expect("warm-up lock");
                 warm.release().await.expect("warm-up release");
                 Arc::new(Client::Manager(manager))
+            }
+            Mode::Rslock => {
+                let manager = rslock(ports);
+                // Connections up before the clock starts, as for the managers above.
+                let warm = manager
+                    .lock(format!("{}:warm", spec.tag).as_bytes(), LEASE)
+                    .await
+                    .expect("warm-up lock");
+                manager.unlock(&warm).await;
+                Arc::new(Client::Rslock(manager))
             }
             Mode::Raw => Arc::new(Client::Raw(Floor::connect(ports).await)),
         };
@@ -170,6 +191,7 @@ pub fn run(
                         Client::Manager(m) => {
                             lock_loop(m, &name, end, &latency, count, &errors).await;
                         }
+                        Client::Rslock(m) => rslock_loop(m, &name, end, &latency, count).await,
                         Client::Raw(f) => raw_loop(f, &name, &token, end, &latency, count).await,
                     }
                 })
@@ -197,6 +219,8 @@ pub fn run(
         });
         match &*client {
             Client::Manager(m) => drop(m.close().await),
+            // rslock has no close: its connections end with the runtime.
+            Client::Rslock(_) => {}
             Client::Raw(f) => f.quit().await,
         }
         let counts: Vec<u64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
@@ -257,6 +281,30 @@ fn note(errors: &Mutex<Errors>, e: &redlock_lease::Error) {
     errors.count += 1;
     if errors.first.is_none() {
         errors.first = Some(e.to_string());
+    }
+}
+
+async fn rslock_loop(
+    manager: &rslock::LockManager,
+    name: &str,
+    end: tokio::time::Instant,
+    latency: &Histogram,
+    count: impl Fn() -> u64,
+) {
+    while tokio::time::Instant::now() < end {
+        let asked = Instant::now();
+        // The run's end drops every waiter at once, as for the managers.
+        let acquire = manager.acquire_no_guard(name.as_bytes(), LEASE);
+        let Ok(got) = tokio::time::timeout_at(end, acquire).await else {
+            return;
+        };
+        // Its only error is a TTL too large, which 1 s is not.
+        let lock = got.expect("rslock acquire");
+        latency.record(asked.elapsed());
+        count();
+        tokio::task::yield_now().await;
+        // Best effort by rslock's design: it reports no unlock failure.
+        manager.unlock(&lock).await;
     }
 }
 
