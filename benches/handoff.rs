@@ -418,7 +418,9 @@ fn main() {
              sections/s and CPU (user + sys, whole process) per critical section = median of \
              rounds; give-ups = lock() calls that returned \"held by another\" and were made \
              again; min share = the smallest worker's sections / the mean, pooled over rounds; \
-             hold = the {:?} sleep measured inside the critical section",
+             hold = the {:?} sleep measured inside the critical section (tokio's timer rounds \
+             it to whole milliseconds, so the rate moves in steps); gap = from the end of one \
+             hold to the start of the next, the client's own hand-over time",
             contend::WORKERS,
             contend::HOLD,
             contend_plan.rounds,

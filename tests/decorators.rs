@@ -192,6 +192,12 @@ impl<B: LockBackend> Handoff for Counting<B> {
             None => Err(no_handoffs()),
         }
     }
+
+    fn grants_by_hand_off(&self) -> bool {
+        self.inner
+            .handoff()
+            .is_some_and(Handoff::grants_by_hand_off)
+    }
 }
 
 /// A holder releases at 50 ms while a waiter, whose instances are `decorate`d, waits; returns

@@ -616,3 +616,58 @@ fn a_dropped_acquire_is_recorded_as_cancelled() {
         1
     );
 }
+
+#[test]
+fn an_acquisition_by_hand_offs_is_an_event_and_a_count() {
+    let c = Cluster::new(3);
+    let manager = |seed| {
+        LockManager::builder(Arc::clone(&c.clock))
+            .instances(
+                c.memories
+                    .iter()
+                    .map(|m| Arc::new(m.clone().hand_off(true)) as Arc<dyn LockBackend>),
+            )
+            .random(Arc::new(SeededRandom::new(seed)))
+            .build()
+            .expect("valid")
+    };
+    let (holder, waiter) = (manager(1), manager(2));
+    let (got_at, log, m) = observe(|_| {
+        c.sim.run(async {
+            let held = holder.lock("r", TTL).await.expect("free");
+            let clock = Arc::clone(&c.clock);
+            let release = async move {
+                clock.sleep(ms(50)).await;
+                held.release().await.expect("release");
+            };
+            let take = async {
+                let lock = waiter.lock("r", TTL).await.expect("handed over");
+                let at = c.clock.now();
+                lock.release().await.expect("release");
+                at
+            };
+            futures::future::join(release, take).await.1
+        })
+    });
+    assert_eq!(got_at, ms(50), "taken at the release");
+    let [handed] = log.events("acquired by hand-off")[..] else {
+        panic!("{:?}", log.events)
+    };
+    assert_eq!(handed.fields["instances"], "3");
+    assert_eq!(handed.span, Some("redlock.lock"));
+    assert_eq!(counter(&m, "redlock_handed_over_total", &[]), 1);
+    // Its attempts (one refused plain one, one that queued) are counted as such; the hand-off
+    // is not an attempt.
+    assert_eq!(
+        counter(
+            &m,
+            "redlock_acquire_attempts_total",
+            &[("outcome", "contended")]
+        ),
+        2
+    );
+    assert_eq!(
+        counter(&m, "redlock_acquisitions_total", &[("outcome", "acquired")]),
+        2
+    );
+}

@@ -53,6 +53,9 @@ struct Tally {
     failures: u64,
     /// How long the 1 ms hold took, measured inside the critical section.
     holds: Vec<Duration>,
+    /// From the end of the previous holder's hold to the start of this one's: the client's
+    /// hand-over, free of the hold's timer granularity.
+    gaps: Vec<Duration>,
 }
 
 impl Client {
@@ -151,6 +154,7 @@ pub struct Round {
     give_ups: u64,
     failures: u64,
     holds: Vec<Duration>,
+    gaps: Vec<Duration>,
     /// Sections entered while another worker was inside: must stay 0.
     overlaps: u64,
 }
@@ -178,6 +182,9 @@ async fn round(clients: &[Arc<Client>], resource: &str, plan: Plan) -> Round {
     let overlaps = Arc::new(AtomicU64::new(0));
     let taken = Arc::new(AtomicU64::new(0));
     let holds: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let gaps: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    // When the last hold ended, in ns since `start` (0: none yet this round).
+    let left_at = Arc::new(AtomicU64::new(0));
     let (user, sys) = cpu_times();
     let start = Instant::now();
     let deadline = start + plan.span;
@@ -186,11 +193,13 @@ async fn round(clients: &[Arc<Client>], resource: &str, plan: Plan) -> Round {
         .enumerate()
         .map(|(worker, client)| {
             let client = Arc::clone(client);
-            let (inside, overlaps, taken, holds) = (
+            let (inside, overlaps, taken, holds, gaps, left_at) = (
                 Arc::clone(&inside),
                 Arc::clone(&overlaps),
                 Arc::clone(&taken),
                 Arc::clone(&holds),
+                Arc::clone(&gaps),
+                Arc::clone(&left_at),
             );
             let resource = resource.to_owned();
             tokio::spawn(async move {
@@ -210,14 +219,23 @@ async fn round(clients: &[Arc<Client>], resource: &str, plan: Plan) -> Round {
                         overlaps.fetch_add(1, Ordering::Relaxed);
                     }
                     let entered = Instant::now();
+                    let previous = left_at.load(Ordering::SeqCst);
+                    if previous != 0 {
+                        let now = entered.duration_since(start).as_nanos() as u64;
+                        tally
+                            .gaps
+                            .push(Duration::from_nanos(now.saturating_sub(previous)));
+                    }
                     tokio::time::sleep(HOLD).await;
                     tally.holds.push(entered.elapsed());
+                    left_at.store(start.elapsed().as_nanos() as u64, Ordering::SeqCst);
                     inside.fetch_sub(1, Ordering::SeqCst);
                     tally.sections += 1;
                     taken.fetch_add(1, Ordering::Relaxed);
                     client.release(&resource, held, &mut tally).await;
                 }
                 holds.lock().unwrap().append(&mut tally.holds);
+                gaps.lock().unwrap().append(&mut tally.gaps);
                 tally
             })
         })
@@ -233,6 +251,7 @@ async fn round(clients: &[Arc<Client>], resource: &str, plan: Plan) -> Round {
     let elapsed = start.elapsed();
     let (user_after, sys_after) = cpu_times();
     let holds = std::mem::take(&mut *holds.lock().unwrap());
+    let gaps = std::mem::take(&mut *gaps.lock().unwrap());
     Round {
         elapsed,
         cpu: (user_after + sys_after).saturating_sub(user + sys),
@@ -241,6 +260,7 @@ async fn round(clients: &[Arc<Client>], resource: &str, plan: Plan) -> Round {
         give_ups,
         failures,
         holds,
+        gaps,
         overlaps: overlaps.load(Ordering::Relaxed),
     }
 }
@@ -282,7 +302,7 @@ pub async fn measure(
 
 pub fn print_header() {
     println!(
-        "{:>2} {:<15} {:<8} {:>8} {:>10} {:>8} {:>8} {:>7} {:>5} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9} {:>8}",
+        "{:>2} {:<15} {:<8} {:>8} {:>10} {:>8} {:>8} {:>7} {:>5} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8}",
         "N",
         "runtime",
         "subject",
@@ -298,6 +318,8 @@ pub fn print_header() {
         "min share",
         "hold p50",
         "hold p99",
+        "gap p50",
+        "gap p99",
         "overlaps"
     );
 }
@@ -332,8 +354,9 @@ pub fn print_rows(n: usize, flavour: Flavour, rounds: &[Vec<Round>; SUBJECTS.len
         let mean = total as f64 / WORKERS as f64;
         let min_share = per_worker.iter().copied().min().unwrap_or(0) as f64 / mean.max(1.0);
         let holds: Vec<Duration> = rs.iter().flat_map(|r| r.holds.iter().copied()).collect();
+        let gaps: Vec<Duration> = rs.iter().flat_map(|r| r.gaps.iter().copied()).collect();
         println!(
-            "{n:>2} {:<15} {name:<8} {total:>8} {rate:>10.0} {:>8} {:>8} {cpu:>7.1} {sys:>4.0}% {:>8} {:>8} {:>8} {:>8.0}% {:>9.3} {:>9.3} {:>8}",
+            "{n:>2} {:<15} {name:<8} {total:>8} {rate:>10.0} {:>8} {:>8} {cpu:>7.1} {sys:>4.0}% {:>8} {:>8} {:>8} {:>8.0}% {:>9.3} {:>9.3} {:>8.3} {:>8.3} {:>8}",
             flavour.name(),
             ratio(rate, floor_rate),
             ratio(rate, peer_rate),
@@ -343,6 +366,8 @@ pub fn print_rows(n: usize, flavour: Flavour, rounds: &[Vec<Round>; SUBJECTS.len
             min_share * 100.0,
             quantile(&holds, 0.5).as_secs_f64() * 1e3,
             quantile(&holds, 0.99).as_secs_f64() * 1e3,
+            quantile(&gaps, 0.5).as_secs_f64() * 1e3,
+            quantile(&gaps, 0.99).as_secs_f64() * 1e3,
             rs.iter().map(|r| r.overlaps).sum::<u64>(),
         );
         let failures: u64 = rs.iter().map(|r| r.failures).sum();

@@ -280,4 +280,10 @@ impl<B: LockBackend> Handoff for Timed<B> {
         }
         result
     }
+
+    fn grants_by_hand_off(&self) -> bool {
+        self.inner
+            .handoff()
+            .is_some_and(Handoff::grants_by_hand_off)
+    }
 }

@@ -39,6 +39,10 @@ pub(crate) struct Engine {
     /// Every instance supports [`Handoff`](crate::Handoff): contended acquirers queue, and
     /// announced releases hand the key to one of them.
     pub(crate) handoff: bool,
+    /// With `handoff`: every instance's hand-offs are grants
+    /// ([`Handoff::grants_by_hand_off`](crate::Handoff::grants_by_hand_off)), so a quorum of
+    /// them may be a waiter's acquisition.
+    pub(crate) handoff_grants: bool,
 }
 
 /// A fencing counter's value as the instance keeps it (decimal ASCII); `None` for anything else.
@@ -168,7 +172,9 @@ impl Engine {
     }
 
     /// One acquire attempt: `key = token` for `ttl` on a quorum, within validity. A failed
-    /// attempt may have left keys anywhere: the caller releases them. `sent` is set once a
+    /// attempt may have left keys anywhere: the caller releases them. Where hand-offs are
+    /// grants, a refused attempt waits for every answer (within the same limit), so that its
+    /// cleanup skips the instances that said no. `sent` is set once a
     /// request went out (before that, nothing can be set: no cleanup needed). With `queue`, a
     /// refusal queues the caller for a hand-off on instances that support it.
     pub(crate) async fn acquire(
@@ -180,12 +186,17 @@ impl Engine {
         queue: Option<QueuePlace>,
     ) -> Result<Lease, Rejected> {
         let t1 = self.clock.now();
+        let wait = if self.handoff_grants {
+            Wait::UntilGranted
+        } else {
+            Wait::UntilDecided
+        };
         let round = round::run(
             &self.instances,
             Gating::Limit(&self.gates, sent),
             self.clock.as_ref(),
             self.limit(ttl),
-            Wait::UntilDecided,
+            wait,
             |b| match (queue, b.handoff()) {
                 (Some(place), Some(h)) => h.acquire_or_queue(key, token, ttl, place),
                 _ => b.acquire(key, token, ttl),
@@ -625,6 +636,7 @@ mod tests {
             drift: DriftPpm(10_000),
             instance_timeout: Duration::from_millis(100),
             handoff: false,
+            handoff_grants: false,
         }
     }
 

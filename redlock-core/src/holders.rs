@@ -36,7 +36,6 @@ impl Holders {
     }
 
     /// Whether instance `i` is in the set.
-    #[cfg(test)]
     pub(crate) fn contains(self, i: usize) -> bool {
         i < MAX_TRACKED && self.0 & (1u64 << i) != 0
     }

@@ -48,22 +48,40 @@
 //!
 //! When every backend supports [`Handoff`] (both Redis backends do), a refused call queues on
 //! each instance (its first refusal takes a place at once with a second attempt), and a release
-//! sets the key to the first live waiter's token for a short reserve instead of deleting it,
-//! telling that waiter alone. Safety does not rest on the queue: a reserved key is, to every
-//! client, a key that holds the waiter's token, exactly as if the waiter's own `SET` had landed
-//! late; the waiter still runs an ordinary attempt, whose acquire of a key that already holds
-//! its token resets the expiry from that attempt (so `T1` above bounds it as for any acquire),
-//! and the lock is granted only on a quorum within validity. What the queue changes is who
-//! tries when: one waiter per release instead of every waiter of every process, in queue
-//! order, and no taking back of a release by the process that made it.
+//! sets the key to the first live waiter's token instead of deleting it, telling that waiter
+//! alone. What the queue changes is who gets the lock when: one waiter per release instead of
+//! every waiter of every process, in queue order, and no taking back of a release by the
+//! process that made it.
+//!
+//! Where the backends promise that a hand-off is a grant ([`Handoff::grants_by_hand_off`]; both
+//! Redis backends and the in-memory one do), the queue place asks for the lock's TTL, and a
+//! quorum of hand-offs *is* the waiter's acquisition, with no round of its own: one message
+//! from each instance instead of a release, a message and an acquire round. It is an
+//! acquisition by the rules above, with `T1` moved earlier: each of those keys was set to the
+//! waiter's token, for the TTL, by an instance that had already received the waiter's queueing
+//! request, so after the start `T0` of the round that first queued the call; the lock stands
+//! until `T0 + ttl − drift`. Two conditions keep that true. Hand-offs count only from instances
+//! to which the call never sent a release of the key (a cleanup still on its way could land
+//! after the hand-off and undo it; to keep those few, a refused attempt of such a manager waits
+//! for every answer, so that it cleans up only where an instance did not say no). And a
+//! hand-off that comes so late that the lease would already be due for renewal (60 % of the
+//! TTL after `T0`) only wakes an ordinary attempt, whose acquire of a key that already holds
+//! its token resets the expiry from that attempt, as with backends that do not promise it.
 //!
 //! A hand-off message that finds no call waiting for its token is passed on, so that a waiter
 //! that went away costs the next one nothing. The pass-on must never release a key that a lock
 //! holds: the instance remembers which token a key is reserved for until that token's acquire
 //! claims it, and the pass-on releases only such an unclaimed reservation (a message can
-//! arrive after the acquire it led to, on another connection). Besides, a won lock keeps its
-//! call's listeners until it is released or lost, so a late message is usually absorbed, and a
-//! call that stops waiting leaves the queues (a hand-off release with its own token).
+//! arrive after the acquire it led to, on another connection). A lock taken by hand-offs never
+//! claims its keys that way; it needs no claim, since each instance hands a token over once per
+//! queue place and the lock keeps its call's listeners until it is released or lost: the
+//! messages it counted were delivered, and a later one can only come from an instance outside
+//! its quorum. A call that stops waiting leaves the queues (a hand-off release with its own
+//! token), giving back any key handed to it.
+//!
+//! The cost of grants: a waiter whose process hangs after queueing (alive, so its connection
+//! still listens) holds a key handed to it for the TTL, as a holder that hangs does, where a
+//! short reserve would have freed it sooner.
 //!
 //! # The deadline
 //!
@@ -182,6 +200,7 @@
 //! | `redlock_renewal_failures_total` | counter | `error`: `unavailable`, `validity_expired`, `lost` | renewal rounds that failed ([`Lock::keep_alive`], [`LockManager::lock_auto`], [`LockManager::with_lock`]); `lost` ends the renewals, the others are retried |
 //! | `redlock_instance_errors_total` | counter | `instance` (the backend's [`id`](LockBackend::id)); `kind`: `connection`, `timeout`, `wrong_type`, `server`, `auth`, `incompatible`, `protocol`, `closed`, `other` (the [`BackendErrorKind`]), `timed_out` (no answer within the per-instance timeout), `saturated` (not sent: too many calls in flight) | calls to one instance, in any round, that brought no answer |
 //! | `redlock_fair_yields_total` | counter | none | acquires that stepped aside in fair mode to let a waiter go first |
+//! | `redlock_handed_over_total` | counter | none | acquires that took a quorum of hand-offs as their acquisition, with no round of their own ([`Handoff::grants_by_hand_off`]) |
 //! | `redlock_backend_reconnects_total` | counter | `instance` | `redlock-fred` with its `metrics` feature: connections re-made after one was lost |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -64,6 +64,11 @@ pub(crate) enum Wait {
     /// For every instance, up to the time limit (release: no reachable instance may keep the
     /// token once the call returns).
     ForAll,
+    /// As soon as a quorum said yes; otherwise for every instance, up to the time limit (the
+    /// acquire of a manager whose hand-offs are grants: a refused attempt then knows which
+    /// instances said no, and cleans up only where a key may have been set, so that its
+    /// hand-offs from the others stay trustworthy).
+    UntilGranted,
 }
 
 /// How the calls of a round pass the per-instance gates.
@@ -180,6 +185,12 @@ impl Ask {
 
     pub(crate) fn is_empty(self) -> bool {
         self.0 == 0
+    }
+
+    /// The instances in either set.
+    #[must_use]
+    pub(crate) fn or(self, other: Self) -> Self {
+        Self(self.0 | other.0)
     }
 }
 
@@ -307,7 +318,12 @@ where
             };
             answers[i] = Some(answer);
         }
-        if pending == 0 || (wait == Wait::UntilDecided && decided(yes, no, failed, n, quorum)) {
+        let stop = match wait {
+            Wait::UntilDecided => decided(yes, no, failed, n, quorum),
+            Wait::UntilGranted => yes >= quorum,
+            Wait::ForAll => false,
+        };
+        if pending == 0 || stop {
             return Poll::Ready(());
         }
         if timer.is_none() {

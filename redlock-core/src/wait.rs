@@ -13,6 +13,7 @@ use futures::stream::{BoxStream, SelectAll, StreamExt};
 use futures::FutureExt;
 
 use crate::engine::Engine;
+use crate::holders::Holders;
 use crate::round::{self, Verdict, Wait};
 use crate::runtime::Clock;
 
@@ -125,7 +126,7 @@ impl Engine {
     }
 
     /// Waits until `until` (the end of the current retry window) or until a release is
-    /// announced, whichever comes first; `true` when woken early. Subscribing and the check after
+    /// announced or a quorum handed the key over, whichever comes first. Subscribing and the check after
     /// it are spent out of the window, so `lock` keeps its documented bound even when an instance
     /// is slow to answer. `contended`: the last attempt was refused by holders, the only case an
     /// announcement can shorten.
@@ -135,7 +136,7 @@ impl Engine {
         waiter: &mut Waiter,
         listen: bool,
         until: Duration,
-    ) -> bool {
+    ) -> Woke {
         self.wait(key, waiter, listen, true, until).await
     }
 
@@ -155,12 +156,12 @@ impl Engine {
         listen: bool,
         look: bool,
         until: Duration,
-    ) -> bool {
+    ) -> Woke {
         let quorum = self.quorum();
         let left = || until.saturating_sub(self.clock.now());
         if !listen {
             self.clock.sleep(left()).await;
-            return false;
+            return Woke::Timeout;
         }
         if waiter.subscriptions.is_none() {
             let limit = left().min(self.instance_timeout);
@@ -173,46 +174,64 @@ impl Engine {
                 // moot: the next attempt looks anyway.
                 let check = self.inspect(key, |s| s.is_some());
                 match select(pin!(check), self.clock.sleep(left())).await {
-                    Either::Left((held, _)) if held.verdict() == Verdict::Refused => return true,
+                    Either::Left((held, _)) if held.verdict() == Verdict::Refused => {
+                        return Woke::Released
+                    }
                     Either::Left(_) => {}
-                    Either::Right(_) => return false,
+                    Either::Right(_) => return Woke::Timeout,
                 }
             }
         }
+        let handing = waiter.listening;
         let Some(subscriptions) = waiter.subscriptions.as_mut().filter(|s| s.len() >= quorum)
         else {
             self.clock.sleep(left()).await;
-            return false;
+            return Woke::Timeout;
         };
-        let announced = async {
+        let instances = self.instances.len();
+        let announced = async move {
             // The lock is free once a majority deleted it: wake when a quorum of distinct
             // instances announced a release. Waking at the first announcement let the late
             // echoes of one release (one per instance) wake a waiter that lost the race for it
             // again and again. After a wake, that release's echoes still to come number fewer
             // than a quorum. Announcements buffered while the last attempt ran count: dropping
             // them could miss a release that happened just after the attempt was refused.
-            let mut heard = vec![false; self.instances.len()];
+            let mut heard = vec![false; instances];
             let mut count = 0;
             while count < quorum {
                 let Some(i) = subscriptions.next().await else {
                     // Every subscription ended (connections lost): only the window is left.
-                    futures::future::pending::<()>().await;
-                    return;
+                    return futures::future::pending().await;
                 };
                 if !std::mem::replace(&mut heard[i], true) {
                     count += 1;
                 }
             }
-            // Echoes already here belong to the release just heard.
-            while let Some(Some(_)) = subscriptions.next().now_or_never() {}
+            // Echoes already here belong to the release just heard (hand-offs: more holders).
+            while let Some(Some(i)) = subscriptions.next().now_or_never() {
+                heard[i] = true;
+            }
+            heard
         };
         let announced = pin!(announced);
-        let woke = matches!(
-            select(announced, self.clock.sleep(left())).await,
-            Either::Left(_)
-        );
-        woke
+        match select(announced, self.clock.sleep(left())).await {
+            Either::Left((heard, _)) if handing => Woke::Handed(Holders::of(heard)),
+            Either::Left(_) => Woke::Released,
+            Either::Right(_) => Woke::Timeout,
+        }
     }
+}
+
+/// Why a wait between attempts ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woke {
+    /// Its window ended.
+    Timeout,
+    /// A quorum announced a release, or the look after subscribing found the key free.
+    Released,
+    /// A quorum of these instances handed the key to the call (its listeners are hand-off
+    /// listeners). Where hand-offs are grants, that may be the acquisition itself.
+    Handed(Holders),
 }
 
 /// Keys on which an attempt of this manager was refused lately: the first attempt of a later

@@ -99,7 +99,8 @@ async fn pass_on(client: Client, key: Vec<u8>, token: Vec<u8>) {
     );
 }
 
-/// How long passing on a hand-off may take; the key's reserve bounds the cost of a failure.
+/// How long passing on a hand-off may take; the key's reserve (the waiter's TTL, or an instance
+/// timeout) bounds the cost of a failure.
 const PASS_ON_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The background tasks of a started notifier; aborted on close or drop (a dropped tokio

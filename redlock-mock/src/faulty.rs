@@ -338,4 +338,12 @@ impl<B: LockBackend> Handoff for FaultyBackend<B> {
         })
         .await
     }
+
+    /// The inner backend's: the faults injected here lose, delay or fail calls, and never make
+    /// up a hand-off item.
+    fn grants_by_hand_off(&self) -> bool {
+        self.inner
+            .handoff()
+            .is_some_and(Handoff::grants_by_hand_off)
+    }
 }

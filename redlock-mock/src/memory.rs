@@ -508,6 +508,11 @@ impl Handoff for MemoryBackend {
     ) -> Result<(bool, bool), BackendError> {
         self.release_and_hand_off_now(key, token, leaving)
     }
+
+    /// A hand-off sets the key (with the waiter's reserve) before it tells the listener.
+    fn grants_by_hand_off(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]

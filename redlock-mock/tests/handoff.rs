@@ -12,6 +12,7 @@
 //! and whose requests land even when the caller stopped waiting, as the network's do. The
 //! world still supplies the clocks, the managers, the traced calls and the checkers.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -46,6 +47,9 @@ struct Parts {
     /// Releases that handed the key to a waiter, over the whole run (proves the runs exercise
     /// hand-offs at all).
     handed: Arc<AtomicU64>,
+    /// Tokens that some acquire request was granted for, on any instance: a lock whose token is
+    /// not among them was taken by hand-offs alone.
+    granted: Arc<Mutex<HashSet<Vec<u8>>>>,
 }
 
 /// When the last request of a link lands and its last reply arrives: later ones never pass
@@ -64,6 +68,10 @@ struct Delayed {
     max_latency: Duration,
     rng: Mutex<StdRng>,
     fifo: Mutex<Fifo>,
+    /// Breaks rule 6 of the `Handoff` contract: claims that hand-offs are grants, yet hands keys
+    /// over for a reserve of 1 ms, not the waiter's TTL (for the test that
+    /// proves the checkers catch a manager trusting such hand-offs).
+    lies: bool,
 }
 
 impl Delayed {
@@ -99,6 +107,16 @@ impl Delayed {
         }));
         rx.await.expect("spawned requests always answer")
     }
+
+    /// Records the token of a granted acquire request.
+    fn note_grants(&self) -> impl Fn(&[u8], &Result<bool, BackendError>) + Send + 'static {
+        let granted = Arc::clone(&self.parts.get().expect("wired").granted);
+        move |token, answer| {
+            if matches!(answer, Ok(true)) {
+                granted.lock().unwrap().insert(token.to_vec());
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -109,8 +127,16 @@ impl LockBackend for Delayed {
 
     async fn acquire(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
         let (key, token) = (key.to_vec(), token.to_vec());
-        self.call(move |m| async move { m.acquire(&key, &token, ttl).await }.boxed())
-            .await
+        let granted = self.note_grants();
+        self.call(move |m| {
+            async move {
+                let answer = m.acquire(&key, &token, ttl).await;
+                granted(&token, &answer);
+                answer
+            }
+            .boxed()
+        })
+        .await
     }
 
     async fn extend(&self, key: &[u8], token: &[u8], ttl: Duration) -> Result<bool, BackendError> {
@@ -199,8 +225,24 @@ impl Handoff for Delayed {
         place: QueuePlace,
     ) -> Result<bool, BackendError> {
         let (key, token) = (key.to_vec(), token.to_vec());
-        self.call(move |m| async move { m.acquire_or_queue_now(&key, &token, ttl, place) }.boxed())
-            .await
+        let granted = self.note_grants();
+        let place = if self.lies {
+            QueuePlace {
+                reserve: ms(1),
+                ..place
+            }
+        } else {
+            place
+        };
+        self.call(move |m| {
+            async move {
+                let answer = m.acquire_or_queue_now(&key, &token, ttl, place);
+                granted(&token, &answer);
+                answer
+            }
+            .boxed()
+        })
+        .await
     }
 
     async fn release_and_hand_off(
@@ -226,6 +268,11 @@ impl Handoff for Delayed {
         })
         .await
     }
+
+    /// Items come from the memory backend's hand-offs, made right after its writes.
+    fn grants_by_hand_off(&self) -> bool {
+        true
+    }
 }
 
 /// What one call of a client does.
@@ -246,7 +293,7 @@ fn plan(rng: &mut StdRng) -> Plan {
     (0..rng.random_range(2..=5))
         .map(|_| {
             let pause = ms(rng.random_range(0..=20));
-            let hold = ms(rng.random_range(1..=15));
+            let hold = ms(rng.random_range(1..=40));
             let call = match rng.random_range(0..10) {
                 0..=5 => Call::Patient { hold },
                 6..=7 => Call::Impatient {
@@ -281,6 +328,7 @@ async fn client(
     plan: Plan,
     max_latency: Duration,
     leftovers: Leftovers,
+    served: Arc<Mutex<Vec<Vec<u8>>>>,
 ) -> usize {
     let traced = world.traced(c);
     let mut unserved = 0;
@@ -317,6 +365,7 @@ async fn client(
             Some(Ok(lock)) => {
                 world.sleep(hold).await;
                 let token = lock.lock().token().to_vec();
+                served.lock().unwrap().push(token.clone());
                 if let Err(e) = lock.release().await {
                     // Holds are far shorter than the TTL: nothing may take the lock meanwhile.
                     leftovers
@@ -355,14 +404,33 @@ const FREE_FOR: Duration = Duration::from_millis(150);
 /// attempt (see the manager's `QueuePlace`).
 const STAY: Duration = Duration::from_millis(30 + 2 * 20);
 
-/// What a run gave: its history, rendered (for the determinism check), and how many releases
-/// handed the key to a waiter.
-fn run(seed: u64, instances: usize) -> (String, u64) {
+/// What a run gave.
+struct Run {
+    /// Its history, rendered (for the determinism check).
+    history: String,
+    /// Releases that handed the key to a waiter.
+    handed: u64,
+    /// Locks taken by hand-offs alone: no acquire request for their token was granted.
+    handed_over: usize,
+    /// Holders whose windows overlapped (only a lying backend's run may have any).
+    overlaps: usize,
+}
+
+/// Runs `seed` and checks everything (see the module docs).
+fn run(seed: u64, instances: usize) -> Run {
+    run_with(seed, instances, false)
+}
+
+/// [`run`], over backends that break rule 6 when `lies`: then only the overlaps are counted,
+/// not judged.
+fn run_with(seed: u64, instances: usize, lies: bool) -> Run {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x4841_4e44_4f46_4600);
     let clients = rng.random_range(3..=6);
     let max_latency = [ms(0), ms(1), ms(3)][(seed % 3) as usize];
     let slots: Vec<Arc<OnceLock<Parts>>> = (0..instances).map(|_| Arc::default()).collect();
     let handed = Arc::new(AtomicU64::new(0));
+    let granted = Arc::default();
+    let served = Arc::default();
     let wiring = slots.clone();
     let world = World::builder()
         .seed(seed)
@@ -382,6 +450,7 @@ fn run(seed: u64, instances: usize) -> (String, u64) {
                     seed.wrapping_mul(1_000_003) ^ ((c as u64) << 32 | i as u64),
                 )),
                 fifo: Mutex::default(),
+                lies,
             })
         })
         .build()
@@ -392,6 +461,7 @@ fn run(seed: u64, instances: usize) -> (String, u64) {
             clock: world.clock(),
             spawner: world.simulation().spawner(),
             handed: Arc::clone(&handed),
+            granted: Arc::clone(&granted),
         };
         assert!(slot.set(parts).is_ok(), "wired once");
     }
@@ -401,7 +471,14 @@ fn run(seed: u64, instances: usize) -> (String, u64) {
         .into_iter()
         .enumerate()
         .map(|(c, plan)| {
-            let run = client(world.clone(), c, plan, max_latency, Arc::clone(&leftovers));
+            let run = client(
+                world.clone(),
+                c,
+                plan,
+                max_latency,
+                Arc::clone(&leftovers),
+                Arc::clone(&served),
+            );
             world.spawn_client(c, run)
         })
         .collect();
@@ -417,6 +494,27 @@ fn run(seed: u64, instances: usize) -> (String, u64) {
     let history = world.history();
     let tag = format!("seed {seed}, {instances} instances, {clients} clients");
     let report = world.check();
+    let granted = granted.lock().unwrap().clone();
+    let handed_over = served
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|token| !granted.contains(*token))
+        .count();
+    let overlaps = report
+        .violations
+        .iter()
+        .filter(|v| v.kind == ViolationKind::Overlap)
+        .count();
+    let outcome = Run {
+        history: history.render(),
+        handed: handed.load(Ordering::Relaxed),
+        handed_over,
+        overlaps,
+    };
+    if lies {
+        return outcome;
+    }
     // Leftovers are judged by `client` (see there).
     let violations: Vec<_> = report
         .violations
@@ -470,28 +568,61 @@ fn run(seed: u64, instances: usize) -> (String, u64) {
         .filter(|op| op.op == OpKind::Lock && op.outcome == Outcome::Ok)
         .count();
     assert!(served > 0, "{tag}: nobody was served");
-    (history.render(), handed.load(Ordering::Relaxed))
+    outcome
 }
 
 /// Seeds per instance count.
 const SEEDS: u64 = 300;
 
+/// Every seed of `instances` instances passes; returns the releases that handed off and the
+/// locks taken by hand-offs alone, over all seeds.
+fn sweep(instances: usize) -> (u64, usize) {
+    (0..SEEDS)
+        .map(|seed| run(seed, instances))
+        .fold((0, 0), |(h, o), r| (h + r.handed, o + r.handed_over))
+}
+
 #[test]
 fn hand_offs_keep_mutual_exclusion_and_serve_every_waiter_over_3_instances() {
-    let handed: u64 = (0..SEEDS).map(|seed| run(seed, 3).1).sum();
+    let (handed, handed_over) = sweep(3);
     // Most runs contend: the managers must have queued, and releases handed off.
     assert!(handed > SEEDS, "only {handed} hand-offs in {SEEDS} runs");
+    // Hand-offs are grants here: many waiters took theirs without a round.
+    assert!(
+        handed_over as u64 > SEEDS / 2,
+        "only {handed_over} locks taken by hand-offs alone in {SEEDS} runs"
+    );
 }
 
 #[test]
 fn hand_offs_keep_mutual_exclusion_and_serve_every_waiter_over_5_instances() {
-    let handed: u64 = (0..SEEDS).map(|seed| run(seed, 5).1).sum();
+    let (handed, handed_over) = sweep(5);
     assert!(handed > SEEDS, "only {handed} hand-offs in {SEEDS} runs");
+    assert!(
+        handed_over as u64 > SEEDS / 2,
+        "only {handed_over} locks taken by hand-offs alone in {SEEDS} runs"
+    );
+}
+
+/// The sweep can fail: a backend that claims its hand-offs are grants but hands keys over for
+/// a short reserve (rule 6 broken) makes a manager that trusts them believe it holds a key
+/// that already expired, and the checkers see two holders at once.
+#[test]
+fn a_backend_that_breaks_rule_6_is_caught() {
+    let overlaps: usize = (0..SEEDS / 3)
+        .map(|seed| run_with(seed, 3, true).overlaps)
+        .sum();
+    assert!(overlaps > 0, "no overlap in {} lying runs", SEEDS / 3);
 }
 
 #[test]
 fn a_hand_off_run_is_deterministic_per_seed() {
     for seed in [3, 17, 101] {
-        assert_eq!(run(seed, 3), run(seed, 3), "seed {seed}");
+        let (a, b) = (run(seed, 3), run(seed, 3));
+        assert_eq!(
+            (a.history, a.handed, a.handed_over),
+            (b.history, b.handed, b.handed_over),
+            "seed {seed}"
+        );
     }
 }

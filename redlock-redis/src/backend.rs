@@ -633,4 +633,11 @@ impl Handoff for RedisBackend {
             other => Err(self.unexpected("release", &other)),
         }
     }
+
+    /// The release script sets the key to the waiter's token with its reserve and only then
+    /// publishes the hand-off, on this instance's connection; a message is delivered once, to
+    /// the listener of its token, and nothing else yields an item (rule 6).
+    fn grants_by_hand_off(&self) -> bool {
+        true
+    }
 }

@@ -26,7 +26,8 @@ use tokio::time::Instant;
 use crate::error;
 use crate::link::{Link, Routed};
 
-/// How long passing on a hand-off may take; the key's reserve bounds the cost of a failure.
+/// How long passing on a hand-off may take; the key's reserve (the waiter's TTL, or an instance
+/// timeout) bounds the cost of a failure.
 const PASS_ON_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One call waiting for hand-offs to its token.

@@ -244,19 +244,50 @@ async fn a_one_attempt_call_makes_one_attempt_and_leaves_no_place() {
     holder.close().await.expect("close");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_pass_on_never_releases_a_claimed_key() {
-    require_redis();
+/// How many scripts `server` has run so far (`EVALSHA` and `EVAL` calls).
+fn scripts_run(server: &RedisServer) -> u64 {
+    let Reply::Bulk(Some(info)) = server.cmd(&["INFO", "commandstats"]) else {
+        panic!("INFO commandstats")
+    };
+    let info = String::from_utf8(info).expect("INFO is text");
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .map(|l| {
+            let calls = l.split("calls=").nth(1).expect("calls=");
+            calls[..calls.find(',').expect("a field after calls")]
+                .parse::<u64>()
+                .expect("a count")
+        })
+        .sum()
+}
+
+/// The waiter, a manager that `make` builds on the servers' URLs (either backend, polling
+/// every 60 s), takes the key from a quorum of hand-offs: no script of its own after the
+/// release (the release is each server's only one), and each key handed over for the waiter's
+/// whole TTL, not a short reserve, so that the lease counted from its queueing round stands on
+/// them.
+async fn a_quorum_of_hand_offs_is_the_acquisition_with(
+    make: impl FnOnce(&[String]) -> LockManager,
+) {
     let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
     let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     let holder = redlock_fred::manager(urls.clone()).build().expect("config");
-    let lock = holder.lock("claimed", TTL).await.expect("free lock");
-    let waiter = waits_long(&urls);
+    // Loads the scripts into the servers' caches, so that each runs as one `EVALSHA`.
+    holder
+        .lock("warm", TTL)
+        .await
+        .expect("free lock")
+        .release()
+        .await
+        .expect("release");
+    let lock = holder.lock("handed", TTL).await.expect("free lock");
+    let waiter = make(&urls);
     let next = tokio::spawn(async move {
-        let got = waiter.lock("claimed", TTL).await;
+        let got = waiter.lock("handed", TTL).await;
         (got, waiter)
     });
-    until_queued(&servers, "claimed", 1);
+    until_queued(&servers, "handed", 1);
+    let before: Vec<u64> = servers.iter().map(scripts_run).collect();
     lock.release().await.expect("release");
     let (got, waiter) = tokio::time::timeout(BOUND, next)
         .await
@@ -264,11 +295,94 @@ async fn a_pass_on_never_releases_a_claimed_key() {
         .expect("task");
     let lock = got.expect("the waiter's turn");
     let token = lock.token().to_vec();
-    // Claimed: the waiter's acquire reset the expiry to the lease (a reservation lasts the
-    // instance timeout). A quorum at least; an instance whose release came after the waiter's
-    // attempt there holds an unclaimed reservation, which a pass-on rightly hands on.
+    // Every release lands (the holder's last one after its quorum) and hands over.
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(5), "every key handed over", || {
+            servers
+                .iter()
+                .all(|s| s.get("handed").as_deref() == Some(token.as_slice()))
+        });
+    });
+    let after: Vec<u64> = servers.iter().map(scripts_run).collect();
+    let ran: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(
+        ran,
+        [1, 1, 1],
+        "the holder's release alone, no attempt by the waiter"
+    );
+    for s in &servers {
+        let left = s.pttl("handed");
+        assert!(
+            left > 20_000,
+            "handed over for the TTL (30 s), not a reserve: {left} ms"
+        );
+    }
+    assert!(
+        lock.remaining() <= TTL,
+        "a lease measured from the queueing round"
+    );
+    assert!(lock.check().await.is_ok(), "held on the instances");
+    lock.release().await.expect("release");
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(5), "the key to go", || {
+            servers.iter().all(|s| s.get("handed").is_none())
+        });
+    });
+    waiter.close().await.expect("close");
+    holder.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quorum_of_hand_offs_is_the_acquisition_on_fred() {
+    require_redis();
+    a_quorum_of_hand_offs_is_the_acquisition_with(waits_long).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quorum_of_hand_offs_is_the_acquisition_on_redis_rs() {
+    require_redis();
+    a_quorum_of_hand_offs_is_the_acquisition_with(|urls| {
+        redlock_redis::manager(urls)
+            .retry_count(2)
+            .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
+            .build()
+            .expect("config")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pass_on_never_releases_a_claimed_key() {
+    require_redis();
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let holder = redlock_fred::manager(urls.clone()).build().expect("config");
+    let lock = holder.lock("claimed", TTL).await.expect("free lock");
+    // A short lease, handed over after 65 % of it: too late to take the hand-offs as the
+    // acquisition (the lease would be due for renewal), so the waiter makes an attempt, which
+    // claims the keys.
+    let short = Duration::from_secs(2);
+    let waiter = waits_long(&urls);
+    let next = tokio::spawn(async move {
+        let got = waiter.lock("claimed", short).await;
+        (got, waiter)
+    });
+    until_queued(&servers, "claimed", 1);
+    tokio::time::sleep(short * 65 / 100).await;
+    lock.release().await.expect("release");
+    let (got, waiter) = tokio::time::timeout(BOUND, next)
+        .await
+        .expect("handed the lock")
+        .expect("task");
+    let lock = got.expect("the waiter's turn");
+    let token = lock.token().to_vec();
+    // Claimed: the waiter's acquire cleared the table's record of a reservation for its token
+    // (field ""). A quorum at least; an instance whose release came after the waiter's attempt
+    // there holds an unclaimed reservation, which a pass-on rightly hands on.
     let claimed = |s: &RedisServer| {
-        s.get("claimed").as_deref() == Some(token.as_slice()) && s.pttl("claimed") > 1_000
+        s.get("claimed").as_deref() == Some(token.as_slice())
+            && s.cmd(&[&b"HGET"[..], &waiters_key("claimed"), b""])
+                != Reply::Bulk(Some(token.clone()))
     };
     tokio::task::block_in_place(|| {
         wait_until(

@@ -135,6 +135,10 @@ macro_rules! forward {
             ) -> Result<(bool, bool), BackendError> {
                 (**self).release_and_hand_off(key, token, leaving).await
             }
+
+            fn grants_by_hand_off(&self) -> bool {
+                (**self).grants_by_hand_off()
+            }
         }
     };
 }
@@ -278,6 +282,10 @@ mod tests {
             self.note("release_and_hand_off");
             Ok((true, false))
         }
+        fn grants_by_hand_off(&self) -> bool {
+            self.note("grants_by_hand_off");
+            true
+        }
     }
 
     /// A clock the manager builder accepts; these tests never wait.
@@ -293,7 +301,7 @@ mod tests {
         }
     }
 
-    const EVERY_METHOD: [&str; 19] = [
+    const EVERY_METHOD: [&str; 20] = [
         "acquire",
         "acquire_or_queue",
         "check_config",
@@ -301,6 +309,7 @@ mod tests {
         "connect",
         "extend",
         "fencing",
+        "grants_by_hand_off",
         "handoff",
         "id",
         "inspect",
@@ -346,6 +355,7 @@ mod tests {
             assert_eq!(fencing.next_fence(b"k", b"t", b"c").await.unwrap(), Some(7));
             assert_eq!(fencing.raise_fence(b"c", 9).await.unwrap(), 9);
             let handoff = backend.handoff().expect("the probe hands off");
+            assert!(handoff.grants_by_hand_off());
             assert!(handoff.listen(b"t").await.is_ok());
             let place = QueuePlace {
                 stay: ttl,

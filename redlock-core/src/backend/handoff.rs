@@ -40,7 +40,9 @@ pub struct QueuePlace {
     /// gave up, its process died) is skipped after this. Each refused attempt renews it.
     pub stay: Duration,
     /// How long a key handed to this waiter stays reserved for it: the time it has to turn the
-    /// hand-off into its own acquire before the key expires and anyone may take it.
+    /// hand-off into its own acquire before the key expires and anyone may take it. The
+    /// manager asks for an instance timeout, or for the lock's TTL where hand-offs are grants
+    /// ([`Handoff::grants_by_hand_off`]).
     pub reserve: Duration,
 }
 
@@ -53,8 +55,9 @@ pub struct QueuePlace {
 /// waiter's `reserve`) and tells that waiter alone. The waiter then runs an ordinary acquire
 /// attempt, which finds its own token on the instances that handed it over (rule 2 of the
 /// [`LockBackend`] contract: the expiry is reset from the attempt, so validity is computed as
-/// for any acquire). A rival's acquire meanwhile is refused, so a release is not taken back by
-/// the process that made it while the waiter it named is on its way.
+/// for any acquire), or, where the backend promises rule 6, takes a quorum of hand-offs as its
+/// acquisition. A rival's acquire meanwhile is refused, so a release is not taken back by the
+/// process that made it while the waiter it named is on its way.
 ///
 /// # Contract
 ///
@@ -78,11 +81,19 @@ pub struct QueuePlace {
 ///    that went away costs its successors nothing; the pass-on releases the key only while it
 ///    is still a reservation that its token has not claimed (by an acquire), since a hand-off
 ///    message can arrive after the acquire it led to. Dropping the stream stops listening.
-/// 4. Hand-offs are a hint for speed and order only: the manager never trusts one for safety.
-///    The key it finds reserved is an ordinary acquire's "already ours".
+/// 4. Unless the backend [grants by hand-off](Self::grants_by_hand_off), hand-offs are a hint
+///    for speed and order only: the manager never trusts one for safety, and the key it finds
+///    reserved is an ordinary acquire's "already ours".
 /// 5. The queue lives in keys named by [`queue_keys`], under [`RESERVED_KEY_PREFIX`]; a key that
 ///    holds application data of another type answers `WrongType` as in rule 8 of
 ///    [`LockBackend`].
+/// 6. A backend whose [`grants_by_hand_off`](Self::grants_by_hand_off) is `true` promises
+///    more: each item of a [`listen`](Self::listen) stream follows a write, on this instance, of
+///    the key to `token` with the waiter's `reserve` as expiry, made after the
+///    [`acquire_or_queue`](Self::acquire_or_queue) that queued `token` here. Never an item
+///    without that write (not on a reconnect, not as a "check again" wake-up); losing items is
+///    allowed. The manager then asks for its lock's TTL as the reserve and counts a quorum of
+///    hand-offs as an acquisition (see [`grants_by_hand_off`](Self::grants_by_hand_off)).
 ///
 /// [`LockBackend`]: super::LockBackend
 /// [`LockBackend::acquire`]: super::LockBackend::acquire
@@ -122,4 +133,19 @@ pub trait Handoff: Send + Sync {
         token: &[u8],
         leaving: bool,
     ) -> Result<(bool, bool), BackendError>;
+
+    /// Whether a hand-off is a grant (rule 6): `false` unless the backend keeps that promise.
+    ///
+    /// With `true` on every instance, a waiting call's queue places ask for the lock's TTL as
+    /// their reserve, and a quorum of hand-offs is the call's acquisition, with no round of its
+    /// own: the key is set on each of those instances after the call first queued, so it lasts
+    /// at least the TTL from the start of that round, which is where the lease's validity is
+    /// measured from. The manager takes this only while the call has sent no release of its
+    /// own for the key (a cleanup could still land after a hand-off and undo it), and only while
+    /// the lease would not be due for renewal yet; otherwise the hand-off wakes an ordinary
+    /// attempt as under rule 4. The cost: a waiter whose process hangs after queueing holds a
+    /// key handed to it for the TTL rather than a short reserve, as a holder that hangs does.
+    fn grants_by_hand_off(&self) -> bool {
+        false
+    }
 }

@@ -13,6 +13,10 @@ const PLACE: QueuePlace = QueuePlace {
     reserve: Duration::from_secs(20),
 };
 
+/// How much of the reserve a key handed over may have lost by the time the test reads it (the
+/// item's delivery and one read, on a loaded machine).
+const GRANT_SLACK: Duration = Duration::from_secs(5);
+
 /// [`LockBackend::handoff`] returns `Some` exactly when [`Fixture::hands_off`] says it should:
 /// a decorator that drops the capability, or claims one its inner backend lacks, is caught.
 pub fn handoff_is_offered_as_declared(backend: &dyn LockBackend, fixture: &dyn Fixture) {
@@ -38,7 +42,8 @@ async fn clean(fixture: &dyn Fixture, k: &[u8]) {
 }
 
 /// A refused `acquire_or_queue` queues the waiter; the holder's `release_and_hand_off` sets the
-/// key to the waiter's token for its reserve and tells its listener; the waiter's acquire then
+/// key to the waiter's token for its reserve (the whole reserve where hand-offs are grants,
+/// rule 6) and tells its listener; the waiter's acquire then
 /// finds the key its own (expiry reset to its ttl) while a rival's is refused. With nobody
 /// queued, the release deletes the key. A foreign token's release touches nothing.
 pub async fn a_queued_waiter_is_handed_the_key(
@@ -84,6 +89,17 @@ pub async fn a_queued_waiter_is_handed_the_key(
         "a reservation lasts the waiter's reserve, not more: {:?}",
         reserved.ttl
     );
+    if h.grants_by_hand_off() {
+        // Rule 6: the manager counts this hand-off as its acquisition, for the reserve from
+        // before it queued: the key must have been set for the whole reserve, before the item.
+        assert!(
+            reserved
+                .ttl
+                .is_some_and(|t| t + GRANT_SLACK >= PLACE.reserve),
+            "a backend whose hand-offs are grants set the key for less than the reserve: {:?}",
+            reserved.ttl
+        );
+    }
     assert!(
         !must("rival acquire", backend.acquire(&k, b"tok-c", LONG)).await,
         "a rival took a key reserved for a waiter"

@@ -13,11 +13,13 @@ use super::{Inner, LockManager};
 use crate::backend::QueuePlace;
 use crate::engine::Release;
 use crate::error::Error;
+use crate::holders::Holders;
+use crate::lease::Lease;
 use crate::lock::Lock;
 use crate::options::Patience;
-use crate::round::Verdict;
+use crate::round::{Ask, Verdict};
 use crate::telemetry;
-use crate::wait::Waiter;
+use crate::wait::{Waiter, Woke};
 
 impl Inner {
     /// Acquires `key` with `token` for `ttl`, waiting as `patience` allows; with `fenced`, each
@@ -111,6 +113,14 @@ impl Inner {
         // instead of waking all of them. A queued place outlives the longest retry window by
         // two rounds, so a waiter that keeps trying keeps it.
         let handoff = engine.handoff && self.config.wake_on_release && patience != Patience::NoWait;
+        // Where hand-offs are grants, a quorum of them is this call's acquisition: the key is
+        // handed over for the whole TTL, set after the call first queued (`queued_at`, the start
+        // of that round, is where the lease is measured from). Only hand-offs from instances
+        // this call never sent a release of the key to (`released_on`): a cleanup still on its
+        // way could land after a hand-off there and undo it.
+        let grants = handoff && engine.handoff_grants;
+        let (mut queued_at, mut released_on) = (None::<Duration>, Ask::none());
+        let mut handed: Option<Lease> = None;
         let queue_place = QueuePlace {
             stay: self
                 .config
@@ -120,7 +130,11 @@ impl Inner {
                 .saturating_add(grace)
                 .max(MIN_QUEUE_TIME),
             // Whole milliseconds on the wire: a sub-millisecond timeout must not become 0.
-            reserve: self.config.instance_timeout.max(MIN_QUEUE_TIME),
+            reserve: if grants {
+                ttl
+            } else {
+                self.config.instance_timeout.max(MIN_QUEUE_TIME)
+            },
         };
         let (held_here, releases) = place.local_state();
         if held_here && patience != Patience::NoWait {
@@ -133,38 +147,48 @@ impl Inner {
             let _woke = select(pin!(wait), place.released_since(releases)).await;
         }
         loop {
-            // Closed since the last attempt: nothing of ours is set (its cleanup was awaited).
+            // Closed since the last attempt: nothing of ours is set (its cleanup was awaited; a
+            // key handed over is given back by the drop guard, as by a call that stops waiting).
             self.ensure_open()?;
-            // Fair mode: a release of this manager that a rival heard lets the rival go first.
-            // Checked before every attempt, not only the first: a queued task is past its
-            // first attempt when the local holder releases, and would otherwise take the lock
-            // straight back while the rival that heard the release is trying.
-            if let Some(until) = self.fairness.pending_yield(self.clock(), &key) {
-                let until = last_start.map_or(until, |last| until.min(last));
-                telemetry::fair_yield(self.clock(), resource, until);
-                engine.yield_until(&key, &mut waiter, until).await;
-            }
-            made += 1;
-            if handoff && made == 1 && self.contention.recent(self.clock(), &key) {
-                // A key refused lately: queue from the first attempt. Listening comes first, so
-                // that no hand-off to this call can go unheard.
-                let limit = self.listen_limit(last_start);
-                engine.listen(&token, &mut waiter, limit).await;
-            }
-            let queue = waiter.listening();
-            if queue {
-                cleanup_on_drop.queued.store(true, Ordering::Relaxed);
-            }
             let (_, releases) = place.local_state();
-            let mut granted = engine
-                .acquire(
-                    &key,
-                    &token,
-                    ttl,
-                    Some(&cleanup_on_drop.armed),
-                    queue.then_some(queue_place),
-                )
-                .await;
+            let attempt = handed.is_none();
+            let mut granted = if let Some(lease) = handed.take() {
+                telemetry::handed_over(made, lease.holders().count());
+                Ok(lease)
+            } else {
+                // Fair mode: a release of this manager that a rival heard lets the rival go
+                // first. Checked before every attempt, not only the first: a queued task is past
+                // its first attempt when the local holder releases, and would otherwise take the
+                // lock straight back while the rival that heard the release is trying.
+                if let Some(until) = self.fairness.pending_yield(self.clock(), &key) {
+                    let until = last_start.map_or(until, |last| until.min(last));
+                    telemetry::fair_yield(self.clock(), resource, until);
+                    engine.yield_until(&key, &mut waiter, until).await;
+                }
+                made += 1;
+                if handoff && made == 1 && self.contention.recent(self.clock(), &key) {
+                    // A key refused lately: queue from the first attempt. Listening comes
+                    // first, so that no hand-off to this call can go unheard.
+                    let limit = self.listen_limit(last_start);
+                    engine.listen(&token, &mut waiter, limit).await;
+                }
+                let queue = waiter.listening();
+                if queue {
+                    cleanup_on_drop.queued.store(true, Ordering::Relaxed);
+                    // Before the requests go out: every hand-off to this call comes later.
+                    queued_at.get_or_insert_with(|| self.clock().now());
+                }
+                engine
+                    .acquire(
+                        &key,
+                        &token,
+                        ttl,
+                        Some(&cleanup_on_drop.armed),
+                        queue.then_some(queue_place),
+                    )
+                    .await
+            };
+            let queue = waiter.listening();
             let mut fence = None;
             if let (true, Ok(lease)) = (fenced, &granted) {
                 let raise = self.config.fence_raise;
@@ -177,7 +201,9 @@ impl Inner {
                             lease
                         });
             }
-            telemetry::attempt(made, &granted);
+            if attempt {
+                telemetry::attempt(made, &granted);
+            }
             let rejected = match granted {
                 Ok(_) if self.ensure_open().is_err() => {
                     // Won while the manager was being closed: the close did not see this lock
@@ -223,6 +249,7 @@ impl Inner {
                     let limit = self.listen_limit(last_start);
                     if engine.listen(&token, &mut waiter, limit).await {
                         if !dirty.is_empty() {
+                            released_on = released_on.or(dirty);
                             engine.cleanup(&key, &token, Release::Quiet, dirty).await;
                         }
                         cleanup_on_drop.disarm();
@@ -247,6 +274,7 @@ impl Inner {
             } else {
                 Release::Quiet
             };
+            released_on = released_on.or(dirty);
             let cleanup = async {
                 if !dirty.is_empty() {
                     engine.cleanup(&key, &token, how, dirty).await;
@@ -283,12 +311,20 @@ impl Inner {
                 match select(pin!(wait), place.released_since(releases)).await {
                     Either::Left((woke, _)) => woke,
                     // A task of this manager released it: try now.
-                    Either::Right(_) => true,
+                    Either::Right(_) => Woke::Released,
                 }
             };
             let (_, woke) = futures::future::join(cleanup, wait).await;
-            // The failed attempt is cleaned up: nothing of ours is set any more.
+            // The failed attempt is cleaned up: nothing of ours is set any more, but for keys
+            // handed over since.
             cleanup_on_drop.disarm();
+            if let (Woke::Handed(holders), true, Some(queued_at)) = (woke, grants, queued_at) {
+                // Taken even past the last start: it costs no round, so the bound holds.
+                handed = self.handed_lease(queued_at, ttl, holders, released_on);
+                if handed.is_some() {
+                    continue;
+                }
+            }
             if last_start.is_some_and(|last| self.clock().now() > last) {
                 // The cleanup outlasted the window and the last moment to start an attempt:
                 // one more would overrun the call's bound by up to an instance timeout.
@@ -299,8 +335,39 @@ impl Inner {
                 cleanup_on_drop.settle();
                 return Err(error);
             }
-            window_end = woke.then_some(until);
+            window_end = (woke != Woke::Timeout).then_some(until);
         }
+    }
+
+    /// The lease that hand-offs on `handed` grant a call that first queued at `queued_at` and
+    /// sent releases to `released_on`: each key handed over by an instance outside
+    /// `released_on` was set for `ttl` after that moment and stays, so it stands at least until
+    /// `queued_at + ttl` on the instances' clocks, less the drift. `None` without a quorum of
+    /// those, or when the lease would be due for renewal already (the call waited long): an
+    /// attempt then sets the keys' expiry afresh, as when hand-offs are not grants.
+    fn handed_lease(
+        &self,
+        queued_at: Duration,
+        ttl: Duration,
+        handed: Holders,
+        released_on: Ask,
+    ) -> Option<Lease> {
+        let n = self.engine.instances.len();
+        // Past 64 instances neither set is tracked: such a manager always makes the attempt.
+        let holders = Holders::of((0..n).map(|i| handed.contains(i) && !released_on.contains(i)));
+        if holders.count() < self.engine.quorum() {
+            return None;
+        }
+        let now = self.clock().now();
+        let elapsed = now.saturating_sub(queued_at);
+        let lease = Lease::granted(
+            queued_at,
+            ttl,
+            elapsed,
+            self.config.drift,
+            self.config.instance_timeout,
+        )?;
+        (now < lease.renew_at()).then(|| lease.held_on(holders))
     }
 
     /// Leaves the hand-off queues in the background, where a spawner allows; otherwise the

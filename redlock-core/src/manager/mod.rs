@@ -127,6 +127,11 @@ impl LockManager {
                     handoff: config.hand_off
                         && config.wake_on_release
                         && instances.iter().all(|b| b.handoff().is_some()),
+                    handoff_grants: config.hand_off
+                        && config.wake_on_release
+                        && instances
+                            .iter()
+                            .all(|b| b.handoff().is_some_and(|h| h.grants_by_hand_off())),
                     gates: instances
                         .iter()
                         .map(|_| Gate::new(config.max_in_flight))

@@ -47,6 +47,9 @@ impl<'a> Op<'a> {
 pub(crate) fn attempt(_: u32, _: &Result<Lease, Rejected>) {}
 
 #[inline]
+pub(crate) fn handed_over(_: u32, _: usize) {}
+
+#[inline]
 pub(crate) fn fair_yield(_: &dyn Clock, _: &[u8], _: Duration) {}
 
 #[inline]

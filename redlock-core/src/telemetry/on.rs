@@ -28,6 +28,7 @@ mod name {
     pub(super) const RENEWAL_FAILURES: &str = "redlock_renewal_failures_total";
     pub(super) const INSTANCE_ERRORS: &str = "redlock_instance_errors_total";
     pub(super) const FAIR_YIELDS: &str = "redlock_fair_yields_total";
+    pub(super) const HANDED_OVER: &str = "redlock_handed_over_total";
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +303,20 @@ pub(crate) fn attempt(made: u32, granted: &Result<Lease, Rejected>) {
     metrics::counter!(name::ATTEMPTS, "outcome" => outcome).increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = outcome;
+}
+
+/// A waiting call took a quorum of hand-offs on `instances` instances as its acquisition, after
+/// `made` attempts of its own.
+pub(crate) fn handed_over(made: u32, instances: usize) {
+    #[cfg(feature = "tracing")]
+    {
+        Span::current().record("attempts", made);
+        tracing::debug!(attempt = made, instances, "acquired by hand-off");
+    }
+    #[cfg(not(feature = "tracing"))]
+    let _ = (made, instances);
+    #[cfg(feature = "metrics")]
+    metrics::counter!(name::HANDED_OVER).increment(1);
 }
 
 /// Fair mode: this acquire steps aside until `until` for a waiter of `resource`.
