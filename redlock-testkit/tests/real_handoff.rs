@@ -281,7 +281,32 @@ async fn a_quorum_of_hand_offs_is_the_acquisition_with(
         .await
         .expect("release");
     let lock = holder.lock("handed", TTL).await.expect("free lock");
+    // The lock returns at a quorum: its last acquire may land later, and the waiter, finding
+    // that key free, would not queue there. This test wants it queued everywhere.
+    let holds_everywhere = || {
+        servers
+            .iter()
+            .all(|s| s.get("handed").as_deref() == Some(lock.token()))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !holds_everywhere() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the holder's last acquire landed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let waiter = make(&urls);
+    // Connects the waiter's command connections before it queues (its subscriber connections
+    // are made by its first listen, which the 1 s instance timeout below leaves time for: a
+    // listen that outlasts it on a cold, loaded machine leaves the call unqueued).
+    waiter
+        .lock("warm", TTL)
+        .await
+        .expect("free lock")
+        .release()
+        .await
+        .expect("release");
     let next = tokio::spawn(async move {
         let got = waiter.lock("handed", TTL).await;
         (got, waiter)
@@ -335,7 +360,15 @@ async fn a_quorum_of_hand_offs_is_the_acquisition_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quorum_of_hand_offs_is_the_acquisition_on_fred() {
     require_redis();
-    a_quorum_of_hand_offs_is_the_acquisition_with(waits_long).await;
+    a_quorum_of_hand_offs_is_the_acquisition_with(|urls| {
+        redlock_fred::manager(urls.iter().cloned())
+            .retry_count(2)
+            .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
+            .instance_timeout(Duration::from_secs(1))
+            .build()
+            .expect("config")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -345,6 +378,7 @@ async fn a_quorum_of_hand_offs_is_the_acquisition_on_redis_rs() {
         redlock_redis::manager(urls)
             .retry_count(2)
             .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
+            .instance_timeout(Duration::from_secs(1))
             .build()
             .expect("config")
     })
