@@ -34,6 +34,16 @@ async fn auto_extended_lock_outlives_its_lease_while_a_rival_is_refused() {
         .build()
         .expect("config");
     let lock = holder.lock_auto("auto").await.expect("free lock");
+    // The lock returns at a quorum; its last acquire may land later, and a rival's attempt that
+    // found that key free first would keep it from landing there (the lock is then held on a
+    // quorum only, and renewals never create a key). The checks below want it everywhere.
+    let token = lock.token().to_vec();
+    until("the grant on every server", || {
+        servers
+            .iter()
+            .all(|s| s.get("auto").as_deref() == Some(&token[..]))
+    })
+    .await;
     let start = Instant::now();
     let mut refusals = 0;
     while start.elapsed() < Duration::from_secs(3) {
