@@ -172,11 +172,12 @@ impl Engine {
     }
 
     /// One acquire attempt: `key = token` for `ttl` on a quorum, within validity. A failed
-    /// attempt may have left keys anywhere: the caller releases them. Where hand-offs are
-    /// grants, a refused attempt waits for every answer (within the same limit), so that its
-    /// cleanup skips the instances that said no. `sent` is set once a
-    /// request went out (before that, nothing can be set: no cleanup needed). With `queue`, a
-    /// refusal queues the caller for a hand-off on instances that support it.
+    /// attempt may have left keys anywhere: the caller releases them. With `every_answer` (a
+    /// call that may take hand-offs as its acquisition), a refused attempt waits for every
+    /// answer (within the same limit), so that its cleanup skips the instances that said no.
+    /// `sent` is set once a request went out (before that, nothing can be set: no cleanup
+    /// needed). With `queue`, a refusal queues the caller for a hand-off on instances that
+    /// support it.
     pub(crate) async fn acquire(
         &self,
         key: &[u8],
@@ -184,9 +185,10 @@ impl Engine {
         ttl: Duration,
         sent: Option<&AtomicBool>,
         queue: Option<QueuePlace>,
+        every_answer: bool,
     ) -> Result<Lease, Rejected> {
         let t1 = self.clock.now();
-        let wait = if self.handoff_grants {
+        let wait = if every_answer {
             Wait::UntilGranted
         } else {
             Wait::UntilDecided
@@ -645,7 +647,7 @@ mod tests {
     #[test]
     fn a_quorum_grants_a_lease_from_the_round_start() {
         let e = engine(&[Up, Up, Down]);
-        let lease = block_on(e.acquire(b"k", b"t", TTL, None, None)).unwrap();
+        let lease = block_on(e.acquire(b"k", b"t", TTL, None, None, false)).unwrap();
         assert_eq!(lease.validity(), Duration::from_millis(9_898));
         assert_eq!(lease.deadline(), Duration::from_millis(9_898));
     }
@@ -653,13 +655,13 @@ mod tests {
     #[test]
     fn a_minority_is_undecided_and_a_holder_refuses() {
         let e = engine(&[Up, Down, Down]);
-        let err = block_on(e.acquire(b"k", b"t", TTL, None, None)).unwrap_err();
+        let err = block_on(e.acquire(b"k", b"t", TTL, None, None, false)).unwrap_err();
         assert_eq!(err.verdict, Verdict::Undecided);
         assert!(matches!(err.into_acquire_error(1), Error::Unavailable(_)));
 
         let e = engine(&[Up, Up, Up]);
-        block_on(e.acquire(b"k", b"rival", TTL, None, None)).unwrap();
-        let err = block_on(e.acquire(b"k", b"t", TTL, None, None)).unwrap_err();
+        block_on(e.acquire(b"k", b"rival", TTL, None, None, false)).unwrap();
+        let err = block_on(e.acquire(b"k", b"t", TTL, None, None, false)).unwrap_err();
         assert_eq!(err.verdict, Verdict::Refused);
         assert_eq!(err.failure.quorum, 2);
         assert!(matches!(err.into_acquire_error(1), Error::Contended(_)));
@@ -674,7 +676,7 @@ mod tests {
                 .verdict,
             Verdict::Refused
         );
-        block_on(e.acquire(b"k", b"t", TTL, None, None)).unwrap();
+        block_on(e.acquire(b"k", b"t", TTL, None, None, false)).unwrap();
         block_on(e.extend(b"k", b"t", TTL, Some(Duration::from_secs(1)))).unwrap();
         let round = block_on(e.release(b"k", b"t", false));
         assert_eq!(round.verdict(), Verdict::Quorum);
@@ -696,7 +698,7 @@ mod tests {
     #[test]
     fn rehydration_takes_the_quorum_th_longest_ttl() {
         let e = engine(&[Up, Up, Up]);
-        block_on(e.acquire(b"k", b"t", TTL, None, None)).unwrap();
+        block_on(e.acquire(b"k", b"t", TTL, None, None, false)).unwrap();
         let lease = block_on(e.rehydrate(b"k", b"t", TTL)).unwrap();
         // Every instance reports 5 s left: validity 5 s − 1 % − 2 ms.
         assert_eq!(lease.validity(), Duration::from_millis(4_948));

@@ -79,9 +79,18 @@
 //! its quorum. A call that stops waiting leaves the queues (a hand-off release with its own
 //! token), giving back any key handed to it.
 //!
-//! The cost of grants: a waiter whose process hangs after queueing (alive, so its connection
-//! still listens) holds a key handed to it for the TTL, as a holder that hangs does, where a
-//! short reserve would have freed it sooner.
+//! A lock taken by hand-offs has the validity left since its call first queued: at least 40 %
+//! of the TTL less the drift (a later hand-off makes an attempt instead), not the nearly whole
+//! TTL of a lock just granted by a round. [`Lock::validity`] and [`Lock::remaining`] report it,
+//! and renewals are due accordingly.
+//!
+//! The cost of grants is liveness, not safety: a key handed to a waiter that does not take it
+//! stays with that waiter for the TTL instead of a short reserve. That happens when its process
+//! hangs while still connected (as a holder that hangs would keep the lock), and when a
+//! hand-off message is lost and the waiter's call has ended: a subscriber connection that
+//! drops messages or stopped reading, a pass-on or a leave that fails or times out, or a
+//! cancelled call's leave with no spawner to run it. A waiter still waiting takes such a key at
+//! its next attempt, which finds its own token.
 //!
 //! # The deadline
 //!

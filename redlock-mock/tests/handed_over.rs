@@ -286,3 +286,53 @@ fn a_hand_off_after_a_long_wait_is_turned_into_an_attempt() {
     assert_eq!(seen.remaining, TTL - DRIFT);
     assert_keys_outlast_the_lease(&seen);
 }
+
+/// Only a call that may take hand-offs as its acquisition waits for every answer of a refused
+/// attempt: a `try_lock` (which never queues) still stops its attempt as soon as a quorum said
+/// no, even with an instance that never answers.
+#[test]
+fn a_refused_try_lock_does_not_wait_for_a_hung_instance() {
+    use redlock_mock::FaultyBackend;
+    let sim = Simulation::new();
+    let clock = sim.clock_arc();
+    let memories: Vec<MemoryBackend> = (0..3)
+        .map(|i| MemoryBackend::new(format!("mem-{i}"), Arc::clone(&clock)).hand_off(true))
+        .collect();
+    let faulty: Vec<FaultyBackend<MemoryBackend>> = memories
+        .iter()
+        .map(|m| FaultyBackend::new(m.clone(), Arc::clone(&clock)))
+        .collect();
+    let manager = |instances: Vec<Arc<dyn LockBackend>>| {
+        LockManager::builder(Arc::clone(&clock))
+            .instances(instances)
+            .build()
+            .unwrap()
+    };
+    let holder = manager(
+        memories
+            .iter()
+            .map(|m| Arc::new(m.clone()) as Arc<dyn LockBackend>)
+            .collect(),
+    );
+    let rival = manager(
+        faulty
+            .iter()
+            .map(|f| Arc::new(f.clone()) as Arc<dyn LockBackend>)
+            .collect(),
+    );
+    let held = sim.run(holder.lock("r", TTL)).unwrap();
+    faulty[2].faults().set_hang(true);
+    let at = sim.run(async {
+        let refused = rival.try_lock("r", TTL).await;
+        assert!(
+            matches!(refused, Err(redlock_core::Error::Contended(_))),
+            "{refused:?}"
+        );
+        clock.now()
+    });
+    // The attempt stops at the two refusals; the release of what the hung instance may have
+    // set (the cleanup every failed attempt makes where an answer is missing) is what waits
+    // its instance timeout (100 ms), once. Waiting for every answer would double it.
+    assert_eq!(at, ms(100), "returned after the cleanup alone");
+    drop(held);
+}

@@ -140,11 +140,12 @@ pub trait Handoff: Send + Sync {
     /// their reserve, and a quorum of hand-offs is the call's acquisition, with no round of its
     /// own: the key is set on each of those instances after the call first queued, so it lasts
     /// at least the TTL from the start of that round, which is where the lease's validity is
-    /// measured from. The manager takes this only while the call has sent no release of its
-    /// own for the key (a cleanup could still land after a hand-off and undo it), and only while
-    /// the lease would not be due for renewal yet; otherwise the hand-off wakes an ordinary
-    /// attempt as under rule 4. The cost: a waiter whose process hangs after queueing holds a
-    /// key handed to it for the TTL rather than a short reserve, as a holder that hangs does.
+    /// measured from. The manager counts only instances to which the call sent no release of
+    /// the key (a cleanup could still land after a hand-off and undo it), and only while the
+    /// lease would not be due for renewal yet; otherwise the hand-off wakes an ordinary attempt
+    /// as under rule 4. The cost: a key handed to a waiter that does not take it (its process
+    /// hangs while connected, or the message is lost after its call ended) stays with it for
+    /// the TTL rather than a short reserve.
     fn grants_by_hand_off(&self) -> bool {
         false
     }

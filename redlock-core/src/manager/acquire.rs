@@ -185,6 +185,7 @@ impl Inner {
                         ttl,
                         Some(&cleanup_on_drop.armed),
                         queue.then_some(queue_place),
+                        grants,
                     )
                     .await
             };
@@ -319,10 +320,14 @@ impl Inner {
             // handed over since.
             cleanup_on_drop.disarm();
             if let (Woke::Handed(holders), true, Some(queued_at)) = (woke, grants, queued_at) {
-                // Taken even past the last start: it costs no round, so the bound holds.
-                handed = self.handed_lease(queued_at, ttl, holders, released_on);
-                if handed.is_some() {
-                    continue;
+                // Taken even past the last start when it costs no round, so the bound holds; a
+                // fenced lock's fence rounds would overrun it, so not that one.
+                let in_time = last_start.is_none_or(|last| self.clock().now() <= last);
+                if in_time || !fenced {
+                    handed = self.handed_lease(queued_at, ttl, holders, released_on);
+                    if handed.is_some() {
+                        continue;
+                    }
                 }
             }
             if last_start.is_some_and(|last| self.clock().now() > last) {
@@ -353,7 +358,9 @@ impl Inner {
         released_on: Ask,
     ) -> Option<Lease> {
         let n = self.engine.instances.len();
-        // Past 64 instances neither set is tracked: such a manager always makes the attempt.
+        // Only the first 64 instances are tracked as holders, and a release sent to an
+        // instance past them counts as sent to every one: past 64 instances the quorum must
+        // come from the tracked ones.
         let holders = Holders::of((0..n).map(|i| handed.contains(i) && !released_on.contains(i)));
         if holders.count() < self.engine.quorum() {
             return None;
