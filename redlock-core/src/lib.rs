@@ -62,8 +62,9 @@
 //! request, so after the start `T0` of the round that first queued the call; the lock stands
 //! until `T0 + ttl − drift`. Two conditions keep that true. Hand-offs count only from instances
 //! to which the call never sent a release of the key (a cleanup still on its way could land
-//! after the hand-off and undo it; to keep those few, a refused attempt of such a manager waits
-//! for every answer, so that it cleans up only where an instance did not say no). And a
+//! after the hand-off and undo it; to keep those few, a refused attempt of a call that waits
+//! for hand-offs waits for every answer, up to the instance timeout, so that it cleans up only
+//! where an instance did not say no; `try_lock` still stops at the decision). And a
 //! hand-off that comes so late that the lease would already be due for renewal (60 % of the
 //! TTL after `T0`) only wakes an ordinary attempt, whose acquire of a key that already holds
 //! its token resets the expiry from that attempt, as with backends that do not promise it.
