@@ -167,8 +167,14 @@ impl Inner {
                 }
                 made += 1;
                 if handoff && made == 1 && self.contention.recent(self.clock(), &key) {
-                    // A key refused lately: queue from the first attempt. Listening comes
-                    // first, so that no hand-off to this call can go unheard.
+                    // A key refused lately: this attempt only takes a place in the queue, behind
+                    // the waiter that was just handed the key (often by this process's own
+                    // release a moment ago). Step back once first, so that a runtime with one
+                    // thread delivers that hand-off before it sends N requests that cannot win
+                    // (measured on contend, BENCHMARKS.md run 16).
+                    YieldOnce(false).await;
+                    // Queue from the first attempt. Listening comes first, so that no hand-off
+                    // to this call can go unheard.
                     let limit = self.listen_limit(last_start);
                     engine.listen(&token, &mut waiter, limit).await;
                 }
