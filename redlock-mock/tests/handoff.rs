@@ -339,7 +339,10 @@ async fn client(
             Call::Impatient { attempts, hold } => (Patience::Attempts(attempts), hold, None),
             Call::Dropped { after, hold } => (Patience::UntilCancelled, hold, Some(after)),
         };
-        let options = LockOptions::new(TTL).patience(patience);
+        // Odd clients fence their locks: a fenced call taking hand-offs keeps its bound too
+        // (its fence rounds count in it).
+        let fenced = c % 2 == 1;
+        let options = LockOptions::new(TTL).patience(patience).fenced(fenced);
         let started = world.now();
         let attempt = traced.lock_opts("r", options);
         let result = match drop_after {
@@ -352,9 +355,11 @@ async fn client(
         };
         if let (Call::Impatient { attempts, .. }, Some(_)) = (&call, &result) {
             // The documented bound of a call with a number of attempts holds while it queues
-            // and is handed keys: attempts × (2 × instance timeout + the longest retry delay).
+            // and is handed keys: attempts × (2 × instance timeout + the longest retry delay),
+            // 4 × instance timeout when fenced.
             let took = world.now() - started;
-            let bound = (INSTANCE_TIMEOUT * 2 + RETRY_MAX) * *attempts;
+            let rounds = if fenced { 4 } else { 2 };
+            let bound = (INSTANCE_TIMEOUT * rounds + RETRY_MAX) * *attempts;
             if took > bound {
                 leftovers.lock().unwrap().push(format!(
                     "c{c}'s call with {attempts} attempt(s) took {took:?}, more than its bound {bound:?}"
@@ -557,6 +562,8 @@ fn run_with(seed: u64, instances: usize, lies: bool) -> Run {
     // Far less than the TTL: only the queue keys may expire meanwhile.
     world.run(world.sleep(STAY + ms(1)));
     for i in 0..instances {
+        // The fenced clients' counter stays by design (a counter never expires).
+        world.instance(i).delete(&redlock_core::fence_key(b"r"));
         assert!(
             world.instance(i).is_empty(),
             "{tag}: instance {i} kept {} keys after the last place ran out",

@@ -261,6 +261,19 @@ fn scripts_run(server: &RedisServer) -> u64 {
         .sum()
 }
 
+/// A manager from either backend's builder (the two share no trait) that polls only every 60 s
+/// and waits up to 1 s per instance.
+macro_rules! patient {
+    ($builder:expr) => {
+        $builder
+            .retry_count(2)
+            .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
+            .instance_timeout(Duration::from_secs(1))
+            .build()
+            .expect("config")
+    };
+}
+
 /// The waiter, a manager that `make` builds on the servers' URLs (either backend, polling
 /// every 60 s), takes the key from a quorum of hand-offs: no script of its own after the
 /// release (the release is each server's only one), and each key handed over for the waiter's
@@ -283,19 +296,13 @@ async fn a_quorum_of_hand_offs_is_the_acquisition_with(
     let lock = holder.lock("handed", TTL).await.expect("free lock");
     // The lock returns at a quorum: its last acquire may land later, and the waiter, finding
     // that key free, would not queue there. This test wants it queued everywhere.
-    let holds_everywhere = || {
-        servers
-            .iter()
-            .all(|s| s.get("handed").as_deref() == Some(lock.token()))
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !holds_everywhere() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the holder's last acquire landed"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(10), "the holder's last acquire", || {
+            servers
+                .iter()
+                .all(|s| s.get("handed").as_deref() == Some(lock.token()))
+        });
+    });
     let waiter = make(&urls);
     // Connects the waiter's command connections before it queues (its subscriber connections
     // are made by its first listen, which the 1 s instance timeout below leaves time for: a
@@ -361,12 +368,7 @@ async fn a_quorum_of_hand_offs_is_the_acquisition_with(
 async fn a_quorum_of_hand_offs_is_the_acquisition_on_fred() {
     require_redis();
     a_quorum_of_hand_offs_is_the_acquisition_with(|urls| {
-        redlock_fred::manager(urls.iter().cloned())
-            .retry_count(2)
-            .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
-            .instance_timeout(Duration::from_secs(1))
-            .build()
-            .expect("config")
+        patient!(redlock_fred::manager(urls.iter().cloned()))
     })
     .await;
 }
@@ -374,15 +376,8 @@ async fn a_quorum_of_hand_offs_is_the_acquisition_on_fred() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_quorum_of_hand_offs_is_the_acquisition_on_redis_rs() {
     require_redis();
-    a_quorum_of_hand_offs_is_the_acquisition_with(|urls| {
-        redlock_redis::manager(urls)
-            .retry_count(2)
-            .retry_delay(Duration::from_secs(60), Duration::from_secs(60))
-            .instance_timeout(Duration::from_secs(1))
-            .build()
-            .expect("config")
-    })
-    .await;
+    a_quorum_of_hand_offs_is_the_acquisition_with(|urls| patient!(redlock_redis::manager(urls)))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
