@@ -21,7 +21,8 @@
 //!
 //! (c) Contention (`contend`): see `handoff/contend.rs`. Critical sections per second, client
 //! CPU per critical section, give-ups, the smallest worker's share of the mean, and the 1 ms hold
-//! as measured inside the critical section.
+//! as measured inside the critical section. `REDLOCK_CONTEND_HOLD=thread` makes the hold a 1 ms
+//! `std::thread::sleep` on a blocking thread instead of a tokio sleep (see `contend::Hold`).
 //!
 //! `REDLOCK_BENCH_ONLY` names the parts to run (`wake-gap`, `fairness`, `contend`) and, for
 //! `contend`, the subjects (`floor`, `rslock`, `redlock`), e.g.
@@ -268,6 +269,7 @@ fn main() {
                 rounds: 1,
                 span: Duration::from_millis(150),
                 max_sections: 0,
+                hold: contend::Hold::Timer,
             },
         }
     } else {
@@ -280,6 +282,7 @@ fn main() {
                 rounds: 3,
                 span: Duration::from_secs(2),
                 max_sections: 0,
+                hold: contend::Hold::Timer,
             },
         }
     };
@@ -290,6 +293,7 @@ fn main() {
             plan.contend.span.as_millis() as u64,
         )),
         max_sections: env_count("REDLOCK_BENCH_SECTIONS", 0),
+        hold: contend::Hold::from_env(),
     };
     let contend_subjects = contend::SUBJECTS.map(selected);
     header(
@@ -418,9 +422,8 @@ fn main() {
              sections/s and CPU (user + sys, whole process) per critical section = median of \
              rounds; give-ups = lock() calls that returned \"held by another\" and were made \
              again; min share = the smallest worker's sections / the mean, pooled over rounds; \
-             hold = the {:?} sleep measured inside the critical section (tokio's timer rounds \
-             it to whole milliseconds, so the rate moves in steps); gap = from the end of one \
-             hold to the start of the next, the client's own hand-over time",
+             hold = the {:?} wait measured inside the critical section, {}; gap = from the \
+             end of one hold to the start of the next, the client's own hand-over time",
             contend::WORKERS,
             contend::HOLD,
             contend_plan.rounds,
@@ -431,6 +434,7 @@ fn main() {
                 String::new()
             },
             contend::HOLD,
+            contend_plan.hold.describe(),
         );
         println!(
             "floor = raw fred SET NX to all N, on refusal compare-and-delete to all N and a retry \

@@ -28,6 +28,53 @@ pub struct Plan {
     pub rounds: usize,
     pub span: Duration,
     pub max_sections: u64,
+    pub hold: Hold,
+}
+
+/// What the critical section waits on for its 1 ms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// `tokio::time::sleep`: the runtime's timer, whose wheel counts whole milliseconds. On a
+    /// current-thread runtime the sleep's end moves with every wake-up of the runtime during it
+    /// (tokio parks for `deadline - floor(now)` whole ticks), so other tasks' I/O in the hold
+    /// stretches it.
+    Timer,
+    /// `std::thread::sleep` on a blocking thread: 1 ms of outside work (a call to another
+    /// service) whose end does not depend on the runtime's ticks.
+    Thread,
+}
+
+impl Hold {
+    pub fn from_env() -> Self {
+        match std::env::var("REDLOCK_CONTEND_HOLD").as_deref() {
+            Ok("thread") => Hold::Thread,
+            Ok("timer") | Err(_) => Hold::Timer,
+            Ok(other) => panic!("REDLOCK_CONTEND_HOLD: timer or thread, not {other}"),
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Hold::Timer => {
+                "a tokio sleep (its timer counts whole milliseconds, and on one thread any \
+                 wake-up of the runtime during the sleep pushes its end back by as much as it \
+                 came after the start; REDLOCK_CONTEND_HOLD=thread for a hold free of that)"
+            }
+            Hold::Thread => {
+                "a std::thread::sleep on a blocking thread (REDLOCK_CONTEND_HOLD=thread): outside \
+                 work, free of the runtime timer's whole-millisecond ticks"
+            }
+        }
+    }
+
+    async fn run(self) {
+        match self {
+            Hold::Timer => tokio::time::sleep(HOLD).await,
+            Hold::Thread => tokio::task::spawn_blocking(|| std::thread::sleep(HOLD))
+                .await
+                .expect("hold thread"),
+        }
+    }
 }
 
 /// One worker's client.
@@ -226,7 +273,7 @@ async fn round(clients: &[Arc<Client>], resource: &str, plan: Plan) -> Round {
                             .gaps
                             .push(Duration::from_nanos(now.saturating_sub(previous)));
                     }
-                    tokio::time::sleep(HOLD).await;
+                    plan.hold.run().await;
                     tally.holds.push(entered.elapsed());
                     left_at.store(start.elapsed().as_nanos() as u64, Ordering::SeqCst);
                     inside.fetch_sub(1, Ordering::SeqCst);
