@@ -7,6 +7,10 @@ is what one more cycle costs, without start-up and connection set-up.
   buckets.py calls A.cg B.cg CYCLES REGEX..  calls per cycle of functions matching REGEX
   buckets.py syscalls A.counts B.counts CYCLES  syscalls and context switches per cycle
   buckets.py perf B.txt                       share of the client's time samples, by component
+  buckets.py perfdiff A.n.txt B.n.txt CYCLES HZ [A2.n.txt B2.n.txt]
+                                              client CPU per cycle (us), by component, from the
+                                              sample counts of two perf profiles (HZ: their
+                                              sampling rate); with a second pair, side by side
 
 Components are matched on symbol names, first match wins (see BUCKETS)."""
 
@@ -149,6 +153,39 @@ def perf(path):
         print(f'{v / total * 100:5.1f}%  {label}')
 
 
+def perf_counts(path):
+    """Client samples by component, from `perf report -n --sort comm,dso,sym`."""
+    counts = {}
+    for line in open(path):
+        m = re.match(r'\s*[\d.]+%\s+(\d+)\s+(\S+)\s+(\S+)\s+\[(.)\]\s+(.*)$', line)
+        if not m or m.group(2).startswith('redis-server') or m.group(2) == 'kill':
+            continue
+        n, dso, kind, sym = int(m.group(1)), m.group(3), m.group(4), m.group(5).strip()
+        if kind == 'k':
+            label = bucket(sym, KERNEL)
+            label = 'kernel: other' if label == 'other' else label
+        elif dso.startswith('[vdso'):
+            label = 'clock reads (vdso)'
+        else:
+            label = bucket(re.sub(r'^\?\?\?:', '', sym), BUCKETS)
+        counts[label] = counts.get(label, 0) + n
+    return counts
+
+
+def perfdiff(pairs, cycles, hz):
+    us = 1e6 / hz / cycles
+    columns = []
+    for a, b in pairs:
+        A, B = perf_counts(a), perf_counts(b)
+        columns.append({k: (B.get(k, 0) - A.get(k, 0)) * us for k in set(A) | set(B)})
+    labels = sorted(set().union(*columns), key=lambda k: -max(c.get(k, 0) for c in columns))
+    print(f'{"client CPU per cycle (us)":46}' + ''.join(f'{i + 1:>10}' for i in range(len(pairs))))
+    print(f'{"total":46}' + ''.join(f'{sum(c.values()):10.2f}' for c in columns))
+    for k in labels:
+        if max(abs(c.get(k, 0)) for c in columns) >= 0.01:
+            print(f'{k:46}' + ''.join(f'{c.get(k, 0):10.2f}' for c in columns))
+
+
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == 'callgrind':
@@ -160,6 +197,9 @@ def main():
         syscalls(args[0], args[1], float(args[2]))
     elif mode == 'perf':
         perf(args[0])
+    elif mode == 'perfdiff':
+        pairs = [(args[0], args[1])] + ([(args[4], args[5])] if len(args) > 5 else [])
+        perfdiff(pairs, float(args[2]), float(args[3]))
     else:
         sys.exit(__doc__)
 

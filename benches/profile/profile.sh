@@ -50,7 +50,9 @@ case $tool in
   perf)
     env "${common[@]}" "${work[@]}" \
       perf record -q -F 15000 -e cpu-clock -o "$base.data" "$bin" --bench >"$base.log" 2>&1
-    perf report -i "$base.data" --stdio --no-children --sort comm,dso,sym -q 2>/dev/null >"$base.txt" ;;
+    perf report -i "$base.data" --stdio --no-children --sort comm,dso,sym -q 2>/dev/null >"$base.txt"
+    # With sample counts, for `buckets.py perfdiff` (15000 samples/s).
+    perf report -i "$base.data" --stdio --no-children --sort comm,dso,sym -n -q 2>/dev/null >"$base.n.txt" ;;
   *) echo "tool: callgrind, syscalls or perf" >&2; exit 2 ;;
 esac
 echo "$base"
