@@ -34,10 +34,10 @@ pub struct Plan {
 /// What the critical section waits on for its 1 ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hold {
-    /// `tokio::time::sleep`: the runtime's timer, whose wheel counts whole milliseconds. On a
-    /// current-thread runtime the sleep's end moves with every wake-up of the runtime during it
-    /// (tokio parks for `deadline - floor(now)` whole ticks), so other tasks' I/O in the hold
-    /// stretches it.
+    /// `tokio::time::sleep`: the runtime's timer, whose wheel counts whole milliseconds. The
+    /// sleep's end moves with the wake-ups of the runtime during it (tokio parks for
+    /// `deadline - floor(now)` whole ticks), so other tasks' I/O in the hold stretches it (the
+    /// `timer` bench measures by how much).
     Timer,
     /// `std::thread::sleep` on a blocking thread: 1 ms of outside work (a call to another
     /// service) whose end does not depend on the runtime's ticks.
@@ -56,9 +56,10 @@ impl Hold {
     pub fn describe(self) -> &'static str {
         match self {
             Hold::Timer => {
-                "a tokio sleep (its timer counts whole milliseconds, and on one thread any \
-                 wake-up of the runtime during the sleep pushes its end back by as much as it \
-                 came after the start; REDLOCK_CONTEND_HOLD=thread for a hold free of that)"
+                "a tokio sleep (its timer counts whole milliseconds, counted afresh at each \
+                 wake-up of the runtime, so a wake-up d into the sleep can push its end back by up \
+                 to d: cargo bench --bench timer; REDLOCK_CONTEND_HOLD=thread for a hold free of \
+                 that)"
             }
             Hold::Thread => {
                 "a std::thread::sleep on a blocking thread (REDLOCK_CONTEND_HOLD=thread): outside \
