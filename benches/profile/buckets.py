@@ -5,6 +5,8 @@ is what one more cycle costs, without start-up and connection set-up.
 
   buckets.py callgrind A.cg B.cg CYCLES      user instructions per cycle, by component
   buckets.py calls A.cg B.cg CYCLES REGEX..  calls per cycle of functions matching REGEX
+  buckets.py bus A.cg B.cg CYCLES             user instructions and atomic instructions (bus
+                                              events) per cycle
   buckets.py syscalls A.counts B.counts CYCLES  syscalls and context switches per cycle
   buckets.py perf B.txt                       share of the client's time samples, by component
   buckets.py perfdiff A.n.txt B.n.txt CYCLES HZ [A2.n.txt B2.n.txt]
@@ -80,7 +82,8 @@ def annotate(path, *args):
 def self_costs(path):
     costs = {}
     for line in annotate(path).splitlines():
-        m = re.match(r'\s*([\d,]+) \(\s*[\d.]+%\)\s+(.*)$', line)
+        # The first event (instructions); a profile with bus events has a second column.
+        m = re.match(r'\s*([\d,]+) \(\s*[\d.]+%\)(?:\s+(?:[\d,]+ \(\s*[\d.]+%\)|\.))?\s+(.*)$', line)
         if m:
             name = re.sub(r'^\?\?\?:', '', re.sub(r' \[[^\]]*\]$', '', m.group(2)))
             costs[name] = costs.get(name, 0) + int(m.group(1).replace(',', ''))
@@ -115,6 +118,19 @@ def callgrind(a, b, cycles):
             print(f'{v:10,.0f}  {v / total * 100:5.1f}%  {label}')
     for what, rx in [('malloc', r':malloc \['), ('free', r':free \['), ('realloc', r':realloc \[')]:
         print(f'{(calls(b, rx) - calls(a, rx)) / cycles:10.1f}          {what} calls per cycle')
+
+
+def bus(a, b, cycles):
+    def totals(path):
+        out = subprocess.run(['callgrind_annotate', path], capture_output=True, text=True,
+                             check=True).stdout
+        line = next(l for l in out.splitlines() if 'PROGRAM TOTALS' in l)
+        return [int(n.replace(',', '')) for n in re.findall(r'([\d,]+) \(', line)]
+    A, B = totals(a), totals(b)
+    if len(B) < 2:
+        sys.exit('no bus events in the profile: record it with --collect-bus=yes')
+    print(f'{(B[0] - A[0]) / cycles:10,.0f}  user instructions per cycle')
+    print(f'{(B[1] - A[1]) / cycles:10,.0f}  atomic instructions (bus events) per cycle')
 
 
 def syscalls(a, b, cycles):
@@ -193,6 +209,8 @@ def main():
     elif mode == 'calls':
         for rx in args[3:]:
             print(f'{(calls(args[1], rx) - calls(args[0], rx)) / float(args[2]):8.2f}  {rx}')
+    elif mode == 'bus':
+        bus(args[0], args[1], float(args[2]))
     elif mode == 'syscalls':
         syscalls(args[0], args[1], float(args[2]))
     elif mode == 'perf':

@@ -33,10 +33,11 @@ esac
 base=$out/$tool-$bench-$subject-$count
 case $tool in
   callgrind)
+    # `--collect-bus`: atomic instructions too (`buckets.py bus`).
     # Everything runs some 50 times slower under valgrind: a longer per-instance timeout keeps
     # rounds from timing out (the timers are still set per command, as in a normal run).
     env "${common[@]}" "${work[@]}" REDLOCK_BENCH_INSTANCE_TIMEOUT_MS=5000 \
-      valgrind --tool=callgrind --callgrind-out-file="$base.cg" "$bin" --bench >"$base.log" 2>&1 ;;
+      valgrind --tool=callgrind --collect-bus=yes --callgrind-out-file="$base.cg" "$bin" --bench >"$base.log" 2>&1 ;;
   syscalls)
     env "${common[@]}" "${work[@]}" \
       perf record -q -o "$base.data" -e raw_syscalls:sys_enter -e sched:sched_switch "$bin" --bench \
