@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    backends, header, manager, ports, print_failures, quick, rss_kib, start_servers, warm_up,
-    Failures, Flavour, Floor, Subject,
+    backends, header, manager, manager_rs, ports, print_failures, quick, rslock, rss_kib,
+    start_servers, warm_up, Failures, Flavour, Floor, Subject,
 };
 use redlock_lease::Lock;
 
@@ -327,5 +327,36 @@ fn main() {
          taken, including transient ones)",
         (held.live_after.saturating_sub(held.live_before)) as f64 / 1048576.0,
         held.allocations as f64 / held.locks as f64
+    );
+    future_sizes(&ports);
+}
+
+/// The size of what a caller awaits, moved with every `await` layer above it and kept in the
+/// caller's task for the whole call (BENCHMARKS.md run 17: a wrapper that doubled it cost 5-10 %
+/// of conc N = 3 on one thread).
+fn future_sizes(ports: &[u16]) {
+    fn returned<A, Fut, F: FnOnce(A) -> Fut>(_: F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+    let runtime = Flavour::CurrentThread.runtime();
+    let _guard = runtime.enter();
+    let fred = manager(ports, true);
+    let redis_rs = manager_rs(ports, true);
+    let peer = rslock(ports);
+    println!();
+    println!("futures (bytes; not polled, nothing is sent):");
+    for (name, m) in [("redlock", &fred), ("redlock-rs", &redis_rs)] {
+        println!(
+            "  {name:<11} lock {:>5}  release {:>5}  extend {:>5}",
+            std::mem::size_of_val(&m.lock("size", HOLD_TTL)),
+            returned(|l: &Lock| l.release()),
+            returned(|l: &Lock| l.extend()),
+        );
+    }
+    println!(
+        "  {:<11} lock {:>5}  unlock  {:>5}",
+        "rslock",
+        std::mem::size_of_val(&peer.lock(b"size", HOLD_TTL)),
+        returned(|(p, l): (&rslock::LockManager, &rslock::Lock)| p.unlock(l)),
     );
 }
