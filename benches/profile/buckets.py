@@ -7,6 +7,8 @@ is what one more cycle costs, without start-up and connection set-up.
   buckets.py calls A.cg B.cg CYCLES REGEX..  calls per cycle of functions matching REGEX
   buckets.py bus A.cg B.cg CYCLES             user instructions and atomic instructions (bus
                                               events) per cycle
+  buckets.py cache A.log B.log CYCLES          instructions and L1 cache misses per cycle, from two
+                                              cachegrind runs (profile.sh cachegrind)
   buckets.py syscalls A.counts B.counts CYCLES  syscalls and context switches per cycle
   buckets.py perf B.txt                       share of the client's time samples, by component
   buckets.py perfdiff A.n.txt B.n.txt CYCLES HZ [A2.n.txt B2.n.txt]
@@ -133,6 +135,19 @@ def bus(a, b, cycles):
     print(f'{(B[1] - A[1]) / cycles:10,.0f}  atomic instructions (bus events) per cycle')
 
 
+def cache(a, b, cycles):
+    def totals(path):
+        text = open(path).read()
+        out = {}
+        for label in ('I refs', 'I1 misses', 'D refs', 'D1 misses'):
+            m = re.search(re.escape(label).replace('\\ ', r'\s+') + r':\s+([\d,]+)', text)
+            out[label] = int(m.group(1).replace(',', '')) if m else 0
+        return out
+    A, B = totals(a), totals(b)
+    for label in A:
+        print(f'{(B[label] - A[label]) / cycles:10,.1f}  {label} per cycle')
+
+
 def syscalls(a, b, cycles):
     def load(path, who):
         counts = {}
@@ -209,6 +224,8 @@ def main():
     elif mode == 'calls':
         for rx in args[3:]:
             print(f'{(calls(args[1], rx) - calls(args[0], rx)) / float(args[2]):8.2f}  {rx}')
+    elif mode == 'cache':
+        cache(args[0], args[1], float(args[2]))
     elif mode == 'bus':
         bus(args[0], args[1], float(args[2]))
     elif mode == 'syscalls':
