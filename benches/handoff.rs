@@ -293,7 +293,7 @@ fn main() {
             plan.contend.span.as_millis() as u64,
         )),
         max_sections: env_count("REDLOCK_BENCH_SECTIONS", 0),
-        hold: contend::Hold::from_env(),
+        hold: contend::Hold::from_env(plan.contend.hold),
     };
     let contend_subjects = contend::SUBJECTS.map(selected);
     header(

@@ -14,21 +14,16 @@
 //! runtime (`Notify`). Printed: the sleep's p50 and p99 and the p50 of when the wake-up task
 //! actually ran, after the start.
 
+mod common;
+
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::quantile;
 use tokio::sync::Notify;
 
 const SLEEP: Duration = Duration::from_millis(1);
-
-fn quantile(samples: &mut [Duration], q: f64) -> Duration {
-    samples.sort_unstable();
-    samples
-        .get(((samples.len() - 1) as f64 * q).round() as usize)
-        .copied()
-        .unwrap_or_default()
-}
 
 /// One sleep of `SLEEP`, woken into (or not) `d` after its start: (sleep, when the wake-up ran).
 async fn sample(d: Option<Duration>) -> (Duration, Option<Duration>) {
@@ -103,7 +98,7 @@ fn main() {
         }
         .expect("runtime");
         for d in ds {
-            let (mut slept, mut woke) = runtime.block_on(async {
+            let (slept, woke) = runtime.block_on(async {
                 let (mut slept, mut woke) = (Vec::new(), Vec::new());
                 for _ in 0..samples {
                     let (s, w) = sample(d.map(Duration::from_micros)).await;
@@ -121,12 +116,12 @@ fn main() {
                     "current-thread"
                 },
                 d.map_or("none".to_owned(), |d| d.to_string()),
-                ms(quantile(&mut slept, 0.5)),
-                ms(quantile(&mut slept, 0.99)),
+                ms(quantile(&slept, 0.5)),
+                ms(quantile(&slept, 0.99)),
                 if woke.is_empty() {
                     "-".to_owned()
                 } else {
-                    format!("{:.3}", ms(quantile(&mut woke, 0.5)))
+                    format!("{:.3}", ms(quantile(&woke, 0.5)))
                 },
             );
         }

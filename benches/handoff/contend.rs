@@ -45,10 +45,12 @@ pub enum Hold {
 }
 
 impl Hold {
-    pub fn from_env() -> Self {
+    /// `REDLOCK_CONTEND_HOLD` (`timer` or `thread`), or `default` when it is not set.
+    pub fn from_env(default: Self) -> Self {
         match std::env::var("REDLOCK_CONTEND_HOLD").as_deref() {
             Ok("thread") => Hold::Thread,
-            Ok("timer") | Err(_) => Hold::Timer,
+            Ok("timer") => Hold::Timer,
+            Err(_) => default,
             Ok(other) => panic!("REDLOCK_CONTEND_HOLD: timer or thread, not {other}"),
         }
     }

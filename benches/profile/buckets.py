@@ -163,14 +163,17 @@ def syscalls(a, b, cycles):
         print(f'{who}: all syscalls {every:.2f}; ' + ', '.join(parts))
 
 
-def perf(path):
-    shares, total = {}, 0.0
+# One line of `perf report --sort comm,dso,sym`, with (-n) or without the sample count.
+PERF_LINE = re.compile(r'\s*([\d.]+)%\s+(?:(\d+)\s+)?(\S+)\s+(\S+)\s+\[(.)\]\s+(.*)$')
+
+
+def perf_lines(path):
+    """(percent, samples or None, component) of the client's lines of a perf report."""
     for line in open(path):
-        m = re.match(r'\s*([\d.]+)%\s+(\S+)\s+(\S+)\s+\[(.)\]\s+(.*)$', line)
-        if not m or m.group(2).startswith('redis-server'):
+        m = PERF_LINE.match(line)
+        if not m or m.group(3).startswith('redis-server') or m.group(3) == 'kill':
             continue
-        pct, dso, kind, sym = float(m.group(1)), m.group(3), m.group(4), m.group(5).strip()
-        total += pct
+        dso, kind, sym = m.group(4), m.group(5), m.group(6).strip()
         if kind == 'k':
             label = bucket(sym, KERNEL)
             label = 'kernel: other' if label == 'other' else label
@@ -178,6 +181,13 @@ def perf(path):
             label = 'clock reads (vdso)'
         else:
             label = bucket(re.sub(r'^\?\?\?:', '', sym), BUCKETS)
+        yield float(m.group(1)), int(m.group(2)) if m.group(2) else None, label
+
+
+def perf(path):
+    shares, total = {}, 0.0
+    for pct, _, label in perf_lines(path):
+        total += pct
         shares[label] = shares.get(label, 0) + pct
     print(f'client share of all samples (client and servers): {total:.1f}%')
     for label, v in sorted(shares.items(), key=lambda x: -x[1]):
@@ -187,19 +197,8 @@ def perf(path):
 def perf_counts(path):
     """Client samples by component, from `perf report -n --sort comm,dso,sym`."""
     counts = {}
-    for line in open(path):
-        m = re.match(r'\s*[\d.]+%\s+(\d+)\s+(\S+)\s+(\S+)\s+\[(.)\]\s+(.*)$', line)
-        if not m or m.group(2).startswith('redis-server') or m.group(2) == 'kill':
-            continue
-        n, dso, kind, sym = int(m.group(1)), m.group(3), m.group(4), m.group(5).strip()
-        if kind == 'k':
-            label = bucket(sym, KERNEL)
-            label = 'kernel: other' if label == 'other' else label
-        elif dso.startswith('[vdso'):
-            label = 'clock reads (vdso)'
-        else:
-            label = bucket(re.sub(r'^\?\?\?:', '', sym), BUCKETS)
-        counts[label] = counts.get(label, 0) + n
+    for _, n, label in perf_lines(path):
+        counts[label] = counts.get(label, 0) + (n or 0)
     return counts
 
 

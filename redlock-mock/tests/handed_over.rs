@@ -141,14 +141,28 @@ struct Seen {
     acquires: Vec<(Duration, bool)>,
 }
 
+/// Three in-memory instances that hand off, and a holder manager of its own on them.
+fn instances_and_holder(clock: &Arc<dyn Clock>) -> (Vec<MemoryBackend>, LockManager) {
+    let memories: Vec<MemoryBackend> = (0..3)
+        .map(|i| MemoryBackend::new(format!("mem-{i}"), Arc::clone(clock)).hand_off(true))
+        .collect();
+    let holder = LockManager::builder(Arc::clone(clock))
+        .instances(
+            memories
+                .iter()
+                .map(|m| Arc::new(m.clone()) as Arc<dyn LockBackend>),
+        )
+        .build()
+        .unwrap();
+    (memories, holder)
+}
+
 /// A holder takes `r` at 0 and releases it at `release_at`; the waiter asks for it at 0 and
 /// waits. The holder's lock lives long enough (TTL × 10) that only the release frees it.
 fn hand_over(grants: bool, message_delay: Duration, release_at: Duration) -> Seen {
     let sim = Simulation::new();
     let clock = sim.clock_arc();
-    let memories: Vec<MemoryBackend> = (0..3)
-        .map(|i| MemoryBackend::new(format!("mem-{i}"), Arc::clone(&clock)).hand_off(true))
-        .collect();
+    let (memories, holder) = instances_and_holder(&clock);
     let probes: Vec<Arc<Probe>> = memories
         .iter()
         .map(|m| {
@@ -161,14 +175,6 @@ fn hand_over(grants: bool, message_delay: Duration, release_at: Duration) -> See
             })
         })
         .collect();
-    let holder = LockManager::builder(Arc::clone(&clock))
-        .instances(
-            memories
-                .iter()
-                .map(|m| Arc::new(m.clone()) as Arc<dyn LockBackend>),
-        )
-        .build()
-        .unwrap();
     // Attempts far apart: the waiter does not stumble on the free key by a retry of its own.
     let waiter = LockManager::builder(Arc::clone(&clock))
         .instances(probes.iter().map(|p| Arc::clone(p) as Arc<dyn LockBackend>))
@@ -295,31 +301,19 @@ fn a_refused_try_lock_does_not_wait_for_a_hung_instance() {
     use redlock_mock::FaultyBackend;
     let sim = Simulation::new();
     let clock = sim.clock_arc();
-    let memories: Vec<MemoryBackend> = (0..3)
-        .map(|i| MemoryBackend::new(format!("mem-{i}"), Arc::clone(&clock)).hand_off(true))
-        .collect();
+    let (memories, holder) = instances_and_holder(&clock);
     let faulty: Vec<FaultyBackend<MemoryBackend>> = memories
         .iter()
         .map(|m| FaultyBackend::new(m.clone(), Arc::clone(&clock)))
         .collect();
-    let manager = |instances: Vec<Arc<dyn LockBackend>>| {
-        LockManager::builder(Arc::clone(&clock))
-            .instances(instances)
-            .build()
-            .unwrap()
-    };
-    let holder = manager(
-        memories
-            .iter()
-            .map(|m| Arc::new(m.clone()) as Arc<dyn LockBackend>)
-            .collect(),
-    );
-    let rival = manager(
-        faulty
-            .iter()
-            .map(|f| Arc::new(f.clone()) as Arc<dyn LockBackend>)
-            .collect(),
-    );
+    let rival = LockManager::builder(Arc::clone(&clock))
+        .instances(
+            faulty
+                .iter()
+                .map(|f| Arc::new(f.clone()) as Arc<dyn LockBackend>),
+        )
+        .build()
+        .unwrap();
     let held = sim.run(holder.lock("r", TTL)).unwrap();
     faulty[2].faults().set_hang(true);
     let at = sim.run(async {

@@ -194,8 +194,8 @@ impl<'a> Op<'a> {
         let span = self.span.clone();
         // A combinator, not an `async` block that awaits `call`: such a block keeps `call` twice
         // in its state (as captured and as awaited), which doubled the size of every lock and
-        // release future (4 336 bytes instead of 2 104 for `lock`) and cost 5-10 % of the
-        // throughput of short lock cycles on one thread in memory traffic (BENCHMARKS.md run 17).
+        // release future (`lock`: 4 336 bytes, 2 232 with the combinator) and cost 3-5 % of the
+        // throughput of short lock cycles on one thread (BENCHMARKS.md run 17).
         // Dropped before it ends, the closure drops the guard, which records `cancelled`.
         let mut pending = Unfinished(Some(self));
         let run = futures::FutureExt::map(call, move |result| {
