@@ -9,6 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 
 use crate::backend::{BackendError, LockBackend};
 use crate::error::{Failure, InstanceOutcome, InstanceReport};
@@ -199,20 +200,21 @@ impl Ask {
 /// `is_yes` classifies an answer. Calls still running when the round stops are dropped: a
 /// backend must not write an abandoned request later (see the contract), and the manager's
 /// follow-up rounds (release after a failed acquire) reach every instance anyway.
-pub(crate) async fn run<'a, T, C, F, Y>(
+pub(crate) fn run<'a, T, C, F, Y>(
     instances: &'a [Arc<dyn LockBackend>],
     gating: Gating<'a>,
-    clock: &dyn Clock,
+    clock: &'a dyn Clock,
     limit: Duration,
     wait: Wait,
     call: C,
     is_yes: Y,
-) -> Round<T>
+) -> RoundOnly<'a, T, C, F, Y>
 where
     C: Fn(&'a Arc<dyn LockBackend>) -> F,
     F: Future<Output = Result<T, BackendError>> + Unpin,
     Y: Fn(&T) -> bool,
 {
+    let round: fn(Kept<T, F>) -> Round<T> = |kept| kept.round;
     run_keep(
         instances,
         gating,
@@ -223,9 +225,12 @@ where
         call,
         is_yes,
     )
-    .await
-    .round
+    .map(round)
 }
+
+/// What [`run`] returns: a round that yields its answers alone.
+pub(crate) type RoundOnly<'a, T, C, F, Y> =
+    futures::future::Map<RoundFuture<'a, T, C, F, Y>, fn(Kept<T, F>) -> Round<T>>;
 
 /// What [`run_keep`] returns.
 pub(crate) struct Kept<T, F> {
@@ -240,58 +245,103 @@ pub(crate) struct Kept<T, F> {
 /// [`run`] over the instances in `ask` only (the others count as not awaited), returning also
 /// the calls still running when it stopped waiting, for the caller to finish or drop.
 #[allow(clippy::too_many_arguments)]
-pub(crate) async fn run_keep<'a, T, C, F, Y>(
+pub(crate) fn run_keep<'a, T, C, F, Y>(
     instances: &'a [Arc<dyn LockBackend>],
     gating: Gating<'a>,
-    clock: &dyn Clock,
+    clock: &'a dyn Clock,
     limit: Duration,
     wait: Wait,
     ask: Ask,
     call: C,
     is_yes: Y,
-) -> Kept<T, F>
+) -> RoundFuture<'a, T, C, F, Y>
 where
     C: Fn(&'a Arc<dyn LockBackend>) -> F,
     F: Future<Output = Result<T, BackendError>> + Unpin,
     Y: Fn(&T) -> bool,
 {
-    let n = instances.len();
-    let quorum = quorum(n);
-    let start = clock.now();
-    let mut answers: Vec<Option<Result<T, BackendError>>> = (0..n).map(|_| None).collect();
-    let mut outcomes = vec![InstanceOutcome::NotAwaited; n];
-    let (mut yes, mut no) = (0, 0);
+    RoundFuture {
+        instances,
+        gating,
+        clock,
+        limit,
+        wait,
+        ask,
+        call,
+        is_yes,
+        state: State::Unpolled,
+    }
+}
 
-    // Every pending call is polled on every wake-up, in the caller's task: the first sweep
-    // polls each call once before any verdict (a call is on its way after its first poll, see
-    // the backend contract), so a round decided early never leaves an instance unasked. N is
-    // small, so sweeping beats a `FuturesUnordered` (no allocation per call, and that one
-    // returns at the first completion, before it polled the rest).
-    let mut calls: Vec<_> = instances
-        .iter()
-        .enumerate()
-        .map(|(i, backend)| {
-            let gated = |fut| match gating {
-                Gating::Off => Gated::new(None, fut),
-                Gating::Limit(gates, _) => Gated::new(gates.get(i), fut),
-                Gating::Always(gates) => Gated::always(gates.get(i), fut),
-            };
-            ask.contains(i).then(|| gated(call(backend)))
-        })
-        .collect();
-    let sent_flag = match gating {
-        Gating::Limit(_, sent) => sent,
-        _ => None,
-    };
-    let mut pending = calls.iter().filter(|c| c.is_some()).count();
-    // Instances not asked can neither say yes nor no: for the verdict they are failures.
-    let mut failed = n - pending;
-    // Made at the first sweep that leaves calls waiting: rounds that complete at once (an
-    // in-memory backend) need no timer.
-    let mut timer: Option<BoxFuture<'static, ()>> = None;
-    let mut timed_out = false;
-    futures::future::poll_fn(|cx| {
-        for (i, slot) in calls.iter_mut().enumerate() {
+/// A round in progress (see [`run_keep`]). Written out by hand rather than as an `async fn`:
+/// that one kept its arguments and its locals twice over, and every lock and release call
+/// carries a round's state (allocated and copied with the call's future).
+pub(crate) struct RoundFuture<'a, T, C, F, Y> {
+    instances: &'a [Arc<dyn LockBackend>],
+    gating: Gating<'a>,
+    clock: &'a dyn Clock,
+    limit: Duration,
+    wait: Wait,
+    ask: Ask,
+    call: C,
+    is_yes: Y,
+    state: State<'a, T, F>,
+}
+
+enum State<'a, T, F> {
+    /// The calls are made at the first poll, as the start of the round is read then.
+    Unpolled,
+    Waiting(Waiting<'a, T, F>),
+    Done,
+}
+
+/// What a round keeps between polls.
+struct Waiting<'a, T, F> {
+    start: Duration,
+    answers: Vec<Option<Result<T, BackendError>>>,
+    outcomes: Vec<InstanceOutcome>,
+    calls: Vec<Option<Gated<'a, F>>>,
+    yes: usize,
+    no: usize,
+    failed: usize,
+    pending: usize,
+    /// Made at the first sweep that leaves calls waiting: rounds that complete at once (an
+    /// in-memory backend) need no timer.
+    timer: Option<BoxFuture<'static, ()>>,
+}
+
+// Nothing in a round is ever pinned in place: the calls are `Unpin` and polled through
+// `Pin::new`, the closures are only called.
+impl<T, C, F, Y> Unpin for RoundFuture<'_, T, C, F, Y> {}
+
+impl<'a, T, C, F, Y> Future for RoundFuture<'a, T, C, F, Y>
+where
+    C: Fn(&'a Arc<dyn LockBackend>) -> F,
+    F: Future<Output = Result<T, BackendError>> + Unpin,
+    Y: Fn(&T) -> bool,
+{
+    type Output = Kept<T, F>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Kept<T, F>> {
+        let this = self.get_mut();
+        if matches!(this.state, State::Unpolled) {
+            this.state = State::Waiting(this.start());
+        }
+        let State::Waiting(round) = &mut this.state else {
+            panic!("a round polled after it returned");
+        };
+        let n = this.instances.len();
+        let quorum = quorum(n);
+        // Every pending call is polled on every wake-up, in the caller's task: the first sweep
+        // polls each call once before any verdict (a call is on its way after its first poll,
+        // see the backend contract), so a round decided early never leaves an instance
+        // unasked. N is small, so sweeping beats a `FuturesUnordered` (no allocation per call,
+        // and that one returns at the first completion, before it polled the rest).
+        let sent_flag = match this.gating {
+            Gating::Limit(_, sent) => sent,
+            _ => None,
+        };
+        for (i, slot) in round.calls.iter_mut().enumerate() {
             let Some(fut) = slot else { continue };
             let polled = poll_in_round(fut, cx);
             if let Some(flag) = sent_flag.filter(|_| fut.sent()) {
@@ -301,80 +351,134 @@ where
                 continue;
             };
             *slot = None;
-            pending -= 1;
-            outcomes[i] = match &answer {
-                Ok(v) if is_yes(v) => {
-                    yes += 1;
+            round.pending -= 1;
+            round.outcomes[i] = match &answer {
+                Ok(v) if (this.is_yes)(v) => {
+                    round.yes += 1;
                     InstanceOutcome::Succeeded
                 }
                 Ok(_) => {
-                    no += 1;
+                    round.no += 1;
                     InstanceOutcome::Refused
                 }
                 Err(e) => {
-                    failed += 1;
+                    round.failed += 1;
                     InstanceOutcome::Failed(e.clone())
                 }
             };
-            answers[i] = Some(answer);
+            round.answers[i] = Some(answer);
         }
-        let stop = match wait {
-            Wait::UntilDecided => decided(yes, no, failed, n, quorum),
-            Wait::UntilGranted => yes >= quorum,
+        let stop = match this.wait {
+            Wait::UntilDecided => decided(round.yes, round.no, round.failed, n, quorum),
+            Wait::UntilGranted => round.yes >= quorum,
             Wait::ForAll => false,
         };
-        if pending == 0 || stop {
-            return Poll::Ready(());
+        if round.pending == 0 || stop {
+            return Poll::Ready(this.finish(false));
         }
-        if timer.is_none() {
-            let left = limit.saturating_sub(clock.now().saturating_sub(start));
-            // A limit already reached (a round cut at a deadline that has come) waits for
-            // nothing: not even one turn of a timer.
-            if left.is_zero() {
-                timed_out = true;
-                return Poll::Ready(());
+        let timer = match &mut round.timer {
+            Some(timer) => timer,
+            None => {
+                let now = this.clock.now();
+                let left = this.limit.saturating_sub(now.saturating_sub(round.start));
+                // A limit already reached (a round cut at a deadline that has come) waits for
+                // nothing: not even one turn of a timer.
+                if left.is_zero() {
+                    return Poll::Ready(this.finish(true));
+                }
+                round.timer.insert(this.clock.sleep(left))
             }
-            timer = Some(clock.sleep(left));
-        }
-        let Some(timer) = timer.as_mut() else {
-            return Poll::Pending;
         };
         if timer.as_mut().poll(cx).is_ready() {
-            timed_out = true;
-            return Poll::Ready(());
+            return Poll::Ready(this.finish(true));
         }
         Poll::Pending
-    })
-    .await;
-    if timed_out {
-        for ((outcome, answer), call) in outcomes.iter_mut().zip(&answers).zip(&calls) {
-            // A call still here was asked and did not answer; a slot emptied without an answer
-            // was never asked.
-            if let (None, Some(call)) = (answer, call) {
-                *outcome = if call.sent() {
-                    InstanceOutcome::TimedOut
-                } else {
-                    InstanceOutcome::Saturated
+    }
+}
+
+impl<'a, T, C, F, Y> RoundFuture<'a, T, C, F, Y>
+where
+    C: Fn(&'a Arc<dyn LockBackend>) -> F,
+    F: Future<Output = Result<T, BackendError>> + Unpin,
+{
+    /// The round's start: every call made (none sent before its first poll).
+    fn start(&self) -> Waiting<'a, T, F> {
+        let n = self.instances.len();
+        let start = self.clock.now();
+        let gating = self.gating;
+        let calls: Vec<_> = self
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(i, backend)| {
+                let gated = |fut| match gating {
+                    Gating::Off => Gated::new(None, fut),
+                    Gating::Limit(gates, _) => Gated::new(gates.get(i), fut),
+                    Gating::Always(gates) => Gated::always(gates.get(i), fut),
                 };
-            }
+                self.ask.contains(i).then(|| gated((self.call)(backend)))
+            })
+            .collect();
+        let pending = calls.iter().filter(|c| c.is_some()).count();
+        Waiting {
+            start,
+            answers: (0..n).map(|_| None).collect(),
+            outcomes: vec![InstanceOutcome::NotAwaited; n],
+            calls,
+            yes: 0,
+            no: 0,
+            // Instances not asked can neither say yes nor no: for the verdict they are
+            // failures.
+            failed: n - pending,
+            pending,
+            timer: None,
         }
     }
-    crate::telemetry::round(instances, &outcomes);
-    let running = calls.into_iter().flatten().map(Gated::into_inner).collect();
-    let round = Round {
-        answers,
-        outcomes,
-        yes,
-        no,
-        quorum,
-        elapsed: clock.now().saturating_sub(start),
-    };
-    Kept {
-        round,
-        running,
-        // A timer that fired is finished: polling it again breaks the `Future` contract (some
-        // clocks' sleeps panic, others never wake again).
-        timer: if timed_out { None } else { timer },
+
+    /// The round's result, once it stopped waiting (`timed_out`: at its limit).
+    fn finish(&mut self, timed_out: bool) -> Kept<T, F> {
+        let State::Waiting(round) = std::mem::replace(&mut self.state, State::Done) else {
+            unreachable!("finish is called from a waiting round only");
+        };
+        let Waiting {
+            start,
+            answers,
+            mut outcomes,
+            calls,
+            yes,
+            no,
+            timer,
+            ..
+        } = round;
+        if timed_out {
+            for ((outcome, answer), call) in outcomes.iter_mut().zip(&answers).zip(&calls) {
+                // A call still here was asked and did not answer; a slot emptied without an
+                // answer was never asked.
+                if let (None, Some(call)) = (answer, call) {
+                    *outcome = if call.sent() {
+                        InstanceOutcome::TimedOut
+                    } else {
+                        InstanceOutcome::Saturated
+                    };
+                }
+            }
+        }
+        crate::telemetry::round(self.instances, &outcomes);
+        let running = calls.into_iter().flatten().map(Gated::into_inner).collect();
+        Kept {
+            round: Round {
+                answers,
+                outcomes,
+                yes,
+                no,
+                quorum: quorum(self.instances.len()),
+                elapsed: self.clock.now().saturating_sub(start),
+            },
+            running,
+            // A timer that fired is finished: polling it again breaks the `Future` contract
+            // (some clocks' sleeps panic, others never wake again).
+            timer: if timed_out { None } else { timer },
+        }
     }
 }
 

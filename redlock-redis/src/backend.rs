@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::channel::oneshot;
 use futures::stream::BoxStream;
+use futures::FutureExt;
 use redis::io::tcp::TcpSettings;
 use redis::{Client, Cmd, ConnectionInfo, Value};
 use redlock_core::{
@@ -15,7 +17,7 @@ use redlock_core::{
 use tokio::time::Instant;
 
 use crate::command::{self, Part};
-use crate::link::{self, ConnRef, Link, Routed};
+use crate::link::{self, ConnRef, Link, Routed, Sending};
 use crate::notify::Notifier;
 use crate::options::ConnectionOptions;
 use crate::scripts::{self, Script};
@@ -160,19 +162,30 @@ impl RedisBackend {
         let timed = !redlock_core::polled_by_round();
         let (sending, conn) = match self.link.route(op, build, deadline, timed)? {
             Routed::Sending(sending, conn) => (sending, conn),
-            Routed::Queued(rx) => match tokio::time::timeout_at(deadline, rx).await {
-                Ok(Ok(routed)) => routed?,
-                Ok(Err(_)) => return Err(self.link.closed_error(op)),
-                Err(_) => {
-                    return Err(link::timed_out(
-                        &self.link.id,
-                        &format!("{op}: not connected within {:?}", self.command_timeout),
-                    ))
-                }
-            },
+            // Out of line: the wait for a connection being made (and its timer) would otherwise
+            // be part of every call's state, which every call allocates and copies (a lock
+            // cycle makes 2N calls).
+            Routed::Queued(rx) => self.connected(op, rx, deadline).boxed().await?,
         };
         let sent = sending.await;
         finish(&self.link, op, self.command_timeout, sent, conn)
+    }
+
+    /// The command queued while the connection is being made, once that connection took it.
+    async fn connected(
+        &self,
+        op: &str,
+        rx: oneshot::Receiver<Result<(Sending, ConnRef), BackendError>>,
+        deadline: Instant,
+    ) -> Result<(Sending, ConnRef), BackendError> {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(routed)) => routed,
+            Ok(Err(_)) => Err(self.link.closed_error(op)),
+            Err(_) => Err(link::timed_out(
+                &self.link.id,
+                &format!("{op}: not connected within {:?}", self.command_timeout),
+            )),
+        }
     }
 
     /// Runs `script` on `keys` with the arguments `args`.
@@ -211,8 +224,10 @@ impl RedisBackend {
                 // The script cache was emptied (restart, SCRIPT FLUSH): every script is suspect
                 // until EVAL caches it again.
                 conn.cached.store(0, Ordering::Release);
+                // Boxed: rare, and it would otherwise double the state of every script call.
                 match self
                     .first(script.name, |_| command(false), deadline)
+                    .boxed()
                     .await?
                 {
                     (Outcome::Reply(value), conn) => {
@@ -365,6 +380,8 @@ impl LockBackend for RedisBackend {
             Outcome::Reply(other) => return Err(self.unexpected("acquire", &other)),
             Outcome::NoScript => return Err(self.unexpected("acquire", &Value::Nil)),
         }
+        // Boxed: rare (a request sent again), and it would otherwise add a script call's state
+        // to every acquire's.
         let reply = self
             .script(
                 &scripts::ACQUIRE,
@@ -372,6 +389,7 @@ impl LockBackend for RedisBackend {
                 &[Part::Bytes(tok), Part::Int(ms)],
                 deadline,
             )
+            .boxed()
             .await?;
         self.code(&reply, "acquire")
     }
