@@ -9,6 +9,9 @@ is what one more cycle costs, without start-up and connection set-up.
                                               events) per cycle
   buckets.py cache A.log B.log CYCLES          instructions and L1 cache misses per cycle, from two
                                               cachegrind runs (profile.sh cachegrind)
+  buckets.py allocs A.json B.json CYCLES [N]   allocations per cycle by site (the N most
+                                              frequent, 20 by default), with their mean size,
+                                              from two dhat runs (profile.sh dhat)
   buckets.py syscalls A.counts B.counts CYCLES  syscalls and context switches per cycle
   buckets.py perf B.txt                       share of the client's time samples, by component
   buckets.py perfdiff A.n.txt B.n.txt CYCLES HZ [A2.n.txt B2.n.txt]
@@ -148,6 +151,36 @@ def cache(a, b, cycles):
         print(f'{(B[label] - A[label]) / cycles:10,.1f}  {label} per cycle')
 
 
+# Frames of an allocation's stack that are the allocator itself, not the site that allocates.
+ALLOCATOR = re.compile(r'alloc::|malloc|memalign|__rust|exchange_malloc|realloc|RawVec|^\?\?\?')
+
+
+def allocs(a, b, cycles, top=20):
+    import json
+
+    def sites(path):
+        d = json.load(open(path))
+        out = {}
+        for pp in d['pps']:
+            frames = [d['ftbl'][i].split(': ', 1)[-1] for i in pp['fs']]
+            frames = [re.sub(r' \(in .*\)$', '', f) for f in frames if not ALLOCATOR.search(f)]
+            site = ' < '.join(f[:60] for f in frames[:2])
+            blocks, nbytes = out.get(site, (0, 0))
+            out[site] = (blocks + pp['tbk'], nbytes + pp['tb'])
+        return out
+    A, B = sites(a), sites(b)
+    rows = []
+    for site, (blocks, nbytes) in B.items():
+        a_blocks, a_bytes = A.get(site, (0, 0))
+        if blocks > a_blocks:
+            rows.append(((blocks - a_blocks) / cycles, (nbytes - a_bytes) / (blocks - a_blocks), site))
+    rows.sort(reverse=True)
+    print(f'{sum(r[0] for r in rows):8.2f}  allocations per cycle, '
+          f'{sum(r[0] * r[1] for r in rows):8.0f} bytes')
+    for per_cycle, size, site in rows[:top]:
+        print(f'{per_cycle:8.2f}  {size:6.0f} B  {site}')
+
+
 def syscalls(a, b, cycles):
     def load(path, who):
         counts = {}
@@ -227,6 +260,8 @@ def main():
         cache(args[0], args[1], float(args[2]))
     elif mode == 'bus':
         bus(args[0], args[1], float(args[2]))
+    elif mode == 'allocs':
+        allocs(args[0], args[1], float(args[2]), int(args[3]) if len(args) > 3 else 20)
     elif mode == 'syscalls':
         syscalls(args[0], args[1], float(args[2]))
     elif mode == 'perf':

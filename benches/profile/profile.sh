@@ -8,6 +8,7 @@
 #   benches/profile/profile.sh syscalls handoff SUBJECT SPAN_MS          # contend, every syscall (perf)
 #   benches/profile/profile.sh perf redis SUBJECT CYCLES_PER_TASK        # conc, time samples (perf)
 #   benches/profile/profile.sh cachegrind redis SUBJECT CYCLES_PER_TASK  # conc, simulated cache misses
+#   benches/profile/profile.sh dhat redis SUBJECT CYCLES_PER_TASK        # conc, allocations by site
 #
 # Run each twice with two amounts of work and subtract (benches/profile/buckets.py): what is left
 # is per cycle or per critical section, without start-up and connection set-up. N, FLAVOUR pick
@@ -53,12 +54,16 @@ case $tool in
     env "${common[@]}" "${work[@]}" REDLOCK_BENCH_INSTANCE_TIMEOUT_MS=5000 \
       valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file="$base.out" "$bin" --bench \
       >"$base.log" 2>&1 ;;
+  dhat)
+    # Every allocation with its size and call stack (`buckets.py allocs`).
+    env "${common[@]}" "${work[@]}" REDLOCK_BENCH_INSTANCE_TIMEOUT_MS=5000 \
+      valgrind --tool=dhat --dhat-out-file="$base.json" "$bin" --bench >"$base.log" 2>&1 ;;
   perf)
     env "${common[@]}" "${work[@]}" \
       perf record -q -F 15000 -e cpu-clock -o "$base.data" "$bin" --bench >"$base.log" 2>&1
     perf report -i "$base.data" --stdio --no-children --sort comm,dso,sym -q 2>/dev/null >"$base.txt"
     # With sample counts, for `buckets.py perfdiff` (15000 samples/s).
     perf report -i "$base.data" --stdio --no-children --sort comm,dso,sym -n -q 2>/dev/null >"$base.n.txt" ;;
-  *) echo "tool: callgrind, cachegrind, syscalls or perf" >&2; exit 2 ;;
+  *) echo "tool: callgrind, cachegrind, dhat, syscalls or perf" >&2; exit 2 ;;
 esac
 echo "$base"
