@@ -276,6 +276,7 @@ where
 /// A round in progress (see [`run_keep`]). Written out by hand rather than as an `async fn`:
 /// that one kept its arguments and its locals twice over, and every lock and release call
 /// carries a round's state (allocated and copied with the call's future).
+#[must_use = "a round sends nothing until it is polled"]
 pub(crate) struct RoundFuture<'a, T, C, F, Y> {
     instances: &'a [Arc<dyn LockBackend>],
     gating: Gating<'a>,
