@@ -65,6 +65,7 @@ mod handoff;
 mod link;
 mod notify;
 mod options;
+mod orphans;
 mod scripts;
 
 pub use backend::RedisBackend;

@@ -28,6 +28,7 @@ use tokio::time::error::Elapsed;
 use tokio::time::Instant;
 
 use crate::error;
+use crate::orphans::{Orphans, SendFuture};
 
 /// The first delay before trying again a server that refused a connection.
 const FIRST_DELAY: Duration = Duration::from_millis(10);
@@ -48,6 +49,8 @@ pub(crate) struct Conn {
     generation: u64,
     /// Bits of the scripts known to be in this server's script cache.
     pub(crate) cached: Arc<AtomicU16>,
+    /// Requests on this connection whose callers stopped waiting.
+    orphans: Arc<Orphans>,
 }
 
 /// What a caller keeps of the connection its command went on: enough to record what the server
@@ -71,29 +74,24 @@ impl Conn {
 /// What a sent command got: its reply (a server error as `Err`), or the deadline passed.
 pub(crate) type Sent = Result<Result<Value, RedisError>, Elapsed>;
 
-type SendFuture = Pin<Box<dyn Future<Output = Sent> + Send>>;
-
 /// One command on its way: once polled, it is in the connection's queue. Dropped before its
-/// reply, it finishes in a task of its own, because redis-rs skips a queued request whose
-/// caller is gone, and the contract wants every request polled once to reach the server (the
-/// manager stops waiting once a quorum answered). The deadline still bounds it: a request not
-/// written by then is dropped, never written later.
+/// reply, it is finished by its connection's [`Orphans`] task, because redis-rs skips a queued
+/// request whose caller is gone, and the contract wants every request polled once to reach the
+/// server (the manager stops waiting once a quorum answered). The deadline still bounds it: a
+/// request not written by then is dropped, never written later.
 pub(crate) struct Sending {
     future: Option<SendFuture>,
     done: Option<Sent>,
     deadline: Instant,
+    orphans: Arc<Orphans>,
 }
 
 impl Sending {
     /// `timed`: the command ends at `deadline` on its own. Without, whoever polls it bounds
     /// it (a manager's round, see `redlock_core::polled_by_round`); dropped before `deadline`,
     /// it still ends by then.
-    pub(crate) fn new(
-        mut mux: MultiplexedConnection,
-        cmd: Cmd,
-        deadline: Instant,
-        timed: bool,
-    ) -> Self {
+    fn new(conn: &Conn, cmd: Cmd, deadline: Instant, timed: bool) -> Self {
+        let mut mux = conn.mux.clone();
         // Unconstrained: tokio's cooperative budget could otherwise make the first poll return
         // before the request is queued (its channel is budgeted), in a task that used its
         // budget up.
@@ -113,6 +111,7 @@ impl Sending {
             future: Some(future),
             done: None,
             deadline,
+            orphans: Arc::clone(&conn.orphans),
         }
     }
 
@@ -152,12 +151,7 @@ impl Drop for Sending {
             if Instant::now() >= self.deadline {
                 return;
             }
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let deadline = self.deadline;
-                drop(runtime.spawn(async move {
-                    drop(tokio::time::timeout_at(deadline, future).await);
-                }));
-            }
+            self.orphans.adopt(future, self.deadline);
         }
     }
 }
@@ -258,7 +252,7 @@ impl Link {
         match &mut *state {
             State::Up(conn) => {
                 let cmd = build(conn.cached.load(Ordering::Acquire));
-                let mut sending = Sending::new(conn.mux.clone(), cmd, deadline, timed);
+                let mut sending = Sending::new(conn, cmd, deadline, timed);
                 sending.start();
                 return Ok(Routed::Sending(sending, conn.handle()));
             }
@@ -374,8 +368,7 @@ impl Link {
                             );
                             continue;
                         }
-                        let mut sending =
-                            Sending::new(conn.mux.clone(), q.cmd, q.deadline, q.timed);
+                        let mut sending = Sending::new(&conn, q.cmd, q.deadline, q.timed);
                         sending.start();
                         // A caller that is gone leaves the request to finish on its own.
                         drop(q.reply.send(Ok((sending, conn.handle()))));
@@ -433,6 +426,7 @@ impl Link {
             mux,
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             cached: Arc::default(),
+            orphans: Arc::default(),
         })
     }
 

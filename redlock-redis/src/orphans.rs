@@ -1,0 +1,271 @@
+//! Requests whose callers stopped waiting (a round that reached its quorum), seen through to
+//! their replies or their deadlines by one task per connection.
+//!
+//! redis-rs skips a queued request whose caller is gone, and the backend contract wants every
+//! request polled once to reach the server; so such a request's future must live on until it
+//! is written. It used to get a task of its own with a timer of its own, one per lock cycle
+//! (the round returns at the quorum, before the last instance answered): a task allocation, a
+//! timer registration and a scheduling each time, some 4 % of an uncontended cycle's rate on
+//! one thread (BENCHMARKS.md run 18). Here one task per connection keeps them all, polling only
+//! those woken by a reply, and one timer drops those still unanswered at their deadline (a
+//! request not written by then is never written later: redis-rs skips it once dropped).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::time::{Instant, Sleep};
+
+use crate::link::Sent;
+
+/// A request's future, once polled.
+pub(crate) type SendFuture = Pin<Box<dyn Future<Output = Sent> + Send>>;
+
+/// The orphans of one connection, on their way to the task that finishes them.
+#[derive(Default)]
+pub(crate) struct Orphans {
+    shared: Mutex<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Handed over since the task last looked.
+    incoming: Vec<Orphan>,
+    /// The task's waker, once it has been polled.
+    driver: Option<Waker>,
+    /// A task exists (it may not have run yet).
+    alive: bool,
+}
+
+struct Orphan {
+    future: SendFuture,
+    deadline: Instant,
+}
+
+impl Future for Orphan {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.future.as_mut().poll(cx).map(drop)
+    }
+}
+
+impl Orphans {
+    fn shared(&self) -> MutexGuard<'_, Shared> {
+        // Every critical section leaves `Shared` consistent.
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `future` until it completes or `deadline` passes. Outside a tokio runtime, with no
+    /// task yet to take it, it is dropped (as a request whose caller is gone).
+    pub(crate) fn adopt(self: &Arc<Self>, future: SendFuture, deadline: Instant) {
+        let mut shared = self.shared();
+        if shared.alive {
+            shared.incoming.push(Orphan { future, deadline });
+            let driver = shared.driver.take();
+            drop(shared);
+            if let Some(driver) = driver {
+                driver.wake();
+            }
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(shared);
+            drop(future);
+            return;
+        };
+        shared.incoming.push(Orphan { future, deadline });
+        shared.alive = true;
+        drop(shared);
+        drop(runtime.spawn(Driver {
+            owner: Arc::downgrade(self),
+            orphans: FuturesUnordered::new(),
+            timer: None,
+        }));
+    }
+}
+
+impl Drop for Orphans {
+    fn drop(&mut self) {
+        // The connection is gone: the task finishes what it holds, then ends.
+        if let Some(driver) = self.shared().driver.take() {
+            driver.wake();
+        }
+    }
+}
+
+/// The task of one connection's orphans. It lives as long as the connection (so that an
+/// orphan per lock cycle costs no task of its own), then until its last orphan is done.
+struct Driver {
+    owner: Weak<Orphans>,
+    orphans: FuturesUnordered<Orphan>,
+    /// Set at the deadline of the first orphan taken while it was unset, and moved to the
+    /// earliest deadline left when it fires. Deadlines grow with the requests, so it rarely
+    /// fires with nothing to drop, and a steady flow of orphans costs one timer at a time.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let owned = match this.owner.upgrade() {
+            Some(owner) => {
+                let incoming = {
+                    let mut shared = owner.shared();
+                    if !shared
+                        .driver
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
+                    {
+                        shared.driver = Some(cx.waker().clone());
+                    }
+                    std::mem::take(&mut shared.incoming)
+                };
+                for orphan in incoming {
+                    if this.timer.is_none() {
+                        this.timer = Some(Box::pin(tokio::time::sleep_until(orphan.deadline)));
+                    }
+                    this.orphans.push(orphan);
+                }
+                true
+            }
+            None => false,
+        };
+        loop {
+            while let Poll::Ready(Some(())) = this.orphans.poll_next_unpin(cx) {}
+            let Some(timer) = this.timer.as_mut() else {
+                break;
+            };
+            if timer.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            // Those past their deadline are dropped unanswered; the others go back in, to be
+            // polled again (their wakers belonged to the set they left).
+            let now = Instant::now();
+            let mut earliest: Option<Instant> = None;
+            for orphan in std::mem::take(&mut this.orphans) {
+                if orphan.deadline > now {
+                    earliest = Some(earliest.map_or(orphan.deadline, |e| e.min(orphan.deadline)));
+                    this.orphans.push(orphan);
+                }
+            }
+            match earliest {
+                Some(at) => timer.as_mut().reset(at),
+                None => this.timer = None,
+            }
+        }
+        if !owned && this.orphans.is_empty() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Its runtime is going away (or it ended): the next orphan starts another task, and
+        // those handed over meanwhile are dropped with it, never to be written later.
+        if let Some(owner) = self.owner.upgrade() {
+            let incoming = {
+                let mut shared = owner.shared();
+                shared.alive = false;
+                shared.driver = None;
+                std::mem::take(&mut shared.incoming)
+            };
+            drop(incoming);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn orphan(rx: futures::channel::oneshot::Receiver<()>) -> SendFuture {
+        Box::pin(async move {
+            let _ = rx.await;
+            Ok(Ok(redis::Value::Nil))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_orphan_is_kept_until_its_reply_then_dropped() {
+        let orphans = Arc::new(Orphans::default());
+        let (tx, rx) = futures::channel::oneshot::channel();
+        orphans.adopt(orphan(rx), Instant::now() + Duration::from_secs(1));
+        tokio::task::yield_now().await;
+        assert!(!tx.is_canceled(), "kept while unanswered");
+        tx.send(()).expect("the orphan still listens");
+        tokio::task::yield_now().await;
+        assert!(orphans.shared().alive, "one task per connection stays");
+        assert!(orphans.shared().incoming.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_orphan_is_dropped_at_its_deadline_and_no_sooner() {
+        let orphans = Arc::new(Orphans::default());
+        let (early_tx, early_rx) = futures::channel::oneshot::channel::<()>();
+        let (late_tx, late_rx) = futures::channel::oneshot::channel::<()>();
+        let start = Instant::now();
+        orphans.adopt(orphan(early_rx), start + Duration::from_millis(100));
+        orphans.adopt(orphan(late_rx), start + Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(99)).await;
+        assert!(!early_tx.is_canceled());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(early_tx.is_canceled(), "dropped at its deadline");
+        assert!(!late_tx.is_canceled(), "the later one is kept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(late_tx.is_canceled(), "dropped at its own deadline");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_task_ends_with_the_connection_once_its_orphans_are_done() {
+        let orphans = Arc::new(Orphans::default());
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        orphans.adopt(orphan(rx), Instant::now() + Duration::from_secs(1));
+        tokio::task::yield_now().await;
+        let weak = Arc::downgrade(&orphans);
+        drop(orphans);
+        tokio::task::yield_now().await;
+        assert!(
+            !tx.is_canceled(),
+            "still finished after the connection went"
+        );
+        drop(tx);
+        tokio::task::yield_now().await;
+        assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
+    fn a_task_whose_runtime_went_away_is_replaced() {
+        let orphans = Arc::new(Orphans::default());
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                orphans.adopt(orphan(rx), Instant::now() + Duration::from_secs(10));
+                tokio::task::yield_now().await;
+            });
+        }
+        assert!(tx.is_canceled(), "dropped with its runtime");
+        assert!(!orphans.shared().alive);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        runtime.block_on(async {
+            orphans.adopt(orphan(rx), Instant::now() + Duration::from_secs(10));
+            tokio::task::yield_now().await;
+            assert!(!tx.is_canceled(), "a new task keeps it");
+        });
+    }
+}
