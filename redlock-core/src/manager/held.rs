@@ -134,10 +134,9 @@ impl Inner {
                         self.engine.clock.sleep(left)
                     });
                     let rest = futures::future::join_all(stragglers);
-                    let work = self.stragglers.track(async move {
+                    self.stragglers.run(spawner.as_ref(), async move {
                         let _ = futures::future::select(rest, timer).await;
                     });
-                    spawner.spawn(Box::pin(work));
                 }
                 round
             }

@@ -1,10 +1,21 @@
-//! Releases still on their way after `unlock` returned at a quorum: counted, so that `close`
-//! sees them through before it closes the backends under them.
+//! Releases still on their way after `unlock` returned at a quorum: run by one task per
+//! manager, and counted, so that `close` sees them through before it closes the backends under
+//! them.
+//!
+//! One task for all of them rather than one each: an uncontended lock cycle leaves one such
+//! release behind (the last instance's delete), and a task per release cost its allocation and
+//! scheduling every cycle (BENCHMARKS.md run 18).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Poll, Waker};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use crate::runtime::Spawner;
 
 /// The background release tasks of one manager.
 #[derive(Debug, Default)]
@@ -12,9 +23,60 @@ pub(crate) struct Stragglers {
     running: AtomicUsize,
     /// Waiting for `running` to reach zero (`close`).
     idle: Mutex<Vec<Waker>>,
+    pool: Mutex<Pool>,
+}
+
+/// What the manager's task has yet to take.
+#[derive(Default)]
+struct Pool {
+    /// Handed over since the task last looked.
+    incoming: Vec<BoxFuture<'static, ()>>,
+    /// The task's waker, once it has been polled.
+    driver: Option<Waker>,
+    /// A task exists (it may not have run yet).
+    alive: bool,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("incoming", &self.incoming.len())
+            .field("alive", &self.alive)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Stragglers {
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        // Every critical section leaves the pool consistent.
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `work` in the manager's task for them (started through `spawner` when there is
+    /// none), counted as running until it ends or is dropped.
+    pub(crate) fn run<F>(self: &Arc<Self>, spawner: &dyn Spawner, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let work: BoxFuture<'static, ()> = Box::pin(self.track(work));
+        let mut pool = self.pool();
+        pool.incoming.push(work);
+        if pool.alive {
+            let driver = pool.driver.take();
+            drop(pool);
+            if let Some(driver) = driver {
+                driver.wake();
+            }
+            return;
+        }
+        pool.alive = true;
+        drop(pool);
+        spawner.spawn(Box::pin(Driver {
+            owner: Arc::downgrade(self),
+            works: FuturesUnordered::new(),
+        }));
+    }
+
     /// Wraps `work` so that it counts as running until it ends or is dropped.
     pub(crate) fn track<F: Future>(self: &Arc<Self>, work: F) -> impl Future<Output = F::Output> {
         self.running.fetch_add(1, Ordering::AcqRel);
@@ -44,6 +106,70 @@ impl Stragglers {
             Poll::Pending
         })
         .await;
+    }
+}
+
+impl Drop for Stragglers {
+    fn drop(&mut self) {
+        // The manager is gone: its task ends (every release it ran was over, or this would
+        // still be referenced by the release's count).
+        if let Some(driver) = self.pool().driver.take() {
+            driver.wake();
+        }
+    }
+}
+
+/// The manager's task for its background releases. It lives as long as the manager, so that
+/// a release per lock cycle costs no task of its own.
+struct Driver {
+    owner: Weak<Stragglers>,
+    works: FuturesUnordered<BoxFuture<'static, ()>>,
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        let owned = match this.owner.upgrade() {
+            Some(owner) => {
+                let incoming = {
+                    let mut pool = owner.pool();
+                    if !pool
+                        .driver
+                        .as_ref()
+                        .is_some_and(|w| w.will_wake(cx.waker()))
+                    {
+                        pool.driver = Some(cx.waker().clone());
+                    }
+                    std::mem::take(&mut pool.incoming)
+                };
+                this.works.extend(incoming);
+                true
+            }
+            None => false,
+        };
+        while let Poll::Ready(Some(())) = this.works.poll_next_unpin(cx) {}
+        if !owned && this.works.is_empty() {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Its runtime is going away: the next release starts another task, and those handed
+        // over meanwhile are dropped with it (each counted as ended, as a dropped task was).
+        if let Some(owner) = self.owner.upgrade() {
+            let incoming = {
+                let mut pool = owner.pool();
+                pool.alive = false;
+                pool.driver = None;
+                std::mem::take(&mut pool.incoming)
+            };
+            drop(incoming);
+        }
     }
 }
 
@@ -82,6 +208,70 @@ mod tests {
         tx.send(()).expect("receiver alive");
         assert!((&mut task).now_or_never().is_some());
         assert!(settled.now_or_never().is_some());
+    }
+
+    /// Keeps what it is given to run, for the test to poll.
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<BoxFuture<'static, ()>>>);
+
+    impl std::fmt::Debug for Collect {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Collect")
+        }
+    }
+
+    impl Spawner for Collect {
+        fn spawn(&self, task: BoxFuture<'static, ()>) {
+            self.0.lock().unwrap().push(task);
+        }
+    }
+
+    #[test]
+    fn background_releases_share_one_task_and_close_waits_for_them() {
+        let stragglers = Arc::new(Stragglers::default());
+        let spawner = Collect::default();
+        let (tx1, rx1) = oneshot::channel::<()>();
+        let (tx2, rx2) = oneshot::channel::<()>();
+        stragglers.run(&spawner, rx1.map(drop));
+        stragglers.run(&spawner, rx2.map(drop));
+        let mut tasks = std::mem::take(&mut *spawner.0.lock().unwrap());
+        assert_eq!(tasks.len(), 1, "one task for both");
+        let mut driver = tasks.pop().unwrap();
+        assert!((&mut driver).now_or_never().is_none());
+        let mut settled = Box::pin(stragglers.settled());
+        tx1.send(()).unwrap();
+        assert!((&mut driver).now_or_never().is_none());
+        assert!((&mut settled).now_or_never().is_none(), "one still running");
+        tx2.send(()).unwrap();
+        assert!(
+            (&mut driver).now_or_never().is_none(),
+            "the task outlives its work"
+        );
+        assert!(settled.now_or_never().is_some());
+        let (tx3, rx3) = oneshot::channel::<()>();
+        stragglers.run(&spawner, rx3.map(drop));
+        assert!(
+            spawner.0.lock().unwrap().is_empty(),
+            "the same task takes the next one"
+        );
+        drop(tx3);
+        assert!((&mut driver).now_or_never().is_none());
+        assert!(stragglers.settled().now_or_never().is_some());
+        drop(stragglers);
+        assert!(driver.now_or_never().is_some(), "ends with the manager");
+    }
+
+    #[test]
+    fn a_task_dropped_with_its_runtime_counts_its_work_as_ended_and_is_replaced() {
+        let stragglers = Arc::new(Stragglers::default());
+        let spawner = Collect::default();
+        stragglers.run(&spawner, futures::future::pending::<()>());
+        let driver = spawner.0.lock().unwrap().pop().unwrap();
+        assert!(stragglers.settled().now_or_never().is_none());
+        drop(driver);
+        assert!(stragglers.settled().now_or_never().is_some());
+        stragglers.run(&spawner, futures::future::pending::<()>());
+        assert_eq!(spawner.0.lock().unwrap().len(), 1, "a new task");
     }
 
     #[test]
