@@ -426,7 +426,7 @@ impl Link {
             mux,
             generation: self.generations.fetch_add(1, Ordering::Relaxed) + 1,
             cached: Arc::default(),
-            orphans: Arc::default(),
+            orphans: Arc::new(Orphans::new()),
         })
     }
 

@@ -25,9 +25,11 @@ use crate::link::Sent;
 pub(crate) type SendFuture = Pin<Box<dyn Future<Output = Sent> + Send>>;
 
 /// The orphans of one connection, on their way to the task that finishes them.
-#[derive(Default)]
 pub(crate) struct Orphans {
     shared: Mutex<Shared>,
+    /// The runtime the connection was made on (its redis-rs task runs there): the task for its
+    /// orphans runs there too, whichever runtime the callers were on.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 #[derive(Default)]
@@ -49,11 +51,26 @@ impl Future for Orphan {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        self.future.as_mut().poll(cx).map(drop)
+        // A panic (a timer of a runtime shut down since) ends this orphan, not the task that
+        // finishes the others.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.future.as_mut().poll(cx)
+        })) {
+            Ok(poll) => poll.map(drop),
+            Err(_) => Poll::Ready(()),
+        }
     }
 }
 
 impl Orphans {
+    /// For a connection made on the current runtime.
+    pub(crate) fn new() -> Self {
+        Self {
+            shared: Mutex::default(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
     fn shared(&self) -> MutexGuard<'_, Shared> {
         // Every critical section leaves `Shared` consistent.
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
@@ -72,7 +89,11 @@ impl Orphans {
             }
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let runtime = self
+            .runtime
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok());
+        let Some(runtime) = runtime else {
             drop(shared);
             drop(future);
             return;
@@ -102,9 +123,9 @@ impl Drop for Orphans {
 struct Driver {
     owner: Weak<Orphans>,
     orphans: FuturesUnordered<Orphan>,
-    /// Set at the deadline of the first orphan taken while it was unset, and moved to the
-    /// earliest deadline left when it fires. Deadlines grow with the requests, so it rarely
-    /// fires with nothing to drop, and a steady flow of orphans costs one timer at a time.
+    /// At the earliest deadline of the orphans kept (set or moved earlier as they come, moved
+    /// to the earliest left when it fires): a steady flow of orphans costs one timer at a time,
+    /// moved only by one that must go sooner.
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -127,8 +148,14 @@ impl Future for Driver {
                     std::mem::take(&mut shared.incoming)
                 };
                 for orphan in incoming {
-                    if this.timer.is_none() {
-                        this.timer = Some(Box::pin(tokio::time::sleep_until(orphan.deadline)));
+                    match &mut this.timer {
+                        None => {
+                            this.timer = Some(Box::pin(tokio::time::sleep_until(orphan.deadline)));
+                        }
+                        Some(timer) if orphan.deadline < timer.deadline() => {
+                            timer.as_mut().reset(orphan.deadline);
+                        }
+                        Some(_) => {}
                     }
                     this.orphans.push(orphan);
                 }
@@ -196,7 +223,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_orphan_is_kept_until_its_reply_then_dropped() {
-        let orphans = Arc::new(Orphans::default());
+        let orphans = Arc::new(Orphans::new());
         let (tx, rx) = futures::channel::oneshot::channel();
         orphans.adopt(orphan(rx), Instant::now() + Duration::from_secs(1));
         tokio::task::yield_now().await;
@@ -209,7 +236,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_orphan_is_dropped_at_its_deadline_and_no_sooner() {
-        let orphans = Arc::new(Orphans::default());
+        let orphans = Arc::new(Orphans::new());
         let (early_tx, early_rx) = futures::channel::oneshot::channel::<()>();
         let (late_tx, late_rx) = futures::channel::oneshot::channel::<()>();
         let start = Instant::now();
@@ -225,8 +252,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_orphan_due_sooner_than_those_kept_is_dropped_at_its_own_deadline() {
+        let orphans = Arc::new(Orphans::new());
+        let (late_tx, late_rx) = futures::channel::oneshot::channel::<()>();
+        let (early_tx, early_rx) = futures::channel::oneshot::channel::<()>();
+        let start = Instant::now();
+        orphans.adopt(orphan(late_rx), start + Duration::from_millis(300));
+        tokio::task::yield_now().await;
+        orphans.adopt(orphan(early_rx), start + Duration::from_millis(100));
+        tokio::time::sleep(Duration::from_millis(101)).await;
+        assert!(
+            early_tx.is_canceled(),
+            "dropped at its deadline, not the later one's"
+        );
+        assert!(!late_tx.is_canceled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_orphan_that_panics_ends_alone() {
+        let orphans = Arc::new(Orphans::new());
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        orphans.adopt(orphan(rx), deadline);
+        orphans.adopt(
+            Box::pin(async { panic!("an orphan that panics") }),
+            deadline,
+        );
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        assert!(orphans.shared().alive, "the task goes on");
+        assert!(!tx.is_canceled(), "and keeps the other orphan");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_task_ends_with_the_connection_once_its_orphans_are_done() {
-        let orphans = Arc::new(Orphans::default());
+        let orphans = Arc::new(Orphans::new());
         let (tx, rx) = futures::channel::oneshot::channel::<()>();
         orphans.adopt(orphan(rx), Instant::now() + Duration::from_secs(1));
         tokio::task::yield_now().await;
@@ -244,7 +304,7 @@ mod tests {
 
     #[test]
     fn a_task_whose_runtime_went_away_is_replaced() {
-        let orphans = Arc::new(Orphans::default());
+        let orphans = Arc::new(Orphans::new());
         let (tx, rx) = futures::channel::oneshot::channel::<()>();
         {
             let runtime = tokio::runtime::Builder::new_current_thread()

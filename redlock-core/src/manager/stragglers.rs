@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 
 use crate::runtime::Spawner;
 
@@ -59,7 +60,10 @@ impl Stragglers {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let work: BoxFuture<'static, ()> = Box::pin(self.track(work));
+        // A panic (a timer of a runtime shut down since, a backend's bug) ends this release, not
+        // the task that runs the others.
+        let work = std::panic::AssertUnwindSafe(self.track(work)).catch_unwind();
+        let work: BoxFuture<'static, ()> = Box::pin(work.map(drop));
         let mut pool = self.pool();
         pool.incoming.push(work);
         if pool.alive {
@@ -121,7 +125,9 @@ impl Drop for Stragglers {
 }
 
 /// The manager's task for its background releases. It lives as long as the manager, so that
-/// a release per lock cycle costs no task of its own.
+/// a release per lock cycle costs no task of its own. It runs where the spawner put it, on the
+/// first background release: with a runtime per thread, where that release was made; once
+/// that runtime is gone, the next release starts another.
 struct Driver {
     owner: Weak<Stragglers>,
     works: FuturesUnordered<BoxFuture<'static, ()>>,
@@ -273,6 +279,57 @@ mod tests {
         assert!(stragglers.settled().now_or_never().is_some());
         stragglers.run(&spawner, futures::future::pending::<()>());
         assert_eq!(spawner.0.lock().unwrap().len(), 1, "a new task");
+    }
+
+    #[test]
+    fn a_waiting_task_is_woken_for_a_new_release_and_when_the_manager_goes() {
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let stragglers = Arc::new(Stragglers::default());
+        let spawner = Collect::default();
+        stragglers.run(&spawner, futures::future::ready(()));
+        let mut driver = spawner.0.lock().unwrap().pop().unwrap();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        assert!(driver.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        stragglers.run(&spawner, futures::future::ready(()));
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "woken for the new release"
+        );
+        assert!(driver.as_mut().poll(&mut cx).is_pending());
+        drop(stragglers);
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            2,
+            "woken when the manager went"
+        );
+        assert!(driver.as_mut().poll(&mut cx).is_ready());
+    }
+
+    #[test]
+    fn a_release_that_panics_ends_alone() {
+        let stragglers = Arc::new(Stragglers::default());
+        let spawner = Collect::default();
+        let (tx, rx) = oneshot::channel::<()>();
+        stragglers.run(&spawner, rx.map(drop));
+        stragglers.run(&spawner, async { panic!("a release that panics") });
+        let mut driver = spawner.0.lock().unwrap().pop().unwrap();
+        assert!((&mut driver).now_or_never().is_none(), "the task goes on");
+        assert!(
+            stragglers.settled().now_or_never().is_none(),
+            "the other release still runs"
+        );
+        tx.send(()).unwrap();
+        assert!((&mut driver).now_or_never().is_none());
+        assert!(stragglers.settled().now_or_never().is_some(), "both ended");
     }
 
     #[test]
