@@ -29,7 +29,10 @@ pub trait Clock: Send + Sync + fmt::Debug {
 /// Used for work that must outlive a dropped handle or a cancelled call (releasing a lock whose
 /// guard was dropped). Without a spawner that work is skipped and the lock expires by its TTL.
 pub trait Spawner: Send + Sync + fmt::Debug {
-    /// Starts `task`; it runs to completion without anyone awaiting it.
+    /// Starts `task`; it runs to completion without anyone awaiting it. One such task lives as
+    /// long as the manager (it runs the manager's background releases, and ends once the manager
+    /// is dropped and they are done): a spawner that waits for its tasks should drop the
+    /// manager first.
     fn spawn(&self, task: BoxFuture<'static, ()>);
 }
 
