@@ -441,9 +441,14 @@ async fn calls_left_behind_at_a_quorum_end_by_their_deadline_on_a_stalled_instan
     // leaves its calls to that instance running in the background. A call a round polled has
     // no timer of its own (the round bounds it), so once the round stopped waiting, only its
     // deadline ends it: all of them must be gone shortly after it, the instance still stalled.
+    // They run in long-lived tasks (one per connection, one per manager), which end with what
+    // owns them: `close` waits for the background releases, and once the manager is dropped
+    // every task it started must end, the calls left behind included.
     let servers = servers(3);
     let proxies: Vec<Proxy> = servers.iter().map(|s| Proxy::start(s.port())).collect();
     let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let before = metrics.num_alive_tasks();
     // With a spawner, as `redlock_redis::manager` builds it: unlock returns at a quorum.
     let options = ConnectionOptions::new().for_instance_timeout(Duration::from_millis(100));
     let manager = LockManager::builder(Arc::new(TokioClock))
@@ -463,8 +468,6 @@ async fn calls_left_behind_at_a_quorum_end_by_their_deadline_on_a_stalled_instan
         .release()
         .await
         .expect("release");
-    let metrics = tokio::runtime::Handle::current().metrics();
-    let before = metrics.num_alive_tasks();
     proxies[2].stall();
     for i in 0..20 {
         let lock = manager
@@ -476,13 +479,19 @@ async fn calls_left_behind_at_a_quorum_end_by_their_deadline_on_a_stalled_instan
     let during = metrics.num_alive_tasks();
     assert!(
         during > before,
-        "no call was left behind ({before} -> {during})"
+        "nothing runs in the background ({before} -> {during})"
     );
     let start = Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), manager.close())
+        .await
+        .expect("the background releases end by their deadline, the instance stalled")
+        .expect("first close");
+    drop(manager);
     while metrics.num_alive_tasks() > before {
         assert!(
             start.elapsed() < Duration::from_secs(3),
-            "{} background calls still running {:?} after the last cycle, the instance stalled",
+            "{} background tasks still running {:?} after the last cycle and the manager's \
+             drop, the instance stalled",
             metrics.num_alive_tasks() - before,
             start.elapsed()
         );
