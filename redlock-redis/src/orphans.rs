@@ -225,13 +225,27 @@ mod tests {
     async fn an_orphan_is_kept_until_its_reply_then_dropped() {
         let orphans = Arc::new(Orphans::new());
         let (tx, rx) = futures::channel::oneshot::channel();
-        orphans.adopt(orphan(rx), Instant::now() + Duration::from_secs(1));
+        // Held by the orphan's future: gone once that future is dropped.
+        let probe = Arc::new(());
+        let held = Arc::clone(&probe);
+        let future: SendFuture = Box::pin(async move {
+            let _held = held;
+            let _ = rx.await;
+            Ok(Ok(redis::Value::Nil))
+        });
+        orphans.adopt(future, Instant::now() + Duration::from_secs(1));
         tokio::task::yield_now().await;
         assert!(!tx.is_canceled(), "kept while unanswered");
         tx.send(()).expect("the orphan still listens");
         tokio::task::yield_now().await;
-        assert!(orphans.shared().alive, "one task per connection stays");
-        assert!(orphans.shared().incoming.is_empty());
+        assert_eq!(Arc::strong_count(&probe), 1, "dropped once answered");
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            1,
+            "one task per connection stays"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -300,6 +314,13 @@ mod tests {
         drop(tx);
         tokio::task::yield_now().await;
         assert!(weak.upgrade().is_none());
+        assert_eq!(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
+            0,
+            "the task ended"
+        );
     }
 
     #[test]
@@ -327,6 +348,13 @@ mod tests {
             orphans.adopt(orphan(rx), Instant::now() + Duration::from_secs(10));
             tokio::task::yield_now().await;
             assert!(!tx.is_canceled(), "a new task keeps it");
+            assert_eq!(
+                tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks(),
+                1,
+                "on this runtime"
+            );
         });
     }
 }
