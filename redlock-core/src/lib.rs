@@ -195,7 +195,10 @@
 //! (`WARN`, from [`LockManager::lock_auto`]'s task, whose result nobody awaits), `fair mode:
 //! letting a waiter go first` (`DEBUG`), `acquire attempt failed` (`DEBUG`; `attempt`,
 //! `instances`) and `instance gave no answer` (`DEBUG`; `instance`, `kind`). `redlock-fred`'s
-//! own `tracing` feature adds its connection events (lost, re-made).
+//! own `tracing` feature adds its connection events (lost, re-made). While the level in force
+//! (`tracing`'s `LevelFilter::current()`) is below `DEBUG` and `metrics` is off, a
+//! call neither builds its span nor reads the clock to time itself: the level is looked at on
+//! each call, so a subscriber installed later is seen by the next one.
 //!
 //! **`metrics`**: through the `metrics` facade, for whatever recorder the application installs.
 //! Resource names are never labels (their number has no bound); instance ids are (one per

@@ -14,8 +14,10 @@ impl Inner {
     /// One extend round: a fresh lease of `ttl` on a quorum, within validity, cut at the current
     /// deadline.
     pub(crate) async fn extend(&self, shared: &LockShared, ttl: Duration) -> Result<(), Error> {
-        let op = telemetry::Op::extend(self.clock(), shared, ttl);
-        op.finish(self.extend_round(shared, ttl)).await
+        telemetry::observed!(
+            telemetry::Op::extend(self.clock(), shared, ttl),
+            self.extend_round(shared, ttl)
+        )
     }
 
     async fn extend_round(&self, shared: &LockShared, ttl: Duration) -> Result<(), Error> {
@@ -99,9 +101,10 @@ impl Inner {
         if invalid_at_once {
             shared.mark_released();
         }
-        let op = telemetry::Op::release(self.clock(), shared);
-        op.finish(self.release_round(shared, prior, !invalid_at_once))
-            .await
+        telemetry::observed!(
+            telemetry::Op::release(self.clock(), shared),
+            self.release_round(shared, prior, !invalid_at_once)
+        )
     }
 
     /// The release round of a lock whose status was `prior` when the release began. With
@@ -183,8 +186,10 @@ impl Inner {
 
     /// Whether a quorum still holds our token, and the validity left.
     pub(crate) async fn check(&self, shared: &LockShared) -> Result<Duration, Error> {
-        let op = telemetry::Op::check(self.clock(), shared);
-        op.finish(self.check_round(shared)).await
+        telemetry::observed!(
+            telemetry::Op::check(self.clock(), shared),
+            self.check_round(shared)
+        )
     }
 
     async fn check_round(&self, shared: &LockShared) -> Result<Duration, Error> {

@@ -204,12 +204,11 @@ impl LockManager {
         let token = self.inner.new_token();
         let patience = Patience::Attempts(self.inner.config.retry_count);
         let fenced = self.inner.config.fenced;
-        let op = telemetry::Op::acquire(self.inner.clock(), resource, &token, ttl);
-        op.finish(
+        telemetry::observed!(
+            telemetry::Op::acquire(self.inner.clock(), resource, &token, ttl),
             self.inner
-                .acquire(resource, key, token, ttl, patience, fenced),
+                .acquire(resource, key, token, ttl, patience, fenced)
         )
-        .await
         .map_err(|e| e.about(resource))
     }
 
@@ -253,12 +252,11 @@ impl LockManager {
         if fenced {
             self.inner.check_fencing().map_err(|e| e.about(resource))?;
         }
-        let op = telemetry::Op::acquire(self.inner.clock(), resource, &token, ttl);
-        op.finish(
+        telemetry::observed!(
+            telemetry::Op::acquire(self.inner.clock(), resource, &token, ttl),
             self.inner
-                .acquire(resource, key, token, ttl, patience, fenced),
+                .acquire(resource, key, token, ttl, patience, fenced)
         )
-        .await
         .map_err(|e| e.about(resource))
     }
 

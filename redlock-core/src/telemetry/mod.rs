@@ -19,3 +19,18 @@ mod shown;
 pub(crate) use off::*;
 #[cfg(any(feature = "tracing", feature = "metrics"))]
 pub(crate) use on::*;
+
+/// Awaits `$call` as operation `$op` (an [`Op`] constructor call) when anything may observe it
+/// ([`watched`]), and plainly otherwise: an operation nobody observes neither builds its span nor
+/// reads the clock for its timings, and its call future is not wrapped (or moved into a
+/// wrapper). `$call` is evaluated once, in the branch taken.
+macro_rules! observed {
+    ($op:expr, $call:expr) => {
+        if $crate::telemetry::watched() {
+            $op.finish($call).await
+        } else {
+            $call.await
+        }
+    };
+}
+pub(crate) use observed;

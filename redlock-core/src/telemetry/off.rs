@@ -13,6 +13,12 @@ use crate::lease::Lease;
 use crate::lock::LockShared;
 use crate::runtime::Clock;
 
+/// Nobody can observe anything.
+#[inline]
+pub(crate) fn watched() -> bool {
+    false
+}
+
 /// Nothing to remember.
 pub(crate) struct Op<'a>(PhantomData<&'a ()>);
 

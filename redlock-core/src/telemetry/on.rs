@@ -50,6 +50,28 @@ impl Kind {
     }
 }
 
+/// Whether anything may observe an operation: a `metrics` build always may (a recorder can be
+/// installed at any time, and nothing tells cheaply whether one is); a `tracing`-only build when
+/// the current level lets the operations' `DEBUG` spans through. Otherwise their spans would be
+/// disabled, and building them, reading the clock for their timings and wrapping the call cost
+/// a lock cycle some 5 % of its client CPU for nothing (BENCHMARKS.md run 19).
+#[inline]
+pub(crate) fn watched() -> bool {
+    cfg!(feature = "metrics") || tracing_watches()
+}
+
+#[cfg(feature = "tracing")]
+#[inline]
+fn tracing_watches() -> bool {
+    tracing::level_enabled!(tracing::Level::DEBUG)
+}
+
+#[cfg(not(feature = "tracing"))]
+#[inline]
+fn tracing_watches() -> bool {
+    false
+}
+
 /// One lock, extend, release or check call: its span, and when it started.
 pub(crate) struct Op<'a> {
     kind: Kind,
@@ -290,7 +312,7 @@ pub(crate) fn attempt(made: u32, granted: &Result<Lease, Rejected>) {
         },
     };
     #[cfg(feature = "tracing")]
-    {
+    if tracing_watches() {
         Span::current().record("attempts", made);
         if let Err(rejected) = granted {
             tracing::debug!(
@@ -407,6 +429,9 @@ pub(crate) fn background_renewal_ended(shared: &LockShared, result: &Result<(), 
 
 /// A round ended with `outcomes`, one per instance in configuration order.
 pub(crate) fn round(instances: &[Arc<dyn LockBackend>], outcomes: &[InstanceOutcome]) {
+    if !watched() {
+        return;
+    }
     for (backend, outcome) in instances.iter().zip(outcomes) {
         let Some(kind) = labels::instance_error(outcome) else {
             continue;
