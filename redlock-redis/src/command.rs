@@ -4,7 +4,9 @@
 //! are written straight into the command instead of being built apart first.
 //!
 //! A lock cycle sends 2N commands; building them argument by argument cost several
-//! reallocations each (the conc bench's profile counted 28 `realloc` calls per cycle).
+//! reallocations each (the conc bench's profile counted 28 `realloc` calls per cycle). A command
+//! answered is kept for the next one built on the same thread ([`recycle`]), so most commands
+//! take no allocation at all (BENCHMARKS.md run 19).
 
 use std::io::Write;
 
@@ -90,12 +92,51 @@ pub(crate) fn build(name: &str, parts: &[Part<'_>]) -> Cmd {
 pub(crate) fn build_from(name: &str, groups: &[&[Part<'_>]]) -> Cmd {
     let parts = || groups.iter().flat_map(|g| g.iter());
     let size = name.len() + parts().map(Part::len).sum::<usize>();
-    let mut cmd = Cmd::with_capacity(parts().count() + 1, size);
+    let mut cmd = spare().unwrap_or_else(|| Cmd::with_capacity(parts().count() + 1, size));
     cmd.write_arg(name.as_bytes());
     for part in parts() {
         part.write(&mut cmd);
     }
     cmd
+}
+
+/// Commands kept for reuse, per thread: a command lives until its reply, so the 2N commands of
+/// a lock cycle were 4N allocations, and with many calls in flight at once the allocator's
+/// per-thread cache (glibc keeps 7 blocks per size) overflows into its slow paths. At most
+/// [`SPARE_MAX`] of them, each of at most [`SPARE_BYTES`]: a few tens of KiB per thread.
+const SPARE_MAX: usize = 64;
+/// A command longer than this (a very long key) is not kept.
+const SPARE_BYTES: usize = 512;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<Cmd>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn spare() -> Option<Cmd> {
+    SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+}
+
+/// Gives `cmd` back for a later [`build_from`] once it was sent and answered.
+pub(crate) fn recycle(mut cmd: Cmd) {
+    let len: usize = cmd
+        .args_iter()
+        .map(|a| match a {
+            redis::Arg::Simple(b) => b.len(),
+            _ => 0,
+        })
+        .sum();
+    if len > SPARE_BYTES {
+        return;
+    }
+    cmd.clear();
+    // During a thread's teardown the spares are gone: the command is simply dropped.
+    let _ = SPARE.try_with(|s| {
+        if let Ok(mut s) = s.try_borrow_mut() {
+            if s.len() < SPARE_MAX {
+                s.push(cmd);
+            }
+        }
+    });
 }
 
 #[cfg(test)]
@@ -138,6 +179,45 @@ mod tests {
                 Vec::new(),
             ]
         );
+    }
+
+    fn spares() -> usize {
+        SPARE.with(|s| s.borrow().len())
+    }
+
+    #[test]
+    fn a_command_built_on_a_recycled_one_has_its_own_arguments_only() {
+        let long = build(
+            "EVALSHA",
+            &[Part::Bytes(&[b'x'; 200]), Part::Int(1), Part::Bytes(b"k")],
+        );
+        let before = spares();
+        recycle(long);
+        assert_eq!(spares(), before + 1);
+        let short = build("SET", &[Part::Bytes(b"k"), Part::Bytes(b"v")]);
+        assert_eq!(spares(), before, "the spare was taken");
+        assert_eq!(
+            args(&short),
+            [b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()]
+        );
+        // A command of which a request was made (no_response, a cursor) comes back as new.
+        let mut flagged = build("PING", &[]);
+        flagged.set_no_response(true);
+        recycle(flagged);
+        let fresh = build("PING", &[]);
+        assert!(!fresh.is_no_response());
+    }
+
+    #[test]
+    fn long_commands_and_commands_beyond_the_limit_are_not_kept() {
+        let before = spares();
+        recycle(build("SET", &[Part::Bytes(&[b'k'; SPARE_BYTES + 1])]));
+        assert_eq!(spares(), before);
+        let many: Vec<Cmd> = (0..SPARE_MAX + 10).map(|_| build("PING", &[])).collect();
+        for cmd in many {
+            recycle(cmd);
+        }
+        assert_eq!(spares(), SPARE_MAX);
     }
 
     #[test]

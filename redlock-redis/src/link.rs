@@ -97,14 +97,16 @@ impl Sending {
         // budget up.
         let future: SendFuture = if timed {
             Box::pin(tokio::task::unconstrained(async move {
-                tokio::time::timeout_at(deadline, mux.send_packed_command(&cmd))
-                    .await
-                    .map(reply)
+                let sent = tokio::time::timeout_at(deadline, mux.send_packed_command(&cmd)).await;
+                crate::command::recycle(cmd);
+                sent.map(reply)
             }))
         } else {
             // One timer fewer per command: a lock cycle sends 2N of them.
             Box::pin(tokio::task::unconstrained(async move {
-                Ok(reply(mux.send_packed_command(&cmd).await))
+                let sent = mux.send_packed_command(&cmd).await;
+                crate::command::recycle(cmd);
+                Ok(reply(sent))
             }))
         };
         Self {
