@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::stragglers::Leftover;
 use super::Inner;
 use crate::error::{Error, LossReason};
 use crate::lock::{LockShared, Status};
@@ -136,10 +137,8 @@ impl Inner {
                         let left = self.config.instance_timeout.saturating_sub(round.elapsed);
                         self.engine.clock.sleep(left)
                     });
-                    let rest = futures::future::join_all(stragglers);
-                    self.stragglers.run(spawner.as_ref(), async move {
-                        let _ = futures::future::select(rest, timer).await;
-                    });
+                    self.stragglers
+                        .run(spawner.as_ref(), Leftover::new(stragglers, timer));
                 }
                 round
             }
