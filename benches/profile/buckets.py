@@ -13,6 +13,10 @@ is what one more cycle costs, without start-up and connection set-up.
                                               frequent, 20 by default), with their mean size,
                                               from two dhat runs (profile.sh dhat)
   buckets.py syscalls A.counts B.counts CYCLES  syscalls and context switches per cycle
+  buckets.py hot A.cg CYCLES [N]              the hot code: instructions run at least once every
+                                              two cycles, their bytes and the 64-byte cache lines
+                                              they sit on, by crate and for the N largest
+                                              functions (profile.sh hotcode)
   buckets.py perf B.txt                       share of the client's time samples, by component
   buckets.py perfdiff A.n.txt B.n.txt CYCLES HZ [A2.n.txt B2.n.txt]
                                               client CPU per cycle (us), by component, from the
@@ -249,6 +253,56 @@ def perfdiff(pairs, cycles, hz):
             print(f'{k:46}' + ''.join(f'{c.get(k, 0):10.2f}' for c in columns))
 
 
+def hot(path, cycles, top):
+    """Instruction bytes run at least `cycles / 2` times, from a callgrind profile with one cost
+    line per instruction (profile.sh hotcode). An instruction's size is the distance to the next
+    one recorded in the same object (at most 15 bytes)."""
+    ob = fn = None
+    after_call = False
+    costs = {}
+    for line in open(path, errors='replace'):
+        if line.startswith('ob='):
+            ob = line[3:].strip()
+        elif line.startswith('fn='):
+            fn = line[3:].strip()
+        elif line.startswith('calls='):
+            # The next cost line is the call's inclusive cost, not the instruction's own.
+            after_call = True
+        elif line.startswith('0x'):
+            if after_call:
+                after_call = False
+                continue
+            parts = line.split()
+            key = (ob, int(parts[0], 16))
+            cost = int(parts[-1])
+            if key not in costs or costs[key][0] < cost:
+                costs[key] = (cost, fn)
+    keys = sorted(costs)
+    size = {}
+    for i, key in enumerate(keys):
+        nxt = keys[i + 1] if i + 1 < len(keys) else None
+        gap = nxt[1] - key[1] if nxt and nxt[0] == key[0] else 4
+        size[key] = gap if 0 < gap <= 15 else 4
+    by_fn, lines_of = {}, {}
+    for key, (cost, f) in costs.items():
+        if cost >= cycles / 2:
+            by_fn[f] = by_fn.get(f, 0) + size[key]
+            lines_of.setdefault(f, set()).add((key[0], key[1] >> 6))
+    lines = set().union(*lines_of.values()) if lines_of else set()
+    print(f'{sum(by_fn.values()) / 1024:7.1f} KiB of hot instructions on {len(lines)} cache lines '
+          f'({len(lines) * 64 / 1024:.1f} KiB)')
+    crates = {}
+    for f, ls in lines_of.items():
+        m = re.search(r'(redlock_\w+|redis|tokio_util|tokio|futures_\w+|combine|hashbrown|alloc'
+                      r'|core|std|sha1_smol|rslock|bytes)::', f or '')
+        crate = m.group(1) if m else 'libc and other'
+        crates[crate] = crates.get(crate, 0) + len(ls) * 64
+    for crate, b in sorted(crates.items(), key=lambda x: -x[1]):
+        print(f'{b / 1024:7.1f} KiB of lines  {crate}')
+    for f, b in sorted(by_fn.items(), key=lambda x: -len(lines_of[x[0]]))[:top]:
+        print(f'{len(lines_of[f]) * 64:7d} B of lines {b:6d} B hot  {(f or "?")[:110]}')
+
+
 def main():
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == 'callgrind':
@@ -264,6 +318,8 @@ def main():
         allocs(args[0], args[1], float(args[2]), int(args[3]) if len(args) > 3 else 20)
     elif mode == 'syscalls':
         syscalls(args[0], args[1], float(args[2]))
+    elif mode == 'hot':
+        hot(args[0], float(args[1]), int(args[2]) if len(args) > 2 else 20)
     elif mode == 'perf':
         perf(args[0])
     elif mode == 'perfdiff':

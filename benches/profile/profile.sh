@@ -9,6 +9,8 @@
 #   benches/profile/profile.sh perf redis SUBJECT CYCLES_PER_TASK        # conc, time samples (perf)
 #   benches/profile/profile.sh cachegrind redis SUBJECT CYCLES_PER_TASK  # conc, simulated cache misses
 #   benches/profile/profile.sh dhat redis SUBJECT CYCLES_PER_TASK        # conc, allocations by site
+#   benches/profile/profile.sh hotcode redis SUBJECT CYCLES_PER_TASK     # conc, cost per instruction
+#                                                                          (buckets.py hot: hot code size)
 #
 # Run each twice with two amounts of work and subtract (benches/profile/buckets.py): what is left
 # is per cycle or per critical section, without start-up and connection set-up. N, FLAVOUR pick
@@ -58,12 +60,17 @@ case $tool in
     # Every allocation with its size and call stack (`buckets.py allocs`).
     env "${common[@]}" "${work[@]}" REDLOCK_BENCH_INSTANCE_TIMEOUT_MS=5000 \
       valgrind --tool=dhat --dhat-out-file="$base.json" "$bin" --bench >"$base.log" 2>&1 ;;
+  hotcode)
+    # One cost line per instruction, uncompressed, for `buckets.py hot`.
+    env "${common[@]}" "${work[@]}" REDLOCK_BENCH_INSTANCE_TIMEOUT_MS=5000 \
+      valgrind --tool=callgrind --dump-instr=yes --compress-pos=no --compress-strings=no \
+      --callgrind-out-file="$base.cg" "$bin" --bench >"$base.log" 2>&1 ;;
   perf)
     env "${common[@]}" "${work[@]}" \
       perf record -q -F 15000 -e cpu-clock -o "$base.data" "$bin" --bench >"$base.log" 2>&1
     perf report -i "$base.data" --stdio --no-children --sort comm,dso,sym -q 2>/dev/null >"$base.txt"
     # With sample counts, for `buckets.py perfdiff` (15000 samples/s).
     perf report -i "$base.data" --stdio --no-children --sort comm,dso,sym -n -q 2>/dev/null >"$base.n.txt" ;;
-  *) echo "tool: callgrind, cachegrind, dhat, syscalls or perf" >&2; exit 2 ;;
+  *) echo "tool: callgrind, cachegrind, dhat, hotcode, syscalls or perf" >&2; exit 2 ;;
 esac
 echo "$base"
