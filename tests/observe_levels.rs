@@ -1,42 +1,73 @@
-//! The operations' spans follow the subscriber in place at each call. Nobody is made to pay for
-//! spans nobody reads: an operation builds its `DEBUG` span, times itself and wraps its call only
-//! when the current level lets `DEBUG` through (or the `metrics` feature is on). That check is
+//! The operations' spans follow the subscriber in place at each call, and nobody pays for spans
+//! nobody reads: an operation builds its `DEBUG` span, times itself and wraps its call only
+//! when the level in force lets `DEBUG` through (or the `metrics` feature is on). That check is
 //! made per call, so a subscriber installed after the manager was built, or a level raised at
 //! run time, is seen by the next call.
 //!
-//! CI also runs this file with `tracing` alone (`--no-default-features --features
-//! tracing,mock`), the one build where the level decides; with `metrics` on, every operation is
-//! observed and the same assertions hold.
+//! CI also runs this file with `tracing` alone (`--no-default-features --features tracing`), the
+//! one build where the level decides; with `metrics` on every operation is observed, and the
+//! assertions that depend on the level are left out.
+//!
+//! The level in force is the highest any subscriber in the process takes, so the tests of this
+//! file run one at a time.
 
 mod common;
 
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::{Cluster, TTL};
+use futures::future::BoxFuture;
+use redlock_lease::{Clock, LockManager};
+use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
-use tracing::Subscriber;
+use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-/// The names of the spans opened, and the outcomes recorded into them, in order.
+/// One test at a time: a subscriber at `DEBUG` on one thread raises the level for all.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// What a subscriber saw: the spans opened, with their `outcome` and `attempts` fields, and the
+/// messages of the events.
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<(&'static str, String)>>>);
+struct Capture(Arc<Mutex<Seen>>);
+
+#[derive(Debug, Default)]
+struct Seen {
+    spans: Vec<(&'static str, String, String)>,
+    events: Vec<String>,
+}
 
 struct Index(usize);
 
-struct Outcome<'a>(&'a mut String);
+/// Keeps the `outcome`, `attempts` and `message` fields.
+#[derive(Default)]
+struct Fields {
+    outcome: String,
+    attempts: String,
+    message: String,
+}
 
-impl tracing::field::Visit for Outcome<'_> {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "outcome" {
-            *self.0 = format!("{value:?}");
-        }
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
+        let slot = match field.name() {
+            "outcome" => &mut self.outcome,
+            "attempts" => &mut self.attempts,
+            "message" => &mut self.message,
+            _ => return,
+        };
+        *slot = format!("{value:?}");
     }
 
-    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+    fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "outcome" {
-            value.clone_into(self.0);
+            value.clone_into(&mut self.outcome);
+        } else {
+            self.record_debug(field, &value);
         }
     }
 }
@@ -46,9 +77,10 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut log = self.0.lock().unwrap();
-        log.push((attrs.metadata().name(), String::new()));
-        let index = log.len() - 1;
+        let mut seen = self.0.lock().unwrap();
+        seen.spans
+            .push((attrs.metadata().name(), String::new(), String::new()));
+        let index = seen.spans.len() - 1;
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(Index(index));
         }
@@ -59,18 +91,45 @@ where
         let Some(&Index(index)) = span.extensions().get::<Index>() else {
             return;
         };
-        values.record(&mut Outcome(&mut self.0.lock().unwrap()[index].1));
+        let mut fields = Fields::default();
+        values.record(&mut fields);
+        let mut seen = self.0.lock().unwrap();
+        let (_, outcome, attempts) = &mut seen.spans[index];
+        if !fields.outcome.is_empty() {
+            *outcome = fields.outcome;
+        }
+        if !fields.attempts.is_empty() {
+            *attempts = fields.attempts;
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        self.0.lock().unwrap().events.push(fields.message);
     }
 }
 
-impl Capture {
-    fn take(&self) -> Vec<(&'static str, String)> {
-        std::mem::take(&mut *self.0.lock().unwrap())
+/// The cluster's clock, counting its reads.
+#[derive(Debug)]
+struct Counting {
+    inner: Arc<dyn Clock>,
+    reads: AtomicUsize,
+}
+
+impl Clock for Counting {
+    fn now(&self) -> Duration {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.inner.now()
+    }
+
+    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.inner.sleep(duration)
     }
 }
 
 /// A lock, extend, check and release of `resource`.
-fn cycle(c: &Cluster, manager: &redlock_lease::LockManager, resource: &str) {
+fn cycle(c: &Cluster, manager: &LockManager, resource: &str) {
     c.sim.run(async {
         let lock = manager.lock(resource, TTL).await.expect("free");
         lock.extend_for(TTL).await.expect("extend");
@@ -79,50 +138,99 @@ fn cycle(c: &Cluster, manager: &redlock_lease::LockManager, resource: &str) {
     });
 }
 
-fn spans_at(
+/// A cycle under a subscriber at `level`: what it saw, and how often the clock was read.
+fn cycle_at(
     level: LevelFilter,
     c: &Cluster,
-    manager: &redlock_lease::LockManager,
-) -> Vec<(&'static str, String)> {
+    manager: &LockManager,
+    clock: &Counting,
+) -> (Seen, usize) {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry()
         .with(level)
         .with(capture.clone());
+    let before = clock.reads.load(Ordering::Relaxed);
     tracing::subscriber::with_default(subscriber, || cycle(c, manager, "job"));
-    capture.take()
+    let reads = clock.reads.load(Ordering::Relaxed) - before;
+    let seen = std::mem::take(&mut *capture.0.lock().unwrap());
+    (seen, reads)
+}
+
+fn counted(c: &Cluster) -> (LockManager, Arc<Counting>) {
+    let clock = Arc::new(Counting {
+        inner: Arc::clone(&c.clock),
+        reads: AtomicUsize::new(0),
+    });
+    let manager = LockManager::builder(Arc::clone(&clock) as Arc<dyn Clock>)
+        .instances(c.backends.iter().cloned())
+        .random(Arc::new(redlock_lease::SeededRandom::new(1)))
+        .build()
+        .expect("valid configuration");
+    (manager, clock)
 }
 
 #[test]
 fn a_subscriber_at_debug_sees_every_operation_even_one_installed_after_the_manager_was_used() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let c = Cluster::new(3);
-    let manager = c.manager(1);
+    let (manager, clock) = counted(&c);
     // Used first with nothing listening on this thread.
     cycle(&c, &manager, "before");
+    // One instance down: each round reports it, in a `DEBUG` event.
+    c.faults[2].set_down(true);
     // Exactly DEBUG: a check for any level above it (TRACE) would find nothing enabled and
     // leave the spans out.
-    let spans = spans_at(LevelFilter::DEBUG, &c, &manager);
-    let expected = [
-        ("redlock.lock", "acquired"),
-        ("redlock.extend", "extended"),
-        ("redlock.check", "held"),
-        ("redlock.release", "released"),
-    ];
-    let got: Vec<(&str, &str)> = spans.iter().map(|(n, o)| (*n, o.as_str())).collect();
-    assert_eq!(got, expected);
+    let (seen, _) = cycle_at(LevelFilter::DEBUG, &c, &manager, &clock);
+    let spans: Vec<(&str, &str)> = seen
+        .spans
+        .iter()
+        .map(|(name, outcome, _)| (*name, outcome.as_str()))
+        .collect();
+    assert_eq!(
+        spans,
+        [
+            ("redlock.lock", "acquired"),
+            ("redlock.extend", "extended"),
+            ("redlock.check", "held"),
+            ("redlock.release", "released"),
+        ]
+    );
+    assert_eq!(seen.spans[0].2, "1", "the lock's attempts");
+    let gave_no_answer = seen
+        .events
+        .iter()
+        .filter(|m| *m == "instance gave no answer")
+        .count();
+    assert_eq!(gave_no_answer, 4, "one per round: {:?}", seen.events);
 }
 
 #[test]
-fn below_debug_no_operation_span_is_made_and_the_locks_work_the_same() {
+fn below_debug_an_operation_makes_no_span_and_reads_no_clock_for_itself() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let c = Cluster::new(3);
-    let manager = c.manager(1);
+    let (manager, clock) = counted(&c);
+    let (seen, debug_reads) = cycle_at(LevelFilter::DEBUG, &c, &manager, &clock);
+    assert_eq!(seen.spans.len(), 4, "{seen:?}");
     for level in [LevelFilter::INFO, LevelFilter::OFF] {
-        let spans = spans_at(level, &c, &manager);
+        let (seen, reads) = cycle_at(level, &c, &manager, &clock);
         assert!(
-            spans.iter().all(|(name, _)| !name.starts_with("redlock.")),
-            "{level}: {spans:?}"
+            seen.spans
+                .iter()
+                .all(|(name, ..)| !name.starts_with("redlock.")),
+            "{level}: {seen:?}"
         );
+        // Each of the four operations reads the clock at its start and its end to time itself.
+        if cfg!(feature = "metrics") {
+            assert_eq!(
+                reads, debug_reads,
+                "{level}: every call is timed for metrics"
+            );
+        } else {
+            assert_eq!(reads + 8, debug_reads, "{level}");
+        }
     }
     // And back at DEBUG on the same manager: seen again.
-    let spans = spans_at(LevelFilter::DEBUG, &c, &manager);
-    assert_eq!(spans.len(), 4, "{spans:?}");
+    let (seen, reads) = cycle_at(LevelFilter::DEBUG, &c, &manager, &clock);
+    assert_eq!(seen.spans.len(), 4, "{seen:?}");
+    assert_eq!(reads, debug_reads);
 }

@@ -6,7 +6,8 @@
 //! A lock cycle sends 2N commands; building them argument by argument cost several
 //! reallocations each (the conc bench's profile counted 28 `realloc` calls per cycle). A command
 //! answered is kept for the next one built on the same thread ([`recycle`]), so most commands
-//! take no allocation at all (BENCHMARKS.md run 19).
+//! take no allocation at all (BENCHMARKS.md run 19): one built on a kept command starts from the
+//! buffers of the one before, and grows them only when it is longer.
 
 use std::io::Write;
 
@@ -91,8 +92,10 @@ pub(crate) fn build(name: &str, parts: &[Part<'_>]) -> Cmd {
 /// `name` followed by the parts of each group in turn.
 pub(crate) fn build_from(name: &str, groups: &[&[Part<'_>]]) -> Cmd {
     let parts = || groups.iter().flat_map(|g| g.iter());
-    let size = name.len() + parts().map(Part::len).sum::<usize>();
-    let mut cmd = spare().unwrap_or_else(|| Cmd::with_capacity(parts().count() + 1, size));
+    let mut cmd = spare().unwrap_or_else(|| {
+        let size = name.len() + parts().map(Part::len).sum::<usize>();
+        Cmd::with_capacity(parts().count() + 1, size)
+    });
     cmd.write_arg(name.as_bytes());
     for part in parts() {
         part.write(&mut cmd);
@@ -103,9 +106,11 @@ pub(crate) fn build_from(name: &str, groups: &[&[Part<'_>]]) -> Cmd {
 /// Commands kept for reuse, per thread: a command lives until its reply, so the 2N commands of
 /// a lock cycle were 4N allocations, and with many calls in flight at once the allocator's
 /// per-thread cache (glibc keeps 7 blocks per size) overflows into its slow paths. At most
-/// [`SPARE_MAX`] of them, each of at most [`SPARE_BYTES`]: a few tens of KiB per thread.
+/// [`SPARE_MAX`] of them, each holding at most [`SPARE_BYTES`] of arguments when kept (its
+/// buffers, grown by doubling, at most twice that): some 70 KiB per thread at worst, kept as
+/// long as the thread.
 const SPARE_MAX: usize = 64;
-/// A command longer than this (a very long key) is not kept.
+/// A command with more argument bytes than this (a very long key) is not kept.
 const SPARE_BYTES: usize = 512;
 
 thread_local! {
@@ -113,7 +118,11 @@ thread_local! {
 }
 
 fn spare() -> Option<Cmd> {
-    SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten()
+    // During a thread's teardown the spares are gone: a new command is built.
+    SPARE
+        .try_with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()))
+        .ok()
+        .flatten()
 }
 
 /// Gives `cmd` back for a later [`build_from`] once it was sent and answered.
@@ -200,12 +209,15 @@ mod tests {
             args(&short),
             [b"SET".to_vec(), b"k".to_vec(), b"v".to_vec()]
         );
-        // A command of which a request was made (no_response, a cursor) comes back as new.
-        let mut flagged = build("PING", &[]);
+        // A command with flags set (no reply wanted, a scan cursor) comes back as new.
+        let mut flagged = build("SCAN", &[]);
         flagged.set_no_response(true);
+        flagged.cursor_arg(7);
         recycle(flagged);
         let fresh = build("PING", &[]);
         assert!(!fresh.is_no_response());
+        assert!(!fresh.in_scan_mode());
+        assert_eq!(args(&fresh), [b"PING".to_vec()]);
     }
 
     #[test]

@@ -92,6 +92,8 @@ impl Sending {
     /// it still ends by then.
     fn new(conn: &Conn, cmd: Cmd, deadline: Instant, timed: bool) -> Self {
         let mut mux = conn.mux.clone();
+        // The command is given back for reuse once the call ended, whatever the outcome (a
+        // timeout too): redis-rs packed its own copy of the bytes when it queued the request.
         // Unconstrained: tokio's cooperative budget could otherwise make the first poll return
         // before the request is queued (its channel is budgeted), in a task that used its
         // budget up.

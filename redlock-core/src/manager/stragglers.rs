@@ -180,9 +180,10 @@ impl Drop for Driver {
     }
 }
 
-/// The calls a release left running at its quorum, until each has ended or `timer` fires (the
-/// round's own timer, at its limit). Written out rather than a `join_all` under a `select`, which
-/// cost two allocations more per lock cycle.
+/// The calls a release left running at its quorum, until each has ended or `timer` fires (at
+/// the round's limit: the round's own timer, or one made to end there). Written out rather than
+/// a `join_all` under a `select`, which cost two allocations more per lock cycle. Not to be
+/// polled again once it returned.
 pub(crate) struct Leftover<F> {
     calls: Vec<F>,
     timer: BoxFuture<'static, ()>,
