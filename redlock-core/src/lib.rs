@@ -227,6 +227,7 @@ mod engine;
 mod error;
 mod gate;
 mod holders;
+mod inbox;
 mod lease;
 mod lifecycle;
 mod lock;
@@ -238,6 +239,8 @@ mod round;
 mod runtime;
 mod scoped;
 mod telemetry;
+#[cfg(test)]
+mod test_util;
 mod validity;
 mod wait;
 
@@ -252,6 +255,7 @@ pub use config::{
     DEFAULT_RETRY_DELAY_MAX, DEFAULT_RETRY_DELAY_MIN, MAX_FAIR_GRACE, MAX_RETRY_DELAY,
 };
 pub use error::{Error, Failure, InstanceOutcome, InstanceReport, InvalidInput, Loss, LossReason};
+pub use inbox::TaskInbox;
 pub use lease::RENEW_AFTER_PERCENT;
 pub use lifecycle::{AutoExtend, LockWatch, OnLoss};
 pub use lock::Lock;

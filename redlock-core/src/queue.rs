@@ -331,22 +331,15 @@ mod tests {
 
     #[test]
     fn the_waiter_promoted_by_a_leave_is_woken() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        struct Count(AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let q = KeyQueues::default();
         let a = q.join(&k(b"k"));
         let mut b = q.join(&k(b"k"));
-        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let count = Arc::new(crate::test_util::CountingWaker::default());
         let waker = Waker::from(Arc::clone(&count));
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut b.turn()).poll(&mut cx).is_pending());
         drop(a);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.wakes(), 1);
         assert!(ready(&mut b));
     }
 }

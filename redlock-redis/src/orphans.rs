@@ -13,10 +13,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, Waker};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 
 use futures::stream::{FuturesUnordered, StreamExt};
+use redlock_core::TaskInbox;
 use tokio::time::{Instant, Sleep};
 
 use crate::link::Sent;
@@ -26,20 +27,10 @@ pub(crate) type SendFuture = Pin<Box<dyn Future<Output = Sent> + Send>>;
 
 /// The orphans of one connection, on their way to the task that finishes them.
 pub(crate) struct Orphans {
-    shared: Mutex<Shared>,
+    inbox: TaskInbox<Orphan>,
     /// The runtime the connection was made on (its redis-rs task runs there): the task for its
     /// orphans runs there too, whichever runtime the callers were on.
     runtime: Option<tokio::runtime::Handle>,
-}
-
-#[derive(Default)]
-struct Shared {
-    /// Handed over since the task last looked.
-    incoming: Vec<Orphan>,
-    /// The task's waker, once it has been polled.
-    driver: Option<Waker>,
-    /// A task exists (it may not have run yet).
-    alive: bool,
 }
 
 struct Orphan {
@@ -66,54 +57,28 @@ impl Orphans {
     /// For a connection made on the current runtime.
     pub(crate) fn new() -> Self {
         Self {
-            shared: Mutex::default(),
+            inbox: TaskInbox::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
         }
-    }
-
-    fn shared(&self) -> MutexGuard<'_, Shared> {
-        // Every critical section leaves `Shared` consistent.
-        self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Keeps `future` until it completes or `deadline` passes. Outside a tokio runtime, with no
     /// task yet to take it, it is dropped (as a request whose caller is gone).
     pub(crate) fn adopt(self: &Arc<Self>, future: SendFuture, deadline: Instant) {
-        let mut shared = self.shared();
-        if shared.alive {
-            shared.incoming.push(Orphan { future, deadline });
-            let driver = shared.driver.take();
-            drop(shared);
-            if let Some(driver) = driver {
-                driver.wake();
-            }
+        if !self.inbox.hand(Orphan { future, deadline }) {
             return;
         }
         let runtime = self
             .runtime
             .clone()
             .or_else(|| tokio::runtime::Handle::try_current().ok());
-        let Some(runtime) = runtime else {
-            drop(shared);
-            drop(future);
-            return;
-        };
-        shared.incoming.push(Orphan { future, deadline });
-        shared.alive = true;
-        drop(shared);
-        drop(runtime.spawn(Driver {
-            owner: Arc::downgrade(self),
-            orphans: FuturesUnordered::new(),
-            timer: None,
-        }));
-    }
-}
-
-impl Drop for Orphans {
-    fn drop(&mut self) {
-        // The connection is gone: the task finishes what it holds, then ends.
-        if let Some(driver) = self.shared().driver.take() {
-            driver.wake();
+        match runtime {
+            Some(runtime) => drop(runtime.spawn(Driver {
+                owner: Arc::downgrade(self),
+                orphans: FuturesUnordered::new(),
+                timer: None,
+            })),
+            None => self.inbox.ended(),
         }
     }
 }
@@ -134,20 +99,10 @@ impl Future for Driver {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
+        // Once the connection is gone (its inbox woke this task), the orphans left run out.
         let owned = match this.owner.upgrade() {
             Some(owner) => {
-                let incoming = {
-                    let mut shared = owner.shared();
-                    if !shared
-                        .driver
-                        .as_ref()
-                        .is_some_and(|w| w.will_wake(cx.waker()))
-                    {
-                        shared.driver = Some(cx.waker().clone());
-                    }
-                    std::mem::take(&mut shared.incoming)
-                };
-                for orphan in incoming {
+                for orphan in owner.inbox.take(cx) {
                     match &mut this.timer {
                         None => {
                             this.timer = Some(Box::pin(tokio::time::sleep_until(orphan.deadline)));
@@ -198,13 +153,7 @@ impl Drop for Driver {
         // Its runtime is going away (or it ended): the next orphan starts another task, and
         // those handed over meanwhile are dropped with it, never to be written later.
         if let Some(owner) = self.owner.upgrade() {
-            let incoming = {
-                let mut shared = owner.shared();
-                shared.alive = false;
-                shared.driver = None;
-                std::mem::take(&mut shared.incoming)
-            };
-            drop(incoming);
+            owner.inbox.ended();
         }
     }
 }
@@ -213,6 +162,13 @@ impl Drop for Driver {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    /// The tasks alive on the current runtime (the orphans' task is the only one spawned).
+    fn alive_tasks() -> usize {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    }
 
     fn orphan(rx: futures::channel::oneshot::Receiver<()>) -> SendFuture {
         Box::pin(async move {
@@ -239,13 +195,7 @@ mod tests {
         tx.send(()).expect("the orphan still listens");
         tokio::task::yield_now().await;
         assert_eq!(Arc::strong_count(&probe), 1, "dropped once answered");
-        assert_eq!(
-            tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks(),
-            1,
-            "one task per connection stays"
-        );
+        assert_eq!(alive_tasks(), 1, "one task per connection stays");
     }
 
     #[tokio::test(start_paused = true)]
@@ -294,7 +244,7 @@ mod tests {
         );
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
-        assert!(orphans.shared().alive, "the task goes on");
+        assert_eq!(alive_tasks(), 1, "the task goes on");
         assert!(!tx.is_canceled(), "and keeps the other orphan");
     }
 
@@ -314,13 +264,7 @@ mod tests {
         drop(tx);
         tokio::task::yield_now().await;
         assert!(weak.upgrade().is_none());
-        assert_eq!(
-            tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks(),
-            0,
-            "the task ended"
-        );
+        assert_eq!(alive_tasks(), 0, "the task ended");
     }
 
     #[test]
@@ -337,8 +281,8 @@ mod tests {
                 tokio::task::yield_now().await;
             });
         }
+        // Its end is recorded: the next orphan starts a task (checked below).
         assert!(tx.is_canceled(), "dropped with its runtime");
-        assert!(!orphans.shared().alive);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -348,13 +292,7 @@ mod tests {
             orphans.adopt(orphan(rx), Instant::now() + Duration::from_secs(10));
             tokio::task::yield_now().await;
             assert!(!tx.is_canceled(), "a new task keeps it");
-            assert_eq!(
-                tokio::runtime::Handle::current()
-                    .metrics()
-                    .num_alive_tasks(),
-                1,
-                "on this runtime"
-            );
+            assert_eq!(alive_tasks(), 1, "on this runtime");
         });
     }
 }

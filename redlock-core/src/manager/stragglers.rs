@@ -2,21 +2,20 @@
 //! manager, and counted, so that `close` sees them through before it closes the backends under
 //! them.
 //!
-//! One task for all of them rather than one each: an uncontended lock cycle leaves one such
-//! release behind (the last instance's delete), and a task per release cost its allocation and
-//! scheduling every cycle (with `redlock-redis`'s task per connection for requests left behind,
-//! 3 % of the rate of uncontended cycles on one thread, BENCHMARKS.md run 18).
+//! One task for all of them, fed through a [`TaskInbox`]: an uncontended lock cycle leaves one
+//! such release behind (the last instance's delete).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 
+use crate::inbox::TaskInbox;
 use crate::runtime::Spawner;
 
 /// The background release tasks of one manager.
@@ -25,35 +24,10 @@ pub(crate) struct Stragglers {
     running: AtomicUsize,
     /// Waiting for `running` to reach zero (`close`).
     idle: Mutex<Vec<Waker>>,
-    pool: Mutex<Pool>,
-}
-
-/// What the manager's task has yet to take.
-#[derive(Default)]
-struct Pool {
-    /// Handed over since the task last looked.
-    incoming: Vec<BoxFuture<'static, ()>>,
-    /// The task's waker, once it has been polled.
-    driver: Option<Waker>,
-    /// A task exists (it may not have run yet).
-    alive: bool,
-}
-
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("incoming", &self.incoming.len())
-            .field("alive", &self.alive)
-            .finish_non_exhaustive()
-    }
+    inbox: TaskInbox<BoxFuture<'static, ()>>,
 }
 
 impl Stragglers {
-    fn pool(&self) -> MutexGuard<'_, Pool> {
-        // Every critical section leaves the pool consistent.
-        self.pool.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Runs `work` in the manager's task for them (started through `spawner` when there is
     /// none), counted as running until it ends or is dropped.
     pub(crate) fn run<F>(self: &Arc<Self>, spawner: &dyn Spawner, work: F)
@@ -63,23 +37,12 @@ impl Stragglers {
         // A panic (a timer of a runtime shut down since, a backend's bug) ends this release, not
         // the task that runs the others.
         let work = std::panic::AssertUnwindSafe(self.track(work)).catch_unwind();
-        let work: BoxFuture<'static, ()> = Box::pin(work.map(drop));
-        let mut pool = self.pool();
-        pool.incoming.push(work);
-        if pool.alive {
-            let driver = pool.driver.take();
-            drop(pool);
-            if let Some(driver) = driver {
-                driver.wake();
-            }
-            return;
+        if self.inbox.hand(Box::pin(work.map(drop))) {
+            spawner.spawn(Box::pin(Driver {
+                owner: Arc::downgrade(self),
+                works: FuturesUnordered::new(),
+            }));
         }
-        pool.alive = true;
-        drop(pool);
-        spawner.spawn(Box::pin(Driver {
-            owner: Arc::downgrade(self),
-            works: FuturesUnordered::new(),
-        }));
     }
 
     /// Wraps `work` so that it counts as running until it ends or is dropped.
@@ -114,16 +77,6 @@ impl Stragglers {
     }
 }
 
-impl Drop for Stragglers {
-    fn drop(&mut self) {
-        // The manager is gone: its task ends (every release it ran was over, or this would
-        // still be referenced by the release's count).
-        if let Some(driver) = self.pool().driver.take() {
-            driver.wake();
-        }
-    }
-}
-
 /// The manager's task for its background releases. It lives as long as the manager, so that
 /// a release per lock cycle costs no task of its own. It runs where the spawner put it, on the
 /// first background release: with a runtime per thread, where that release was made; once
@@ -138,20 +91,10 @@ impl Future for Driver {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
+        // Once the manager is gone (its inbox woke this task), the releases left run out.
         let owned = match this.owner.upgrade() {
             Some(owner) => {
-                let incoming = {
-                    let mut pool = owner.pool();
-                    if !pool
-                        .driver
-                        .as_ref()
-                        .is_some_and(|w| w.will_wake(cx.waker()))
-                    {
-                        pool.driver = Some(cx.waker().clone());
-                    }
-                    std::mem::take(&mut pool.incoming)
-                };
-                this.works.extend(incoming);
+                this.works.extend(owner.inbox.take(cx));
                 true
             }
             None => false,
@@ -169,13 +112,7 @@ impl Drop for Driver {
         // Its runtime is going away: the next release starts another task, and those handed
         // over meanwhile are dropped with it (each counted as ended, as a dropped task was).
         if let Some(owner) = self.owner.upgrade() {
-            let incoming = {
-                let mut pool = owner.pool();
-                pool.alive = false;
-                pool.driver = None;
-                std::mem::take(&mut pool.incoming)
-            };
-            drop(incoming);
+            owner.inbox.ended();
         }
     }
 }
@@ -226,6 +163,7 @@ impl Drop for Done {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::CountingWaker;
     use futures::channel::oneshot;
     use futures::FutureExt;
 
@@ -313,34 +251,20 @@ mod tests {
 
     #[test]
     fn a_waiting_task_is_woken_for_a_new_release_and_when_the_manager_goes() {
-        struct Count(AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
         let stragglers = Arc::new(Stragglers::default());
         let spawner = Collect::default();
         stragglers.run(&spawner, futures::future::ready(()));
         let mut driver = spawner.0.lock().unwrap().pop().unwrap();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let count = Arc::new(CountingWaker::default());
         let waker = Waker::from(Arc::clone(&count));
         let mut cx = Context::from_waker(&waker);
         assert!(driver.as_mut().poll(&mut cx).is_pending());
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.wakes(), 0);
         stragglers.run(&spawner, futures::future::ready(()));
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "woken for the new release"
-        );
+        assert_eq!(count.wakes(), 1, "woken for the new release");
         assert!(driver.as_mut().poll(&mut cx).is_pending());
         drop(stragglers);
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            2,
-            "woken when the manager went"
-        );
+        assert_eq!(count.wakes(), 2, "woken when the manager went");
         assert!(driver.as_mut().poll(&mut cx).is_ready());
     }
 
