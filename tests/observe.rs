@@ -4,13 +4,14 @@
 //! `metrics` debugging recorder, so every figure is exact and checked against the API's own.
 //! redlock-fred's connection events need a real server: redlock-testkit's tests/real_observe.rs.
 
+mod capture;
 mod common;
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use capture::{Capture, Log};
 use common::{ms, Cluster, TTL};
 use futures::future::{select, Either};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -19,101 +20,8 @@ use redlock_lease::{
     AutoExtend, BackendErrorKind, Error, InstanceOutcome, LockBackend, LockManager, LockOptions,
     LossReason, Patience, SeededRandom,
 };
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
-
-/// One span as recorded: its name, its fields (all values as text), whether it closed.
-#[derive(Debug, Clone)]
-struct SpanRec {
-    name: &'static str,
-    fields: BTreeMap<String, String>,
-    closed: bool,
-}
-
-/// One event: level, message, fields, and the name of the span it happened in.
-#[derive(Debug, Clone)]
-struct EventRec {
-    level: Level,
-    message: String,
-    fields: BTreeMap<String, String>,
-    span: Option<&'static str>,
-}
-
-#[derive(Debug, Default)]
-struct Log {
-    spans: Vec<SpanRec>,
-    events: Vec<EventRec>,
-}
-
-/// A layer that records everything: span ids are reused by the registry, so each span's index
-/// in the log is kept in the span's extensions.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Log>>);
-
-struct Index(usize);
-
-struct Fields<'a>(&'a mut BTreeMap<String, String>);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl<S> Layer<S> for Capture
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut fields = BTreeMap::new();
-        attrs.record(&mut Fields(&mut fields));
-        let mut log = self.0.lock().unwrap();
-        log.spans.push(SpanRec {
-            name: attrs.metadata().name(),
-            fields,
-            closed: false,
-        });
-        let index = log.spans.len() - 1;
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(Index(index));
-        }
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let Some(&Index(index)) = span.extensions().get::<Index>() else {
-            return;
-        };
-        values.record(&mut Fields(&mut self.0.lock().unwrap().spans[index].fields));
-    }
-
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        let message = fields.remove("message").unwrap_or_default();
-        self.0.lock().unwrap().events.push(EventRec {
-            level: *event.metadata().level(),
-            message,
-            fields,
-            span: ctx.event_span(event).map(|s| s.name()),
-        });
-    }
-
-    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(&id) else { return };
-        let Some(&Index(index)) = span.extensions().get::<Index>() else {
-            return;
-        };
-        self.0.lock().unwrap().spans[index].closed = true;
-    }
-}
+use tracing::Level;
+use tracing_subscriber::layer::SubscriberExt;
 
 /// The metrics recorded: (name, sorted labels) to value.
 type Metrics = BTreeMap<(String, Vec<(String, String)>), DebugValue>;
@@ -174,35 +82,6 @@ fn histogram(m: &Metrics, name: &str, pairs: &[(&str, &str)]) -> Vec<f64> {
 /// The metrics with a given name, whatever their labels.
 fn named<'a>(m: &'a Metrics, name: &'a str) -> impl Iterator<Item = &'a Vec<(String, String)>> {
     m.keys().filter(move |(n, _)| n == name).map(|(_, l)| l)
-}
-
-impl Log {
-    fn spans(&self, name: &str) -> Vec<&SpanRec> {
-        self.spans.iter().filter(|s| s.name == name).collect()
-    }
-
-    fn events(&self, message: &str) -> Vec<&EventRec> {
-        self.events
-            .iter()
-            .filter(|e| e.message == message)
-            .collect()
-    }
-
-    fn at_least(&self, level: Level) -> Vec<&EventRec> {
-        self.events.iter().filter(|e| e.level <= level).collect()
-    }
-}
-
-impl SpanRec {
-    fn get(&self, field: &str) -> &str {
-        self.fields
-            .get(field)
-            .unwrap_or_else(|| panic!("{} has no field {field}: {:?}", self.name, self.fields))
-    }
-
-    fn lacks(&self, field: &str) -> bool {
-        !self.fields.contains_key(field)
-    }
 }
 
 fn token_prefix(token: &[u8]) -> String {

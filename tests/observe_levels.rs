@@ -11,104 +11,22 @@
 //! The level in force is the highest any subscriber in the process takes, so the tests of this
 //! file run one at a time.
 
+mod capture;
 mod common;
 
-use std::fmt::Debug;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use capture::{Capture, Log};
 use common::{Cluster, TTL};
 use futures::future::BoxFuture;
 use redlock_lease::{Clock, LockManager};
-use tracing::field::{Field, Visit};
-use tracing::span::{Attributes, Id, Record};
-use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::layer::SubscriberExt;
 
 /// One test at a time: a subscriber at `DEBUG` on one thread raises the level for all.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// What a subscriber saw: the spans opened, with their `outcome` and `attempts` fields, and the
-/// messages of the events.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Seen>>);
-
-#[derive(Debug, Default)]
-struct Seen {
-    spans: Vec<(&'static str, String, String)>,
-    events: Vec<String>,
-}
-
-struct Index(usize);
-
-/// Keeps the `outcome`, `attempts` and `message` fields.
-#[derive(Default)]
-struct Fields {
-    outcome: String,
-    attempts: String,
-    message: String,
-}
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
-        let slot = match field.name() {
-            "outcome" => &mut self.outcome,
-            "attempts" => &mut self.attempts,
-            "message" => &mut self.message,
-            _ => return,
-        };
-        *slot = format!("{value:?}");
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "outcome" {
-            value.clone_into(&mut self.outcome);
-        } else {
-            self.record_debug(field, &value);
-        }
-    }
-}
-
-impl<S> Layer<S> for Capture
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-{
-    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let mut seen = self.0.lock().unwrap();
-        seen.spans
-            .push((attrs.metadata().name(), String::new(), String::new()));
-        let index = seen.spans.len() - 1;
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(Index(index));
-        }
-    }
-
-    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-        let Some(span) = ctx.span(id) else { return };
-        let Some(&Index(index)) = span.extensions().get::<Index>() else {
-            return;
-        };
-        let mut fields = Fields::default();
-        values.record(&mut fields);
-        let mut seen = self.0.lock().unwrap();
-        let (_, outcome, attempts) = &mut seen.spans[index];
-        if !fields.outcome.is_empty() {
-            *outcome = fields.outcome;
-        }
-        if !fields.attempts.is_empty() {
-            *attempts = fields.attempts;
-        }
-    }
-
-    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        let mut fields = Fields::default();
-        event.record(&mut fields);
-        self.0.lock().unwrap().events.push(fields.message);
-    }
-}
 
 /// The cluster's clock, counting its reads.
 #[derive(Debug)]
@@ -144,7 +62,7 @@ fn cycle_at(
     c: &Cluster,
     manager: &LockManager,
     clock: &Counting,
-) -> (Seen, usize) {
+) -> (Log, usize) {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::registry()
         .with(level)
@@ -184,7 +102,7 @@ fn a_subscriber_at_debug_sees_every_operation_even_one_installed_after_the_manag
     let spans: Vec<(&str, &str)> = seen
         .spans
         .iter()
-        .map(|(name, outcome, _)| (*name, outcome.as_str()))
+        .map(|span| (span.name, span.get("outcome")))
         .collect();
     assert_eq!(
         spans,
@@ -195,11 +113,11 @@ fn a_subscriber_at_debug_sees_every_operation_even_one_installed_after_the_manag
             ("redlock.release", "released"),
         ]
     );
-    assert_eq!(seen.spans[0].2, "1", "the lock's attempts");
+    assert_eq!(seen.spans[0].get("attempts"), "1", "the lock's attempts");
     let gave_no_answer = seen
         .events
         .iter()
-        .filter(|m| *m == "instance gave no answer")
+        .filter(|e| e.message == "instance gave no answer")
         .count();
     assert_eq!(gave_no_answer, 4, "one per round: {:?}", seen.events);
 }
@@ -216,7 +134,7 @@ fn below_debug_an_operation_makes_no_span_and_reads_no_clock_for_itself() {
         assert!(
             seen.spans
                 .iter()
-                .all(|(name, ..)| !name.starts_with("redlock.")),
+                .all(|span| !span.name.starts_with("redlock.")),
             "{level}: {seen:?}"
         );
         // Each of the four operations reads the clock at its start and its end to time itself.
