@@ -127,6 +127,8 @@ fn plan(quick: bool) -> Vec<Plan> {
         Plan::new(LockRs, 10_000, 100).long(),
         Plan::new(LockRs, 10_000, 1),
         Plan::new(LockRs, 50_000, 1).long(),
+        // Four times the acceptance load, to see where it gives (BENCHMARKS.md run 19).
+        Plan::new(LockRs, 200_000, 1),
         Plan::new(FairRs, 1_000, 1),
         Plan::new(LockRs, 2_500, 100).processes(4).long(),
         // The peer under the heaviest loads of both shapes.
