@@ -351,10 +351,12 @@ async fn a_request_polled_once_arrives_and_in_order_even_while_connecting() {
     let patient = ConnectionOptions::new().with_command_timeout(Duration::from_secs(5));
     let backend = RedisBackend::with_options(&servers[0].url(), &patient).expect("valid");
     let mut acquire = Box::pin(backend.acquire(b"k", b"t", TTL));
-    assert!(
-        futures::poll!(acquire.as_mut()).is_pending(),
-        "no reply yet"
-    );
+    // On a loaded machine the connection can be made, and the reply be back, on the runtime's
+    // other thread before this one poll ends (seen in CI): then it must say the key was set,
+    // and the release below must still find it.
+    if let std::task::Poll::Ready(done) = futures::poll!(acquire.as_mut()) {
+        assert!(done.expect("acquire"), "k was free");
+    }
     // Dropped after one poll, as the manager drops the calls it no longer waits for.
     drop(acquire);
     // Made after the acquire, so it must reach the server after it.
